@@ -1,0 +1,215 @@
+//! The eShop ordering flow as a durable saga on the embedded sled store.
+//!
+//! `cargo run --example order_saga` submits a few hundred orders; some are rejected for lack
+//! of stock, some have their card declined (their stock is released again), every fifth is
+//! delayed once by the carrier (the retriable ship step tries again). It prints a summary and
+//! checks that every order finished and that the stock, charges and shipments add up.
+
+mod domain;
+mod services;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use sagaflow::prelude::*;
+use uuid::Uuid;
+
+use domain::*;
+use services::*;
+
+#[derive(Parser)]
+#[command(about = "Run the order saga on a sled store and print a summary")]
+struct Args {
+    /// How many orders to submit.
+    #[arg(long, default_value_t = 300)]
+    orders: u32,
+    /// Store directory (emptied first); default: target/order-saga-store.
+    #[arg(long)]
+    store: Option<PathBuf>,
+}
+
+const PRODUCTS: u32 = 20;
+const UNITS_PER_PRODUCT: u32 = 80;
+
+/// The n-th order: 1 to 3 lines, a declined card for every tenth buyer.
+fn order(n: u32) -> OrderSubmitted {
+    let mix = n.wrapping_mul(2_654_435_761);
+    let items = (0..1 + mix % 3)
+        .map(|i| OrderItem {
+            product_id: 1 + (mix >> (4 + i * 5)) % PRODUCTS,
+            units: 1 + (mix >> (9 + i * 3)) % 5,
+        })
+        .collect();
+    let buyer = if n % 10 == 7 {
+        format!("declined-{n}")
+    } else {
+        format!("buyer-{n}")
+    };
+    OrderSubmitted {
+        order_id: Uuid::from_u128(0x0_5a6a_0000_0000_0000_0000_0000_0000 + u128::from(n)),
+        buyer,
+        items,
+        total_cents: u64::from(1_000 + mix % 9_000),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .init();
+    let args = Args::parse();
+    match run(args).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
+    let dir = args
+        .store
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/order-saga-store"));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    let store = SledStore::open(&dir)?;
+    let runtime = register(SagaRuntime::builder().store(store).bus(InMemoryBus::new()))
+        .build()
+        .await?;
+
+    for product_id in 1..=PRODUCTS {
+        runtime
+            .publish(&StockAdded {
+                product_id,
+                units: UNITS_PER_PRODUCT,
+            })
+            .await?;
+    }
+    runtime.settle().await;
+
+    let started = Instant::now();
+    for n in 0..args.orders {
+        runtime.publish(&order(n)).await?;
+    }
+    // Settled means nothing in flight; a step waiting for its retry timer is not in flight,
+    // so wait until no instance is left running.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        runtime.settle().await;
+        let open = runtime.instances(StatusKind::Running).await?.len()
+            + runtime.instances(StatusKind::Compensating).await?.len();
+        if open == 0 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    let ok = summary(&runtime, args.orders, elapsed, &dir).await?;
+    runtime.shutdown().await?;
+    Ok(ok)
+}
+
+async fn summary(
+    runtime: &SagaRuntime,
+    orders: u32,
+    elapsed: Duration,
+    dir: &std::path::Path,
+) -> Result<bool, Box<dyn std::error::Error>> {
+    let count = |ids: Vec<Uuid>| ids.len();
+    let completed = runtime.instances(StatusKind::Completed).await?;
+    let compensated = runtime.instances(StatusKind::Compensated).await?;
+    let failed = count(runtime.instances(StatusKind::Failed).await?);
+    let open = count(runtime.instances(StatusKind::Running).await?)
+        + count(runtime.instances(StatusKind::Compensating).await?);
+
+    let (mut out_of_stock, mut declined) = (0, 0);
+    for id in &compensated {
+        if let Some(instance) = runtime.instance(*id).await? {
+            let state: OrderSaga = instance.state()?;
+            match state.failure.as_deref() {
+                Some(f) if f.starts_with("out of stock") => out_of_stock += 1,
+                _ => declined += 1,
+            }
+        }
+    }
+
+    // The catalog's books must balance: what is on the shelves plus what is reserved for
+    // orders that went through equals what was delivered.
+    let mut on_shelves = 0u64;
+    for product_id in 1..=PRODUCTS {
+        on_shelves += u64::from(
+            runtime
+                .record::<u32>("catalog", &stock_key(product_id))
+                .await?
+                .unwrap_or(0),
+        );
+    }
+    let (mut reserved, mut charges, mut shipments) = (0u64, 0usize, 0usize);
+    for id in &completed {
+        let state: OrderSaga = match runtime.instance(*id).await? {
+            Some(i) => i.state()?,
+            None => continue,
+        };
+        if let Some(r) = runtime
+            .record::<Reservation>("catalog", &reservation_key(state.order_id))
+            .await?
+        {
+            if !r.released {
+                reserved += r.items.iter().map(|i| u64::from(i.units)).sum::<u64>();
+            }
+        }
+        charges += usize::from(
+            runtime
+                .record::<Charge>("payment.charge", &format!("charge/{}", state.order_id))
+                .await?
+                .is_some(),
+        );
+        shipments += usize::from(
+            runtime
+                .record::<u32>("shipping.ship", &format!("shipment/{}", state.order_id))
+                .await?
+                .is_some(),
+        );
+    }
+    let delivered = u64::from(PRODUCTS * UNITS_PER_PRODUCT);
+    let mark = |ok: bool| if ok { "ok" } else { "MISMATCH" };
+    let stock_ok = on_shelves + reserved == delivered;
+    let pay_ok = charges == completed.len();
+    let ship_ok = shipments == completed.len();
+    let all_done = open == 0 && completed.len() + compensated.len() + failed == orders as usize;
+
+    println!("order saga: {orders} orders on the sled store at {}", dir.display());
+    println!("  completed     {:>6}", completed.len());
+    println!(
+        "  compensated   {:>6}  (out of stock {out_of_stock}, payment declined {declined})",
+        compensated.len()
+    );
+    println!("  failed        {failed:>6}");
+    println!("  still running {open:>6}");
+    println!(
+        "  stock         {delivered} delivered = {on_shelves} on shelves + {reserved} reserved for completed orders: {}",
+        mark(stock_ok)
+    );
+    println!(
+        "  payments      {charges} charges for {} completed orders: {}",
+        completed.len(),
+        mark(pay_ok)
+    );
+    println!(
+        "  shipments     {shipments} shipments for {} completed orders: {}",
+        completed.len(),
+        mark(ship_ok)
+    );
+    println!(
+        "  took {:.2} s ({:.0} orders/s)",
+        elapsed.as_secs_f64(),
+        f64::from(orders) / elapsed.as_secs_f64().max(1e-9)
+    );
+    Ok(all_done && stock_ok && pay_ok && ship_ok)
+}

@@ -1,0 +1,399 @@
+//! The runtime: drives sagas and participants through units of work.
+//!
+//! For every delivered message (or fired timer) and every consumer of it, a unit of work:
+//!
+//! 1. **route**: find the instance (a hash of the saga and the correlation key, or the
+//!    envelope's correlation id for replies) and the lane that owns it; undecodable and unknown
+//!    messages are dead-lettered here, before any work;
+//! 2. **dedupe**: a message this instance or participant already processed is acked and dropped;
+//! 3. **transition**: the saga's state machine ([`transition`]) or the participant's handler
+//!    computes the new state, outgoing messages (with ids derived from the cause) and timers;
+//! 4. **commit**: one atomic store commit (instance at `version + 1`, inbox, outbox, timers,
+//!    history); a version conflict re-runs the unit on fresh state;
+//! 5. **durable, then ack**: the delivery is acked only after the store made the commit durable;
+//! 6. **relay**: the outbox entries are published, then removed.
+//!
+//! See `docs/architecture.md` for why each step is where it is.
+
+mod driver;
+mod instance;
+mod lanes;
+mod participant;
+mod relay;
+mod saga_driver;
+mod timers;
+mod transition;
+
+pub use instance::SagaInstance;
+pub use participant::{Handler, HandlerContext};
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::Error;
+use crate::activity::Activity;
+use crate::bus::{Bus, Consumer, InMemoryBus};
+use crate::clock::{Clock, SystemClock};
+use crate::message::{Codec, CodecExt, Envelope, JsonCodec, Message};
+use crate::saga::{Saga, instance_id};
+use crate::store::{HistoryEntry, StatusKind, Store};
+use driver::Driver;
+use lanes::{Lanes, Work};
+use relay::RelayHandle;
+use timers::TimerService;
+
+/// What every task of a runtime shares.
+pub(crate) struct Core {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) bus: Arc<dyn Bus>,
+    pub(crate) codec: Arc<dyn Codec>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) activity: Arc<Activity>,
+    pub(crate) relay: RelayHandle,
+    pub(crate) timers: TimerService,
+    pub(crate) sagas: HashMap<String, Arc<dyn Driver>>,
+    pub(crate) lanes: Lanes,
+}
+
+/// Configures and starts a [`SagaRuntime`].
+pub struct SagaRuntimeBuilder {
+    store: Option<Arc<dyn Store>>,
+    bus: Option<Arc<dyn Bus>>,
+    codec: Arc<dyn Codec>,
+    clock: Arc<dyn Clock>,
+    lanes: usize,
+    drivers: Vec<Arc<dyn Driver>>,
+    errors: Vec<String>,
+}
+
+impl Default for SagaRuntimeBuilder {
+    fn default() -> Self {
+        SagaRuntimeBuilder {
+            store: None,
+            bus: None,
+            codec: Arc::new(JsonCodec),
+            clock: Arc::new(SystemClock),
+            lanes: 16,
+            drivers: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+}
+
+impl SagaRuntimeBuilder {
+    /// Where saga progress is kept (required): `SledStore::open(dir)?` or `MemoryStore::new()`.
+    pub fn store(mut self, store: impl Store) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// The transport (default: a new [`InMemoryBus`]).
+    pub fn bus(mut self, bus: impl Bus) -> Self {
+        self.bus = Some(Arc::new(bus));
+        self
+    }
+
+    /// The codec for payloads and state (default: [`JsonCodec`]).
+    pub fn codec(mut self, codec: impl Codec) -> Self {
+        self.codec = Arc::new(codec);
+        self
+    }
+
+    /// The clock durable timers follow (default: the system clock; tests use `ManualClock`).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// How many lanes run units of work in parallel (default 16).
+    pub fn lanes(mut self, lanes: usize) -> Self {
+        self.lanes = lanes.max(1);
+        self
+    }
+
+    /// Runs saga `S`. Its definition is validated here; errors surface from [`Self::build`].
+    pub fn saga<S: Saga>(mut self) -> Self {
+        match saga_driver::SagaDriver::<S>::new() {
+            Ok(driver) => self.drivers.push(Arc::new(driver)),
+            Err(e) => self.errors.push(e.to_string()),
+        }
+        self
+    }
+
+    /// Runs participant `handler`.
+    pub fn handler(mut self, handler: impl Handler) -> Self {
+        self.drivers
+            .push(Arc::new(participant::ParticipantDriver::new(handler)));
+        self
+    }
+
+    /// Subscribes every saga and participant, publishes what a previous run left in the
+    /// outbox, re-runs interrupted local steps, and starts consuming.
+    pub async fn build(self) -> Result<SagaRuntime, Error> {
+        if !self.errors.is_empty() {
+            return Err(Error::Config(self.errors.join("; ")));
+        }
+        let store = self.store.ok_or_else(|| {
+            Error::Config("no store: call .store(SledStore::open(dir)?) or .store(MemoryStore::new())".into())
+        })?;
+        let mut seen = std::collections::HashSet::new();
+        for d in &self.drivers {
+            if !seen.insert(d.subscription()) {
+                return Err(Error::Config(format!(
+                    "two sagas or handlers share the name {:?}: names must be unique",
+                    d.name()
+                )));
+            }
+        }
+        let bus = self.bus.unwrap_or_else(|| Arc::new(InMemoryBus::new()));
+        let (relay, relay_rx) = RelayHandle::new();
+        let (lanes, lane_receivers) = Lanes::new(self.lanes);
+        let sagas = self
+            .drivers
+            .iter()
+            .filter(|d| d.subscription().starts_with("saga."))
+            .map(|d| (d.name().to_owned(), d.clone()))
+            .collect();
+        let core = Arc::new(Core {
+            store,
+            bus,
+            codec: self.codec,
+            clock: self.clock,
+            activity: Activity::new(),
+            relay,
+            timers: TimerService::default(),
+            sagas,
+            lanes,
+        });
+        // Subscribe before anything is published, so that no message (ours or a leftover)
+        // goes to a name nobody is bound to yet.
+        let mut consumers = Vec::new();
+        for d in &self.drivers {
+            let names = d.names();
+            let consumer = core.bus.subscribe(&d.subscription(), &names).await?;
+            consumers.push((d.clone(), consumer));
+        }
+        let leftovers = relay::drain_leftovers(&core).await?;
+        if leftovers > 0 {
+            tracing::info!(leftovers, "published outbox entries left by the previous run");
+        }
+        let mut tasks = Vec::new();
+        lane_receivers.start(&core, &mut tasks);
+        tasks.push(tokio::spawn(relay::run(core.clone(), relay_rx)));
+        tasks.push(tokio::spawn(timers::run(core.clone())));
+        let consumer_tasks = consumers
+            .into_iter()
+            .map(|(driver, consumer)| tokio::spawn(consume(core.clone(), driver, consumer)))
+            .collect();
+        Ok(SagaRuntime {
+            core,
+            tasks,
+            consumers: consumer_tasks,
+            drivers: self.drivers,
+        })
+    }
+}
+
+async fn consume(core: Arc<Core>, driver: Arc<dyn Driver>, mut consumer: Consumer) {
+    while let Some(delivery) = consumer.next().await {
+        let guard = core.activity.guard();
+        match driver.route(&*core.codec, delivery.envelope()) {
+            Ok(routed) => {
+                core.lanes
+                    .dispatch(Work {
+                        driver: driver.clone(),
+                        lane_key: routed.lane_key,
+                        input: routed.input,
+                        delivery: Some(delivery),
+                        guard,
+                    })
+                    .await
+            }
+            Err(reason) => {
+                tracing::warn!(
+                    consumer = %driver.name(),
+                    message = %delivery.envelope().name,
+                    message_id = %delivery.envelope().message_id,
+                    %reason,
+                    "dead-lettering a message that cannot be handled"
+                );
+                if let Err(e) = delivery.dead_letter(reason).await {
+                    tracing::warn!(error = %e, "could not dead-letter; the transport will redeliver");
+                }
+            }
+        }
+    }
+}
+
+/// A running saga engine: consumers, lanes, the outbox relay and the timer task.
+///
+/// Dropping it stops every task at once, as a crash would (nothing committed is lost; what
+/// was in flight is redelivered). [`SagaRuntime::shutdown`] stops it gracefully.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use saga_core::{bus::InMemoryBus, engine::SagaRuntime, store::MemoryStore};
+/// let runtime = SagaRuntime::builder()
+///     .store(MemoryStore::new())
+///     .bus(InMemoryBus::new())
+///     .build()
+///     .await
+///     .unwrap();
+/// runtime.settle().await;
+/// runtime.shutdown().await.unwrap();
+/// # });
+/// ```
+pub struct SagaRuntime {
+    core: Arc<Core>,
+    tasks: Vec<JoinHandle<()>>,
+    consumers: Vec<JoinHandle<()>>,
+    drivers: Vec<Arc<dyn Driver>>,
+}
+
+impl std::fmt::Debug for SagaRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SagaRuntime")
+            .field(
+                "consumers",
+                &self.drivers.iter().map(|d| d.name().to_owned()).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl SagaRuntime {
+    /// Starts configuring a runtime.
+    pub fn builder() -> SagaRuntimeBuilder {
+        SagaRuntimeBuilder::default()
+    }
+
+    /// Publishes a message with a fresh id (to start sagas or notify participants).
+    pub async fn publish<M: Message>(&self, message: &M) -> Result<Uuid, Error> {
+        let envelope = Envelope::encode(&*self.core.codec, message)?;
+        let id = envelope.message_id;
+        self.core.bus.publish(envelope).await?;
+        Ok(id)
+    }
+
+    /// The instance with this id.
+    pub async fn instance(&self, id: Uuid) -> Result<Option<crate::engine::SagaInstance>, Error> {
+        let Some(record) = self.core.store.instance(id).await? else {
+            return Ok(None);
+        };
+        let step = match &record.status {
+            crate::store::SagaStatus::Running { step } | crate::store::SagaStatus::Compensating { step } => Some(*step),
+            _ => None,
+        };
+        let step_name = step.and_then(|s| self.core.sagas.get(&record.saga).and_then(|d| d.step_name(s)));
+        Ok(Some(SagaInstance {
+            record,
+            step_name,
+            codec: self.core.codec.clone(),
+        }))
+    }
+
+    /// The instance of saga `S` correlated by `key`.
+    pub async fn saga<S: Saga>(&self, key: &str) -> Result<Option<SagaInstance>, Error> {
+        self.instance(instance_id(S::NAME, key)).await
+    }
+
+    /// Ids of the instances with a status (from the status index).
+    pub async fn instances(&self, status: StatusKind) -> Result<Vec<Uuid>, Error> {
+        Ok(self.core.store.instances_with_status(status, usize::MAX).await?)
+    }
+
+    /// An instance's history, oldest first.
+    pub async fn history(&self, id: Uuid) -> Result<Vec<HistoryEntry>, Error> {
+        Ok(self.core.store.history(id).await?)
+    }
+
+    /// A participant's record, decoded.
+    pub async fn record<T: DeserializeOwned>(&self, scope: &str, key: &str) -> Result<Option<T>, Error> {
+        match self.core.store.entity(scope, key).await? {
+            Some(r) => Ok(Some(self.core.codec.decode(&r.value)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The store the runtime commits to.
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.core.store.clone()
+    }
+
+    /// Returns once nothing is in flight: no message queued on the bus (when the bus can
+    /// tell), no unit of work running, no outbox entry unpublished. Timers due in the future
+    /// are not "in flight": advance the clock and call [`Self::fire_due_timers`].
+    pub async fn settle(&self) {
+        let mut counters = vec![self.core.activity.clone()];
+        counters.extend(self.core.bus.activity());
+        crate::activity::settle(&counters).await;
+    }
+
+    /// Hands every timer due by the clock's current time to its lane now, instead of waiting
+    /// for the timer task to wake up; returns how many. Pair with [`Self::settle`].
+    pub async fn fire_due_timers(&self) -> usize {
+        timers::fire_due(&self.core, self.core.clock.now(), None).await
+    }
+
+    /// Stops consuming, lets the work in hand finish (up to `grace`), flushes the store.
+    pub async fn shutdown(self) -> Result<(), Error> {
+        self.shutdown_within(Duration::from_secs(10)).await
+    }
+
+    /// [`Self::shutdown`] with a bound on the wait for in-hand work.
+    pub async fn shutdown_within(mut self, grace: Duration) -> Result<(), Error> {
+        for t in self.consumers.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+        let core = self.core.clone();
+        let drained = tokio::time::timeout(grace, async move {
+            while core.activity.pending() > 0 {
+                let changed = core.activity.changed();
+                if core.activity.pending() == 0 {
+                    break;
+                }
+                changed.await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("shutdown grace period over with work in flight; it will be redelivered");
+        }
+        self.stop_tasks().await;
+        self.core.store.flush().await?;
+        Ok(())
+    }
+
+    /// Stops every task at once, as a crash would, and waits until they are gone (so the
+    /// store can be reopened). Committed work is kept; work in flight is redelivered.
+    pub async fn kill(mut self) {
+        for t in self.consumers.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+        self.stop_tasks().await;
+    }
+
+    async fn stop_tasks(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for SagaRuntime {
+    fn drop(&mut self) {
+        for t in self.consumers.iter().chain(&self.tasks) {
+            t.abort();
+        }
+    }
+}

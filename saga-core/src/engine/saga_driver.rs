@@ -1,0 +1,380 @@
+//! Runs the units of work of one saga definition.
+
+use std::collections::HashMap;
+
+use uuid::Uuid;
+
+use super::Core;
+use super::driver::{Driver, Failure, Input, Routed, Unit};
+use super::transition::Transition;
+use crate::message::{Codec, CodecExt, Envelope};
+use crate::saga::{Action, DefinitionError, Route, Saga, SagaDefinition, StepContext, StepError, instance_id};
+use crate::store::{Commit, HistoryEvent, InstanceRecord, MessageRef, Phase, SagaStatus, TimerPurpose, TimerRecord};
+
+pub(crate) struct SagaDriver<S: Saga> {
+    def: SagaDefinition<S>,
+    routes: HashMap<&'static str, Route>,
+}
+
+impl<S: Saga> SagaDriver<S> {
+    pub(crate) fn new() -> Result<Self, DefinitionError> {
+        let def = S::definition();
+        def.validate()?;
+        let routes = def.routes()?;
+        Ok(SagaDriver { def, routes })
+    }
+
+    /// The step and phase a stored record refers to, if the current definition still has it.
+    fn step_exists(&self, step: u32) -> bool {
+        (step as usize) < self.def.steps.len()
+    }
+
+    fn decode_state(&self, codec: &dyn Codec, record: &InstanceRecord) -> Result<S, Failure> {
+        codec.decode(&record.state).map_err(|e| {
+            Failure::DeadLetter(format!(
+                "the stored state of saga instance {} does not decode as {}: {e}",
+                record.id,
+                std::any::type_name::<S>()
+            ))
+        })
+    }
+
+    fn commit_transition(
+        &self,
+        t: Transition<'_, S>,
+        previous: Option<(u64, crate::store::StatusKind)>,
+        cause: MessageRef,
+    ) -> Result<(Commit, Option<TimerRecord>), Failure> {
+        let (commit, follow_up, events) = t
+            .into_commit(previous, cause)
+            .map_err(|e| Failure::DeadLetter(format!("cannot encode the state of saga {}: {e}", S::NAME)))?;
+        for event in &events {
+            log_event(event);
+        }
+        Ok((commit, follow_up))
+    }
+
+    async fn on_message(
+        &self,
+        core: &Core,
+        id: Uuid,
+        envelope: &Envelope,
+        decoded: &crate::saga::Decoded,
+        key: &str,
+    ) -> Result<Unit, Failure> {
+        let route = self
+            .routes
+            .get(envelope.name.as_str())
+            .copied()
+            .ok_or_else(|| Failure::DeadLetter(format!("saga {} does not handle {}", S::NAME, envelope.name)))?;
+        let existing = core.store.instance(id).await?;
+        let now = core.clock.now();
+        let cause = MessageRef {
+            id: envelope.message_id,
+            name: envelope.name.clone(),
+        };
+        let (t, previous) = match (route, existing) {
+            (Route::Start(i), None) => {
+                let Some(state) = (self.def.starts[i].init)(decoded) else {
+                    return Err(Failure::DeadLetter(format!(
+                        "{} did not decode as a start message",
+                        envelope.name
+                    )));
+                };
+                let record = InstanceRecord {
+                    id,
+                    saga: S::NAME.to_owned(),
+                    saga_version: S::VERSION,
+                    key: key.to_owned(),
+                    status: SagaStatus::Running { step: 0 },
+                    version: 0,
+                    state: Vec::new(),
+                    awaiting: None,
+                    failure: None,
+                    created_at: now,
+                    updated_at: now,
+                };
+                let mut t = Transition::new(&self.def, &*core.codec, now, envelope.message_id, record, state);
+                t.start();
+                (t, None)
+            }
+            (Route::Start(_), Some(_)) => return Ok(Unit::Skipped(format!("instance {id} already started"))),
+            (_, None) => {
+                return Ok(Unit::Skipped(format!(
+                    "no instance {id} of saga {} for {}",
+                    S::NAME,
+                    envelope.name
+                )));
+            }
+            (_, Some(record)) if record.status.is_terminal() => {
+                return Ok(Unit::Skipped(format!(
+                    "instance {id} has finished ({:?})",
+                    record.status.kind()
+                )));
+            }
+            (route, Some(record)) => {
+                if core.store.processed(id, envelope.message_id).await? {
+                    return Ok(Unit::Skipped(format!(
+                        "{} {} already processed",
+                        envelope.name, envelope.message_id
+                    )));
+                }
+                let previous = Some((record.version, record.status.kind()));
+                let state = self.decode_state(&*core.codec, &record)?;
+                let mut t = Transition::new(&self.def, &*core.codec, now, envelope.message_id, record, state);
+                match route {
+                    Route::Reply { step, phase, success } => t.on_reply(step, phase, success, &envelope.name, decoded),
+                    Route::Event(i) => t.on_event(i, &envelope.name, decoded),
+                    Route::Start(_) => {}
+                }
+                (t, previous)
+            }
+        };
+        self.commit(core, t, previous, cause).await
+    }
+
+    async fn commit(
+        &self,
+        core: &Core,
+        t: Transition<'_, S>,
+        previous: Option<(u64, crate::store::StatusKind)>,
+        cause: MessageRef,
+    ) -> Result<Unit, Failure> {
+        let (commit, follow_up) = self.commit_transition(t, previous, cause)?;
+        let outbox = commit.outbox.clone();
+        let timers_added = !commit.timers_add.is_empty();
+        match core.store.commit(commit).await {
+            Ok(committed) => Ok(Unit::Committed {
+                committed,
+                outbox,
+                follow_up,
+                timers_added,
+            }),
+            Err(crate::store::StoreError::Duplicate { message_id, .. }) => {
+                Ok(Unit::Skipped(format!("{message_id} already processed")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn on_timer(&self, core: &Core, timer: &TimerRecord) -> Result<Unit, Failure> {
+        let id = timer.key.instance_id;
+        let cause = MessageRef {
+            id: timer.key.timer_id,
+            name: format!("timer:{}", purpose_name(&timer.purpose)),
+        };
+        let record = match core.store.instance(id).await? {
+            Some(r) if !r.status.is_terminal() => r,
+            _ => return self.drop_timer(core, timer).await,
+        };
+        if record.awaiting.as_ref().and_then(|a| a.timer) != Some(timer.key) {
+            return self.drop_timer(core, timer).await;
+        }
+        let (step, phase, attempt) = match timer.purpose {
+            TimerPurpose::Timeout { step, phase, attempt }
+            | TimerPurpose::Retry { step, phase, attempt }
+            | TimerPurpose::RunLocal { step, phase, attempt } => (step, phase, attempt),
+        };
+        let previous = Some((record.version, record.status.kind()));
+        let now = core.clock.now();
+        let state = self.decode_state(&*core.codec, &record)?;
+        if !self.step_exists(step) {
+            let mut t = Transition::new(&self.def, &*core.codec, now, timer.key.timer_id, record, state);
+            t.fail(format!(
+                "the definition has no step #{step}: was the saga changed while instances ran?"
+            ));
+            return self.commit(core, t, previous, cause).await;
+        }
+        if let TimerPurpose::RunLocal { .. } = timer.purpose {
+            let result = self.run_local(core, &record, step, phase, attempt).await?;
+            let mut t = Transition::new(
+                &self.def,
+                &*core.codec,
+                core.clock.now(),
+                timer.key.timer_id,
+                record,
+                state,
+            );
+            t.events.push(HistoryEvent::TimerFired { key: timer.key });
+            t.on_local_result(step, phase, attempt, result);
+            return self.commit(core, t, previous, cause).await;
+        }
+        let mut t = Transition::new(&self.def, &*core.codec, now, timer.key.timer_id, record, state);
+        t.on_timer(timer);
+        self.commit(core, t, previous, cause).await
+    }
+
+    async fn run_local(
+        &self,
+        core: &Core,
+        record: &InstanceRecord,
+        step: u32,
+        phase: Phase,
+        attempt: u32,
+    ) -> Result<Result<S, StepError>, Failure> {
+        let s = &self.def.steps[step as usize];
+        let action = match phase {
+            Phase::Action => Some(&s.action),
+            Phase::Compensation => s.compensation.as_ref(),
+        };
+        let Some(Action::Local(run)) = action else {
+            return Ok(Err(StepError::Failed(format!(
+                "step {} has no local code to run",
+                s.name
+            ))));
+        };
+        let state = self.decode_state(&*core.codec, record)?;
+        let ctx = StepContext {
+            instance_id: record.id,
+            saga: S::NAME,
+            step: s.name.clone(),
+            attempt,
+            idempotency_key: format!("{}/{step}/{phase:?}", record.id),
+        };
+        let run = run(state, ctx);
+        Ok(match s.phase_timeout(phase) {
+            Some(limit) => match tokio::time::timeout(limit, run).await {
+                Ok(result) => result,
+                Err(_) => Err(StepError::Transient(format!("did not finish within {limit:?}"))),
+            },
+            None => run.await,
+        })
+    }
+
+    async fn drop_timer(&self, core: &Core, timer: &TimerRecord) -> Result<Unit, Failure> {
+        let committed = core
+            .store
+            .commit(Commit {
+                timers_remove: vec![timer.key],
+                ..Commit::default()
+            })
+            .await?;
+        Ok(Unit::Committed {
+            committed,
+            outbox: Vec::new(),
+            follow_up: None,
+            timers_added: false,
+        })
+    }
+}
+
+fn purpose_name(p: &TimerPurpose) -> &'static str {
+    match p {
+        TimerPurpose::Timeout { .. } => "timeout",
+        TimerPurpose::Retry { .. } => "retry",
+        TimerPurpose::RunLocal { .. } => "run-local",
+    }
+}
+
+fn log_event(event: &HistoryEvent) {
+    match event {
+        HistoryEvent::StepStarted { step, name, attempt } => {
+            tracing::info!(step = %name, index = step, attempt, "step started")
+        }
+        HistoryEvent::StepSucceeded { name, .. } => tracing::info!(step = %name, "step succeeded"),
+        HistoryEvent::StepFailed { name, reason, .. } => tracing::info!(step = %name, %reason, "step failed"),
+        HistoryEvent::CompensationStarted { name, attempt, .. } => {
+            tracing::info!(step = %name, attempt, "compensation started")
+        }
+        HistoryEvent::StepCompensated { name, .. } => tracing::info!(step = %name, "step compensated"),
+        HistoryEvent::CompensationFailed { name, reason, .. } => {
+            tracing::info!(step = %name, %reason, "compensation failed")
+        }
+        HistoryEvent::StatusChanged {
+            to: to @ SagaStatus::Failed { .. },
+        } => {
+            tracing::warn!(status = ?to, "saga parked as failed: it needs an operator")
+        }
+        HistoryEvent::StatusChanged { to } => tracing::info!(status = ?to, "saga status changed"),
+        HistoryEvent::Ignored { reason } => tracing::debug!(%reason, "message ignored"),
+        _ => tracing::trace!(?event, "saga history"),
+    }
+}
+
+#[async_trait::async_trait]
+impl<S: Saga> Driver for SagaDriver<S> {
+    fn name(&self) -> &str {
+        S::NAME
+    }
+
+    fn subscription(&self) -> String {
+        format!("saga.{}", S::NAME)
+    }
+
+    fn names(&self) -> Vec<&'static str> {
+        let mut names: Vec<_> = self.routes.keys().copied().collect();
+        names.sort_unstable();
+        names
+    }
+
+    fn route(&self, codec: &dyn Codec, envelope: &Envelope) -> Result<Routed, String> {
+        let route = self.routes.get(envelope.name.as_str()).copied().ok_or_else(|| {
+            format!(
+                "unknown message name {:?}: saga {} does not handle it",
+                envelope.name,
+                S::NAME
+            )
+        })?;
+        let decode = match route {
+            Route::Start(i) => &self.def.starts[i].decode,
+            Route::Event(i) => &self.def.events[i].decode,
+            Route::Reply { step, phase, success } => match self.def.reply_handler(step, phase, success) {
+                Some(h) => &h.decode,
+                None => return Err(format!("saga {} has no handler for reply {}", S::NAME, envelope.name)),
+            },
+        };
+        let (key, decoded) = decode(codec, envelope).map_err(|e| format!("undecodable {}: {e}", envelope.name))?;
+        let (lane_key, key) = match route {
+            Route::Reply { .. } => match envelope.correlation_id {
+                Some(id) => (id, String::new()),
+                None => {
+                    return Err(format!(
+                        "reply {} carries no correlation id: it cannot find its saga",
+                        envelope.name
+                    ));
+                }
+            },
+            Route::Start(_) | Route::Event(_) => match key {
+                Some(key) => (instance_id(S::NAME, &key), key),
+                None => {
+                    return Err(format!(
+                        "{} has no correlation key: it cannot find its saga",
+                        envelope.name
+                    ));
+                }
+            },
+        };
+        Ok(Routed {
+            lane_key,
+            input: Input::Message {
+                envelope: envelope.clone(),
+                decoded: Some(decoded),
+                key,
+            },
+        })
+    }
+
+    async fn process(&self, core: &Core, lane_key: Uuid, input: &Input) -> Result<Unit, Failure> {
+        match input {
+            Input::Message {
+                envelope,
+                decoded: Some(decoded),
+                key,
+            } => self.on_message(core, lane_key, envelope, decoded, key).await,
+            Input::Message {
+                envelope,
+                decoded: None,
+                ..
+            } => Err(Failure::DeadLetter(format!(
+                "{} reached saga {} undecoded",
+                envelope.name,
+                S::NAME
+            ))),
+            Input::Timer(timer) => self.on_timer(core, timer).await,
+        }
+    }
+
+    fn step_name(&self, step: u32) -> Option<String> {
+        self.def.steps.get(step as usize).map(|s| s.name.clone())
+    }
+}

@@ -1,0 +1,115 @@
+//! Durable timers: one task sleeps until the next due timer and feeds it to the lanes.
+//!
+//! Timers live in the store's due-time index, written in the same commit as the transition
+//! that scheduled them, so they survive restarts. A fired timer enters the same unit of work as
+//! a message (its id is the message id, so firing twice is deduplicated), and the unit removes
+//! it. Timers handed to a lane and not yet finished are remembered in memory so that the task
+//! does not hand them out twice.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use super::Core;
+use super::lanes::Work;
+use crate::message::Timestamp;
+use crate::store::{TimerKey, TimerPurpose, TimerRecord};
+
+const BATCH: usize = 512;
+
+/// Shared between the timer task, the lanes and the runtime.
+#[derive(Default)]
+pub(crate) struct TimerService {
+    in_flight: Mutex<HashSet<TimerKey>>,
+    wake: Notify,
+}
+
+impl TimerService {
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<TimerKey>> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A lane finished with a timer (its commit removed it, or it failed and may be retried).
+    pub(crate) fn release(&self, key: TimerKey) {
+        self.in_flight().remove(&key);
+        self.wake.notify_one();
+    }
+
+    /// New timers may have been scheduled.
+    pub(crate) fn poke(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// Hands every due timer not already in flight to its lane; returns how many.
+pub(crate) async fn fire_due(core: &Arc<Core>, upto: Timestamp, only: Option<fn(&TimerRecord) -> bool>) -> usize {
+    let mut fired = 0;
+    let mut after = None;
+    loop {
+        let timers = match core.store.timers_due(upto, after, BATCH).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read due timers");
+                return fired;
+            }
+        };
+        let full = timers.len() == BATCH;
+        after = timers.last().map(|t| t.key);
+        for timer in timers {
+            if only.is_some_and(|keep| !keep(&timer)) || !core.timers.in_flight().insert(timer.key) {
+                continue;
+            }
+            let Some(driver) = core.sagas.get(&timer.saga).cloned() else {
+                tracing::warn!(saga = %timer.saga, "timer of a saga this runtime does not run");
+                continue;
+            };
+            fired += 1;
+            let work = Work {
+                driver,
+                lane_key: timer.key.instance_id,
+                input: super::driver::Input::Timer(timer),
+                delivery: None,
+                guard: core.activity.guard(),
+            };
+            core.lanes.dispatch(work).await;
+        }
+        if !full {
+            return fired;
+        }
+    }
+}
+
+fn is_local_run(t: &TimerRecord) -> bool {
+    matches!(t.purpose, TimerPurpose::RunLocal { .. })
+}
+
+/// The timer task: first re-runs local steps a crash interrupted, then fires timers as they
+/// come due.
+pub(crate) async fn run(core: Arc<Core>) {
+    let recovered = fire_due(&core, Timestamp(u64::MAX), Some(is_local_run)).await;
+    if recovered > 0 {
+        tracing::info!(recovered, "re-running local steps interrupted by a restart");
+    }
+    loop {
+        let wake = core.timers.wake.notified();
+        tokio::pin!(wake);
+        wake.as_mut().enable();
+        let now = core.clock.now();
+        fire_due(&core, now, None).await;
+        match core.store.next_timer(now).await {
+            Ok(Some(next)) => {
+                tokio::select! {
+                    _ = core.clock.sleep_until(next.due) => {}
+                    _ = &mut wake => {}
+                }
+            }
+            Ok(None) => wake.await,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the timer index; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}

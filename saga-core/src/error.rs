@@ -1,0 +1,60 @@
+//! Errors users meet: from their own handlers, and from the runtime.
+
+use crate::bus::BusError;
+use crate::message::CodecError;
+use crate::store::StoreError;
+
+/// What a participant or event handler reports when it cannot handle a message.
+///
+/// A `Transient` error is retried (redelivered with backoff) until the retry policy runs out,
+/// then the message is dead-lettered; a `Permanent` one is dead-lettered at once. A business
+/// refusal ("out of stock") is not an error: reply with a failure message instead.
+///
+/// ```
+/// use saga_core::HandlerError;
+/// let e = HandlerError::transient("payment gateway timed out");
+/// assert!(e.is_transient());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerError {
+    /// Might succeed if tried again later.
+    #[error("transient failure: {0}")]
+    Transient(String),
+    /// Will never succeed for this message.
+    #[error("permanent failure: {0}")]
+    Permanent(String),
+}
+
+impl HandlerError {
+    /// A failure worth retrying.
+    pub fn transient(reason: impl std::fmt::Display) -> Self {
+        HandlerError::Transient(reason.to_string())
+    }
+
+    /// A failure not worth retrying.
+    pub fn permanent(reason: impl std::fmt::Display) -> Self {
+        HandlerError::Permanent(reason.to_string())
+    }
+
+    /// Whether a retry might help.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, HandlerError::Transient(_))
+    }
+}
+
+/// Errors from the runtime's public operations.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The bus failed.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// A message or state could not be encoded or decoded.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The runtime was configured inconsistently.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}

@@ -1,0 +1,25 @@
+//! The durable saga engine of sagaflow.
+//!
+//! A saga chains steps across services into one business transaction; when a step fails,
+//! the compensations of the completed steps run in reverse order. This crate holds:
+//!
+//! - [`message`]: typed messages with stable wire names, envelopes, codecs, derived ids;
+//! - [`bus`]: the transport trait, the in-memory bus, typed and dynamic event handlers;
+//! - [`store`]: the atomic commit, the sled store with group commit, the memory store;
+//! - [`saga`]: how a saga is defined (steps, compensations, retries, timeouts);
+//! - [`engine`]: the runtime that drives sagas and participants through units of work;
+//! - [`clock`]: real and virtual time for durable timers.
+//!
+//! Most users depend on the `sagaflow` facade crate, which re-exports this one.
+#![warn(missing_docs)]
+
+pub mod activity;
+pub mod bus;
+pub mod clock;
+pub mod engine;
+mod error;
+pub mod message;
+pub mod saga;
+pub mod store;
+
+pub use error::{Error, HandlerError};

@@ -1,0 +1,399 @@
+//! One implementation of [`Store`] over any ordered key-value engine.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::future::BoxFuture;
+use uuid::Uuid;
+
+use super::layout as key;
+use super::{
+    Commit, Committed, Durable, EntityRecord, FORMAT_VERSION, HistoryEntry, InstanceRecord, OutboxEntry, StatusKind,
+    Store, StoreError, TimerKey, TimerRecord,
+};
+use crate::message::{Envelope, Timestamp};
+
+/// Why a [`Batch`]'s checks refused it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// The inbox already holds the message.
+    Duplicate {
+        /// Consumer id.
+        consumer: Uuid,
+        /// Message id.
+        message_id: Uuid,
+    },
+    /// A versioned record is not at the version the writer read.
+    Conflict {
+        /// What the record is.
+        what: String,
+        /// The version the writer read.
+        expected: u64,
+        /// The version found.
+        found: u64,
+    },
+}
+
+impl From<Rejection> for StoreError {
+    fn from(r: Rejection) -> Self {
+        match r {
+            Rejection::Duplicate { consumer, message_id } => StoreError::Duplicate { consumer, message_id },
+            Rejection::Conflict { what, expected, found } => StoreError::Conflict { what, expected, found },
+        }
+    }
+}
+
+enum Check {
+    Absent { key: Vec<u8>, rejection: Rejection },
+    Version { key: Vec<u8>, expected: u64, what: String },
+}
+
+/// The writes of one commit with the checks that must hold before any of them is applied.
+///
+/// An engine applies a batch by running [`Batch::check`] and then every put and delete, all
+/// inside one transaction. The check reads the first eight bytes of versioned values.
+#[derive(Default)]
+pub struct Batch {
+    checks: Vec<Check>,
+    puts: Vec<(Vec<u8>, Vec<u8>)>,
+    dels: Vec<Vec<u8>>,
+}
+
+impl Batch {
+    /// Runs the checks with `version_of(key)`, which returns `None` for an absent key and the
+    /// value's leading big-endian `u64` (0 if shorter) otherwise.
+    pub fn check<E>(
+        &self,
+        mut version_of: impl FnMut(&[u8]) -> Result<Option<u64>, E>,
+    ) -> Result<Result<(), Rejection>, E> {
+        for check in &self.checks {
+            match check {
+                Check::Absent { key, rejection } => {
+                    if version_of(key)?.is_some() {
+                        return Ok(Err(rejection.clone()));
+                    }
+                }
+                Check::Version { key, expected, what } => {
+                    let found = version_of(key)?.unwrap_or(0);
+                    if found != *expected {
+                        return Ok(Err(Rejection::Conflict {
+                            what: what.clone(),
+                            expected: *expected,
+                            found,
+                        }));
+                    }
+                }
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Keys and values to insert.
+    pub fn puts(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.puts.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))
+    }
+
+    /// Keys to remove.
+    pub fn dels(&self) -> impl Iterator<Item = &[u8]> {
+        self.dels.iter().map(Vec::as_slice)
+    }
+
+    fn put(&mut self, k: Vec<u8>, v: Vec<u8>) {
+        self.puts.push((k, v));
+    }
+}
+
+/// The leading version of a stored value, as [`Batch::check`] wants it.
+pub fn leading_version(value: &[u8]) -> u64 {
+    value.first_chunk::<8>().map_or(0, |b| u64::from_be_bytes(*b))
+}
+
+/// A key and its value, as scans return them.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// An ordered key-value engine that [`KvStore`] can run on.
+pub trait OrderedKv: Send + Sync + 'static {
+    /// A point read.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Keys in `[from, to)` in order, at most `limit`.
+    fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError>;
+    /// The greatest key in `[from, to)`.
+    fn last_key(&self, from: &[u8], to: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Applies a batch atomically if its checks hold.
+    fn apply(&self, batch: &Batch) -> Result<Result<(), Rejection>, StoreError>;
+    /// Removes keys (not necessarily atomically).
+    fn remove(&self, keys: &[Vec<u8>]) -> Result<(), StoreError>;
+    /// A future that resolves when everything applied so far is durable under the engine's
+    /// durability policy.
+    fn durable(&self) -> Durable;
+    /// Flushes everything applied so far.
+    fn flush(&self) -> BoxFuture<'static, Result<(), StoreError>>;
+    /// Where the data lives, for error messages.
+    fn location(&self) -> String;
+}
+
+/// The [`Store`] over an [`OrderedKv`] engine; see [`SledStore`](super::SledStore) and
+/// [`MemoryStore`](super::MemoryStore).
+pub struct KvStore<B> {
+    kv: B,
+    next_outbox_seq: AtomicU64,
+}
+
+impl<B> std::fmt::Debug for KvStore<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvStore").finish_non_exhaustive()
+    }
+}
+
+impl<B: OrderedKv> KvStore<B> {
+    /// Opens a store on `kv`: checks (or, for an empty engine, writes) the format version.
+    pub fn on(kv: B) -> Result<Self, StoreError> {
+        match kv.get(key::META_FORMAT)? {
+            Some(bytes) => {
+                let found = <[u8; 4]>::try_from(bytes.as_slice())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt {
+                        what: "format marker",
+                        key: key::hex(key::META_FORMAT),
+                        reason: format!("{} bytes instead of 4", bytes.len()),
+                    })?;
+                if found > FORMAT_VERSION || found == 0 {
+                    return Err(StoreError::UnsupportedFormat {
+                        path: kv.location(),
+                        found,
+                        supported: FORMAT_VERSION,
+                    });
+                }
+            }
+            None => {
+                if !kv.scan(&[], &[u8::MAX], 1)?.is_empty() {
+                    return Err(StoreError::Open {
+                        path: kv.location(),
+                        reason: "it holds data but no sagaflow format marker, so it is not a sagaflow store".into(),
+                    });
+                }
+                let mut batch = Batch::default();
+                batch.put(key::META_FORMAT.to_vec(), FORMAT_VERSION.to_be_bytes().to_vec());
+                kv.apply(&batch)?.map_err(StoreError::from)?;
+            }
+        }
+        let outbox = [key::OUTBOX];
+        let next = match kv.last_key(&outbox, &key::prefix_end(&outbox))? {
+            Some(k) => key::u64_at("outbox", &k, 1)? + 1,
+            None => 1,
+        };
+        Ok(KvStore {
+            kv,
+            next_outbox_seq: AtomicU64::new(next),
+        })
+    }
+
+    /// The engine underneath.
+    pub fn engine(&self) -> &B {
+        &self.kv
+    }
+
+    fn prepare(&self, commit: Commit) -> Result<(Batch, Vec<u64>), StoreError> {
+        let mut b = Batch::default();
+        let mut seqs = Vec::with_capacity(commit.outbox.len());
+        if let Some((consumer, message_id)) = commit.inbox {
+            let k = key::inbox(consumer, message_id);
+            b.checks.push(Check::Absent {
+                key: k.clone(),
+                rejection: Rejection::Duplicate { consumer, message_id },
+            });
+            b.put(k, Vec::new());
+        }
+        if let Some(w) = &commit.instance {
+            let id = w.record.id;
+            let k = key::instance(id);
+            let (expected, old_kind) = w.previous.map_or((0, None), |(v, kind)| (v, Some(kind)));
+            b.checks.push(Check::Version {
+                key: k.clone(),
+                expected,
+                what: format!("saga instance {id}"),
+            });
+            if let Some(kind) = old_kind {
+                b.dels.push(key::status(kind, id));
+            }
+            b.put(key::status(w.record.status.kind(), id), Vec::new());
+            b.put(
+                k,
+                key::versioned(w.record.version, &key::encode("instance", &w.record)?),
+            );
+            if let Some(h) = &commit.history {
+                b.put(key::history(id, h.version), key::encode("history", h)?);
+            }
+        }
+        for e in &commit.entities {
+            let k = key::entity(&e.scope, &e.key);
+            b.checks.push(Check::Version {
+                key: k.clone(),
+                expected: e.expected_version,
+                what: format!("record {:?} of {:?}", e.key, e.scope),
+            });
+            b.put(k, key::versioned(e.expected_version + 1, &e.value));
+        }
+        if !commit.outbox.is_empty() {
+            let n = commit.outbox.len() as u64;
+            let first = self.next_outbox_seq.fetch_add(n, Ordering::SeqCst);
+            for (seq, env) in (first..).zip(&commit.outbox) {
+                b.put(key::outbox(seq), key::encode("outbox", env)?);
+                seqs.push(seq);
+            }
+        }
+        for t in &commit.timers_add {
+            b.put(key::timer(&t.key), key::encode("timer", t)?);
+        }
+        for t in &commit.timers_remove {
+            b.dels.push(key::timer(t));
+        }
+        Ok((b, seqs))
+    }
+}
+
+#[async_trait::async_trait]
+impl<B: OrderedKv> Store for KvStore<B> {
+    async fn commit(&self, commit: Commit) -> Result<Committed, StoreError> {
+        let (batch, outbox_seqs) = self.prepare(commit)?;
+        self.kv.apply(&batch)?.map_err(StoreError::from)?;
+        Ok(Committed {
+            durable: self.kv.durable(),
+            outbox_seqs,
+        })
+    }
+
+    fn barrier(&self) -> Durable {
+        self.kv.durable()
+    }
+
+    async fn instance(&self, id: Uuid) -> Result<Option<InstanceRecord>, StoreError> {
+        let k = key::instance(id);
+        match self.kv.get(&k)? {
+            Some(v) => {
+                let (_, body) = key::split_versioned("instance", &k, &v)?;
+                Ok(Some(key::decode("instance", &k, body)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn instances_with_status(&self, status: StatusKind, limit: usize) -> Result<Vec<Uuid>, StoreError> {
+        let prefix = key::status_prefix(status);
+        self.kv
+            .scan(&prefix, &key::prefix_end(&prefix), limit)?
+            .iter()
+            .map(|(k, _)| key::uuid_at("status index", k, 2))
+            .collect()
+    }
+
+    async fn history(&self, id: Uuid) -> Result<Vec<HistoryEntry>, StoreError> {
+        let prefix = key::history_prefix(id);
+        self.kv
+            .scan(&prefix, &key::prefix_end(&prefix), usize::MAX)?
+            .iter()
+            .map(|(k, v)| key::decode("history", k, v))
+            .collect()
+    }
+
+    async fn processed(&self, consumer: Uuid, message_id: Uuid) -> Result<bool, StoreError> {
+        Ok(self.kv.get(&key::inbox(consumer, message_id))?.is_some())
+    }
+
+    async fn entity(&self, scope: &str, k: &str) -> Result<Option<EntityRecord>, StoreError> {
+        let k = key::entity(scope, k);
+        match self.kv.get(&k)? {
+            Some(v) => {
+                let (version, body) = key::split_versioned("entity", &k, &v)?;
+                Ok(Some(EntityRecord {
+                    version,
+                    value: body.to_vec(),
+                }))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn entities(&self, scope: &str, limit: usize) -> Result<Vec<(String, EntityRecord)>, StoreError> {
+        let prefix = key::entity_prefix(scope);
+        self.kv
+            .scan(&prefix, &key::prefix_end(&prefix), limit)?
+            .into_iter()
+            .map(|(k, v)| {
+                let (version, body) = key::split_versioned("entity", &k, &v)?;
+                let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                Ok((
+                    name,
+                    EntityRecord {
+                        version,
+                        value: body.to_vec(),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    async fn timers_due(
+        &self,
+        upto: Timestamp,
+        after: Option<TimerKey>,
+        limit: usize,
+    ) -> Result<Vec<TimerRecord>, StoreError> {
+        let from = match after {
+            // The successor of a key: the key with a zero byte appended.
+            Some(t) => {
+                let mut k = key::timer(&t);
+                k.push(0);
+                k
+            }
+            None => vec![key::TIMER],
+        };
+        let to = key::timers_after_due(upto);
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        self.kv
+            .scan(&from, &to, limit)?
+            .iter()
+            .map(|(k, v)| key::decode("timer", k, v))
+            .collect()
+    }
+
+    async fn next_timer(&self, after: Timestamp) -> Result<Option<TimerKey>, StoreError> {
+        let prefix = [key::TIMER];
+        match self
+            .kv
+            .scan(&key::timers_after_due(after), &key::prefix_end(&prefix), 1)?
+            .first()
+        {
+            Some((k, _)) => Ok(Some(TimerKey {
+                due: Timestamp(key::u64_at("timer", k, 1)?),
+                instance_id: key::uuid_at("timer", k, 9)?,
+                timer_id: key::uuid_at("timer", k, 25)?,
+            })),
+            None => Ok(None),
+        }
+    }
+
+    async fn outbox(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        let prefix = [key::OUTBOX];
+        self.kv
+            .scan(&prefix, &key::prefix_end(&prefix), limit)?
+            .iter()
+            .map(|(k, v)| {
+                Ok(OutboxEntry {
+                    seq: key::u64_at("outbox", k, 1)?,
+                    envelope: key::decode::<Envelope>("outbox", k, v)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn remove_outbox(&self, seqs: &[u64]) -> Result<(), StoreError> {
+        let keys: Vec<_> = seqs.iter().map(|s| key::outbox(*s)).collect();
+        self.kv.remove(&keys)
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.kv.flush().await
+    }
+}

@@ -1,0 +1,194 @@
+//! The key layout shared by every ordered key-value engine.
+//!
+//! One keyspace, one leading byte per record kind, big-endian numbers so that byte order is
+//! numeric order. Everything the hot path asks for is a point read or a short range read:
+//!
+//! | prefix | key | value |
+//! | --- | --- | --- |
+//! | `m` | name | metadata (`m format` = format version, u32 BE) |
+//! | `i` | instance id | version (u64 BE) ++ record |
+//! | `s` | status tag, instance id | empty: the status index |
+//! | `x` | consumer id, message id | empty: the inbox |
+//! | `o` | sequence (u64 BE) | envelope: the outbox, in publication order |
+//! | `t` | due (u64 BE), instance id, timer id | timer: the due-time index |
+//! | `h` | instance id, version (u64 BE) | history entry |
+//! | `e` | scope length (u16 BE), scope, key | version (u64 BE) ++ value: participant records |
+//!
+//! Versions sit in front of instance and entity values so that the optimistic check inside a
+//! transaction reads eight bytes and decodes nothing.
+
+use serde::{Serialize, de::DeserializeOwned};
+use uuid::Uuid;
+
+use super::{StatusKind, StoreError, TimerKey};
+use crate::message::Timestamp;
+
+pub(crate) const META_FORMAT: &[u8] = b"mformat";
+pub(crate) const INSTANCE: u8 = b'i';
+pub(crate) const STATUS: u8 = b's';
+pub(crate) const INBOX: u8 = b'x';
+pub(crate) const OUTBOX: u8 = b'o';
+pub(crate) const TIMER: u8 = b't';
+pub(crate) const HISTORY: u8 = b'h';
+pub(crate) const ENTITY: u8 = b'e';
+
+pub(crate) fn instance(id: Uuid) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(INSTANCE);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+pub(crate) fn status(kind: StatusKind, id: Uuid) -> Vec<u8> {
+    let mut k = Vec::with_capacity(18);
+    k.push(STATUS);
+    k.push(kind.tag());
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+pub(crate) fn status_prefix(kind: StatusKind) -> Vec<u8> {
+    vec![STATUS, kind.tag()]
+}
+
+pub(crate) fn inbox(consumer: Uuid, message_id: Uuid) -> Vec<u8> {
+    let mut k = Vec::with_capacity(33);
+    k.push(INBOX);
+    k.extend_from_slice(consumer.as_bytes());
+    k.extend_from_slice(message_id.as_bytes());
+    k
+}
+
+pub(crate) fn outbox(seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(OUTBOX);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub(crate) fn timer(key: &TimerKey) -> Vec<u8> {
+    let mut k = Vec::with_capacity(41);
+    k.push(TIMER);
+    k.extend_from_slice(&key.due.0.to_be_bytes());
+    k.extend_from_slice(key.instance_id.as_bytes());
+    k.extend_from_slice(key.timer_id.as_bytes());
+    k
+}
+
+/// The first timer key strictly after every timer due at `due`.
+pub(crate) fn timers_after_due(due: Timestamp) -> Vec<u8> {
+    match due.0.checked_add(1) {
+        Some(next) => {
+            let mut k = vec![TIMER];
+            k.extend_from_slice(&next.to_be_bytes());
+            k
+        }
+        None => vec![TIMER + 1],
+    }
+}
+
+pub(crate) fn history(id: Uuid, version: u64) -> Vec<u8> {
+    let mut k = history_prefix(id);
+    k.extend_from_slice(&version.to_be_bytes());
+    k
+}
+
+pub(crate) fn history_prefix(id: Uuid) -> Vec<u8> {
+    let mut k = Vec::with_capacity(25);
+    k.push(HISTORY);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+pub(crate) fn entity_prefix(scope: &str) -> Vec<u8> {
+    let len = u16::try_from(scope.len()).unwrap_or(u16::MAX);
+    let mut k = Vec::with_capacity(3 + scope.len());
+    k.push(ENTITY);
+    k.extend_from_slice(&len.to_be_bytes());
+    k.extend_from_slice(&scope.as_bytes()[..usize::from(len)]);
+    k
+}
+
+pub(crate) fn entity(scope: &str, key: &str) -> Vec<u8> {
+    let mut k = entity_prefix(scope);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// The smallest key greater than every key starting with `prefix`.
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![u8::MAX; prefix.len() + 1]
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub(crate) fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_stdvec(value).map_err(|e| StoreError::Encode {
+        what,
+        reason: e.to_string(),
+    })
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(what: &'static str, key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
+        what,
+        key: hex(key),
+        reason: e.to_string(),
+    })
+}
+
+/// Prepends the version to an encoded value.
+pub(crate) fn versioned(version: u64, body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + body.len());
+    v.extend_from_slice(&version.to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+/// Splits a versioned value.
+pub(crate) fn split_versioned<'a>(
+    what: &'static str,
+    key: &[u8],
+    value: &'a [u8],
+) -> Result<(u64, &'a [u8]), StoreError> {
+    match value.split_first_chunk::<8>() {
+        Some((v, rest)) => Ok((u64::from_be_bytes(*v), rest)),
+        None => Err(StoreError::Corrupt {
+            what,
+            key: hex(key),
+            reason: format!("value of {} bytes has no version", value.len()),
+        }),
+    }
+}
+
+/// Reads a 16-byte id at `at` in a key.
+pub(crate) fn uuid_at(what: &'static str, key: &[u8], at: usize) -> Result<Uuid, StoreError> {
+    key.get(at..at + 16)
+        .and_then(|b| Uuid::from_slice(b).ok())
+        .ok_or_else(|| StoreError::Corrupt {
+            what,
+            key: hex(key),
+            reason: "key too short".into(),
+        })
+}
+
+/// Reads a big-endian u64 at `at` in a key.
+pub(crate) fn u64_at(what: &'static str, key: &[u8], at: usize) -> Result<u64, StoreError> {
+    key.get(at..at + 8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| StoreError::Corrupt {
+            what,
+            key: hex(key),
+            reason: "key too short".into(),
+        })
+}

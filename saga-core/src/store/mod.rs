@@ -1,0 +1,288 @@
+//! Where saga progress lives.
+//!
+//! The [`Store`] trait is the engine's one way to persist: a unit of work hands it a single
+//! [`Commit`] (instance state at `version + 1`, inbox entry, outbox entries, timer changes,
+//! history) and the store applies all of it or none. The commit becomes *visible* when
+//! [`Store::commit`] returns and *durable* when the returned [`Durable`] future resolves;
+//! the engine acks the delivery only after the latter, which is what makes a crash at any
+//! point lose nothing.
+//!
+//! [`KvStore`] implements the trait once over any ordered key-value engine ([`OrderedKv`]):
+//! [`SledStore`] (the embedded, durable default) and [`MemoryStore`] (tests) share every line
+//! of layout and commit logic, so they cannot drift apart.
+
+mod kv;
+mod layout;
+mod memory;
+mod records;
+#[cfg(feature = "sled")]
+mod sled;
+
+pub use kv::{Batch, KeyValue, KvStore, OrderedKv, Rejection, leading_version};
+pub use memory::{MemoryKv, MemoryStore};
+pub use records::{
+    Awaiting, EntityRecord, HistoryEntry, HistoryEvent, InstanceRecord, MessageRef, OutboxEntry, Phase, SagaStatus,
+    StatusKind, TimerKey, TimerPurpose, TimerRecord,
+};
+#[cfg(feature = "sled")]
+pub use sled::{SledKv, SledOptions, SledStore};
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use uuid::Uuid;
+
+use crate::message::{Envelope, Timestamp};
+
+/// The on-disk format this build writes and the newest it reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A future that resolves once a commit is durable under the store's [`Durability`].
+pub type Durable = BoxFuture<'static, Result<(), StoreError>>;
+
+/// When a commit counts as durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Flush (fsync) after every commit; the simplest and slowest safe choice.
+    Immediate,
+    /// Group commit: commits share one flush, taken when `max_batch` commits wait or
+    /// `max_delay` has passed since the first. Acks still wait for the flush, so this is as
+    /// safe as `Immediate` and close to the disk's throughput.
+    Group {
+        /// The longest a commit waits for company before its flush starts.
+        max_delay: Duration,
+        /// The most commits one flush covers.
+        max_batch: usize,
+    },
+    /// Never flush explicitly (the engine's background flush runs every second). A crash
+    /// can lose the last second of acked work: for tests and CPU benchmarks only.
+    None,
+}
+
+impl Default for Durability {
+    /// `Group { max_delay: 2 ms, max_batch: 512 }`.
+    fn default() -> Self {
+        Durability::Group {
+            max_delay: Duration::from_millis(2),
+            max_batch: 512,
+        }
+    }
+}
+
+/// Why the store could not do what was asked, and what to do about it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be opened.
+    #[error(
+        "cannot open the store at {path}: {reason}. If the directory is damaged, restore it from a backup or move it aside to start empty"
+    )]
+    Open {
+        /// The directory.
+        path: String,
+        /// The engine's error.
+        reason: String,
+    },
+    /// The store was written by a newer (or unknown) format.
+    #[error(
+        "the store at {path} has format version {found}; this build reads up to version {supported}: run a newer sagaflow, or open a store this version wrote"
+    )]
+    UnsupportedFormat {
+        /// The directory.
+        path: String,
+        /// The version found on disk.
+        found: u32,
+        /// The newest version this build reads.
+        supported: u32,
+    },
+    /// A stored record does not decode.
+    #[error("corrupted {what} record at key {key}: {reason}; restore the store from a backup")]
+    Corrupt {
+        /// The kind of record.
+        what: &'static str,
+        /// The key, hex-encoded.
+        key: String,
+        /// The decoder's error.
+        reason: String,
+    },
+    /// The optimistic concurrency check failed: someone else wrote first. Reload and retry.
+    #[error("{what} changed concurrently: expected version {expected}, found {found}")]
+    Conflict {
+        /// What was written.
+        what: String,
+        /// The version the writer read.
+        expected: u64,
+        /// The version in the store.
+        found: u64,
+    },
+    /// The inbox already holds this message for this consumer: it was processed before.
+    #[error("message {message_id} was already processed by consumer {consumer}")]
+    Duplicate {
+        /// The consumer (instance or participant id).
+        consumer: Uuid,
+        /// The message.
+        message_id: Uuid,
+    },
+    /// The storage engine failed (disk full, I/O error).
+    #[error("storage engine failed: {0}")]
+    Io(String),
+    /// A record could not be encoded.
+    #[error("cannot encode a {what} record: {reason}")]
+    Encode {
+        /// The kind of record.
+        what: &'static str,
+        /// The encoder's error.
+        reason: String,
+    },
+}
+
+/// The instance part of a commit.
+#[derive(Debug, Clone)]
+pub struct InstanceWrite {
+    /// The new record; its `version` must be `previous.version + 1` (or 1 for a new instance).
+    pub record: InstanceRecord,
+    /// The version and status read before the transition, `None` for a new instance.
+    pub previous: Option<(u64, StatusKind)>,
+}
+
+/// A participant's record written with a commit.
+#[derive(Debug, Clone)]
+pub struct EntityWrite {
+    /// The participant's namespace.
+    pub scope: String,
+    /// The record's key within it.
+    pub key: String,
+    /// The version read (0 when it did not exist); the write is at `expected_version + 1`.
+    pub expected_version: u64,
+    /// The new value.
+    pub value: Vec<u8>,
+}
+
+/// Everything one unit of work changes, applied atomically.
+#[derive(Debug, Clone, Default)]
+pub struct Commit {
+    /// Marks `(consumer, message_id)` processed; the commit fails with
+    /// [`StoreError::Duplicate`] if it already was.
+    pub inbox: Option<(Uuid, Uuid)>,
+    /// The saga instance's new state.
+    pub instance: Option<InstanceWrite>,
+    /// Participant records.
+    pub entities: Vec<EntityWrite>,
+    /// Messages to publish once the commit is durable.
+    pub outbox: Vec<Envelope>,
+    /// Timers to add.
+    pub timers_add: Vec<TimerRecord>,
+    /// Timers to remove.
+    pub timers_remove: Vec<TimerKey>,
+    /// The instance's history entry (requires `instance`).
+    pub history: Option<HistoryEntry>,
+}
+
+/// What [`Store::commit`] hands back.
+pub struct Committed {
+    /// Resolves once the commit is durable; ack the delivery after it.
+    pub durable: Durable,
+    /// The outbox positions given to the commit's messages, in order.
+    pub outbox_seqs: Vec<u64>,
+}
+
+impl std::fmt::Debug for Committed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Committed")
+            .field("outbox_seqs", &self.outbox_seqs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Persistence for the saga engine. See the module docs for the contract.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use saga_core::store::{Commit, MemoryStore, Store};
+/// let store = MemoryStore::new();
+/// let committed = store.commit(Commit::default()).await.unwrap();
+/// committed.durable.await.unwrap(); // now it is safe to ack the delivery
+/// # });
+/// ```
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies a commit atomically; its `durable` future resolves when it is durable.
+    async fn commit(&self, commit: Commit) -> Result<Committed, StoreError>;
+    /// Resolves once everything applied so far is durable: wait on it before acking a
+    /// message that was skipped because of something read from the store (a duplicate).
+    fn barrier(&self) -> Durable;
+    /// Loads an instance.
+    async fn instance(&self, id: Uuid) -> Result<Option<InstanceRecord>, StoreError>;
+    /// Ids of instances with a status, from the status index, at most `limit`.
+    async fn instances_with_status(&self, status: StatusKind, limit: usize) -> Result<Vec<Uuid>, StoreError>;
+    /// An instance's history, oldest first.
+    async fn history(&self, id: Uuid) -> Result<Vec<HistoryEntry>, StoreError>;
+    /// Whether `consumer` already processed `message_id`.
+    async fn processed(&self, consumer: Uuid, message_id: Uuid) -> Result<bool, StoreError>;
+    /// A participant's record.
+    async fn entity(&self, scope: &str, key: &str) -> Result<Option<EntityRecord>, StoreError>;
+    /// A participant's records, in key order, at most `limit`.
+    async fn entities(&self, scope: &str, limit: usize) -> Result<Vec<(String, EntityRecord)>, StoreError>;
+    /// Timers due at or before `upto`, in due order, after `after` (for paging), at most `limit`.
+    async fn timers_due(
+        &self,
+        upto: Timestamp,
+        after: Option<TimerKey>,
+        limit: usize,
+    ) -> Result<Vec<TimerRecord>, StoreError>;
+    /// The earliest timer due strictly after `after`.
+    async fn next_timer(&self, after: Timestamp) -> Result<Option<TimerKey>, StoreError>;
+    /// The oldest outbox entries, at most `limit`.
+    async fn outbox(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError>;
+    /// Removes published outbox entries.
+    async fn remove_outbox(&self, seqs: &[u64]) -> Result<(), StoreError>;
+    /// Makes everything committed so far durable.
+    async fn flush(&self) -> Result<(), StoreError>;
+}
+
+#[async_trait::async_trait]
+impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
+    async fn commit(&self, commit: Commit) -> Result<Committed, StoreError> {
+        (**self).commit(commit).await
+    }
+    fn barrier(&self) -> Durable {
+        (**self).barrier()
+    }
+    async fn instance(&self, id: Uuid) -> Result<Option<InstanceRecord>, StoreError> {
+        (**self).instance(id).await
+    }
+    async fn instances_with_status(&self, status: StatusKind, limit: usize) -> Result<Vec<Uuid>, StoreError> {
+        (**self).instances_with_status(status, limit).await
+    }
+    async fn history(&self, id: Uuid) -> Result<Vec<HistoryEntry>, StoreError> {
+        (**self).history(id).await
+    }
+    async fn processed(&self, consumer: Uuid, message_id: Uuid) -> Result<bool, StoreError> {
+        (**self).processed(consumer, message_id).await
+    }
+    async fn entity(&self, scope: &str, key: &str) -> Result<Option<EntityRecord>, StoreError> {
+        (**self).entity(scope, key).await
+    }
+    async fn entities(&self, scope: &str, limit: usize) -> Result<Vec<(String, EntityRecord)>, StoreError> {
+        (**self).entities(scope, limit).await
+    }
+    async fn timers_due(
+        &self,
+        upto: Timestamp,
+        after: Option<TimerKey>,
+        limit: usize,
+    ) -> Result<Vec<TimerRecord>, StoreError> {
+        (**self).timers_due(upto, after, limit).await
+    }
+    async fn next_timer(&self, after: Timestamp) -> Result<Option<TimerKey>, StoreError> {
+        (**self).next_timer(after).await
+    }
+    async fn outbox(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        (**self).outbox(limit).await
+    }
+    async fn remove_outbox(&self, seqs: &[u64]) -> Result<(), StoreError> {
+        (**self).remove_outbox(seqs).await
+    }
+    async fn flush(&self) -> Result<(), StoreError> {
+        (**self).flush().await
+    }
+}

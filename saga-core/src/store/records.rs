@@ -1,0 +1,316 @@
+//! What the store keeps: instances, timers, history and participant entities.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::message::Timestamp;
+
+/// Where a saga instance stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SagaStatus {
+    /// Executing step `step` (0-based).
+    Running {
+        /// The current step.
+        step: u32,
+    },
+    /// A step failed; undoing step `step` (compensations run in reverse step order).
+    Compensating {
+        /// The step being compensated.
+        step: u32,
+    },
+    /// Every step succeeded.
+    Completed,
+    /// A step failed and every completed step was compensated.
+    Compensated,
+    /// Parked for an operator: a compensation or a step after the pivot kept failing.
+    Failed {
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl SagaStatus {
+    /// The status without its data, as indexed by the store.
+    pub fn kind(&self) -> StatusKind {
+        match self {
+            SagaStatus::Running { .. } => StatusKind::Running,
+            SagaStatus::Compensating { .. } => StatusKind::Compensating,
+            SagaStatus::Completed => StatusKind::Completed,
+            SagaStatus::Compensated => StatusKind::Compensated,
+            SagaStatus::Failed { .. } => StatusKind::Failed,
+        }
+    }
+
+    /// Whether the instance will never move again on its own.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed { .. }
+        )
+    }
+}
+
+/// [`SagaStatus`] without data: what the status index is keyed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum StatusKind {
+    /// See [`SagaStatus::Running`].
+    Running,
+    /// See [`SagaStatus::Compensating`].
+    Compensating,
+    /// See [`SagaStatus::Completed`].
+    Completed,
+    /// See [`SagaStatus::Compensated`].
+    Compensated,
+    /// See [`SagaStatus::Failed`].
+    Failed,
+}
+
+impl StatusKind {
+    /// Every kind, in index order.
+    pub const ALL: [StatusKind; 5] = [
+        StatusKind::Running,
+        StatusKind::Compensating,
+        StatusKind::Completed,
+        StatusKind::Compensated,
+        StatusKind::Failed,
+    ];
+
+    pub(crate) fn tag(self) -> u8 {
+        match self {
+            StatusKind::Running => 1,
+            StatusKind::Compensating => 2,
+            StatusKind::Completed => 3,
+            StatusKind::Compensated => 4,
+            StatusKind::Failed => 5,
+        }
+    }
+}
+
+/// Whether an action or its compensation is meant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Phase {
+    /// The step's forward action.
+    Action,
+    /// The step's compensation.
+    Compensation,
+}
+
+/// What the instance waits for before it can move on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Awaiting {
+    /// The step.
+    pub step: u32,
+    /// Its action or its compensation.
+    pub phase: Phase,
+    /// 1 for the first try, then counting retries.
+    pub attempt: u32,
+    /// The timer that fires if nothing arrives (timeout, retry backoff or local run lease).
+    pub timer: Option<TimerKey>,
+}
+
+/// One saga instance as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    /// Instance id (derived from the saga name and the correlation key).
+    pub id: Uuid,
+    /// The saga definition's name.
+    pub saga: String,
+    /// The saga definition's version.
+    pub saga_version: u32,
+    /// The correlation key that started it.
+    pub key: String,
+    /// Where it stands.
+    pub status: SagaStatus,
+    /// Bumped by one on every commit; the optimistic concurrency check compares it.
+    pub version: u64,
+    /// The user's state, encoded by the runtime's codec.
+    pub state: Vec<u8>,
+    /// What it is waiting for, if anything.
+    pub awaiting: Option<Awaiting>,
+    /// Why it started compensating.
+    pub failure: Option<String>,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it last changed.
+    pub updated_at: Timestamp,
+}
+
+/// What a timer does when it fires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TimerPurpose {
+    /// No reply came in time for this attempt.
+    Timeout {
+        /// The step.
+        step: u32,
+        /// Action or compensation.
+        phase: Phase,
+        /// The attempt it guards.
+        attempt: u32,
+    },
+    /// Time to try again.
+    Retry {
+        /// The step.
+        step: u32,
+        /// Action or compensation.
+        phase: Phase,
+        /// The attempt to make.
+        attempt: u32,
+    },
+    /// Run a local step; if the process dies during the run, the timer runs it again.
+    RunLocal {
+        /// The step.
+        step: u32,
+        /// Action or compensation.
+        phase: Phase,
+        /// The attempt.
+        attempt: u32,
+    },
+}
+
+/// Identifies a stored timer; ordered by due time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TimerKey {
+    /// When it fires.
+    pub due: Timestamp,
+    /// The instance it belongs to.
+    pub instance_id: Uuid,
+    /// Its own id; the fired timer's message id, so firing twice is deduplicated.
+    pub timer_id: Uuid,
+}
+
+/// A durable timer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimerRecord {
+    /// Its key.
+    pub key: TimerKey,
+    /// The saga definition of the instance.
+    pub saga: String,
+    /// What it does.
+    pub purpose: TimerPurpose,
+}
+
+/// A message that went into or out of a unit of work.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageRef {
+    /// Its id.
+    pub id: Uuid,
+    /// Its wire name.
+    pub name: String,
+}
+
+/// Something that happened to an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HistoryEvent {
+    /// The instance was created.
+    Started,
+    /// A step's action began (a command sent or a local run scheduled).
+    StepStarted {
+        /// Step index.
+        step: u32,
+        /// Step name.
+        name: String,
+        /// Attempt.
+        attempt: u32,
+    },
+    /// A step's action succeeded.
+    StepSucceeded {
+        /// Step index.
+        step: u32,
+        /// Step name.
+        name: String,
+    },
+    /// A step's action failed.
+    StepFailed {
+        /// Step index.
+        step: u32,
+        /// Step name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// A step's compensation began.
+    CompensationStarted {
+        /// Step index.
+        step: u32,
+        /// Step name.
+        name: String,
+        /// Attempt.
+        attempt: u32,
+    },
+    /// A step was compensated.
+    StepCompensated {
+        /// Step index.
+        step: u32,
+        /// Step name.
+        name: String,
+    },
+    /// A compensation attempt failed.
+    CompensationFailed {
+        /// Step index.
+        step: u32,
+        /// Step name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// An integration event was applied to the state.
+    EventHandled {
+        /// Event name.
+        name: String,
+    },
+    /// A message was put in the outbox.
+    MessageSent(MessageRef),
+    /// A timer was scheduled.
+    TimerScheduled {
+        /// The timer.
+        key: TimerKey,
+        /// What it will do.
+        purpose: TimerPurpose,
+    },
+    /// A timer fired.
+    TimerFired {
+        /// The timer.
+        key: TimerKey,
+    },
+    /// A message arrived that no longer applies (a late reply, a stale timer).
+    Ignored {
+        /// Why it was ignored.
+        reason: String,
+    },
+    /// The status changed.
+    StatusChanged {
+        /// The new status.
+        to: SagaStatus,
+    },
+}
+
+/// Everything one commit did to an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// The instance version this commit produced.
+    pub version: u64,
+    /// When.
+    pub at: Timestamp,
+    /// The message (or fired timer) that caused it.
+    pub cause: Option<MessageRef>,
+    /// What happened, in order.
+    pub events: Vec<HistoryEvent>,
+}
+
+/// A participant's stored record (its own data, committed with its inbox and outbox).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntityRecord {
+    /// Bumped by one on every write; the optimistic concurrency check compares it.
+    pub version: u64,
+    /// The encoded value.
+    pub value: Vec<u8>,
+}
+
+/// A message waiting in the outbox to be published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// Position in the outbox (publication order).
+    pub seq: u64,
+    /// The message.
+    pub envelope: crate::message::Envelope,
+}

@@ -1,0 +1,260 @@
+//! The embedded default: sled, with group commit.
+//!
+//! sled applies a transaction in memory and makes it durable at the next flush (an fsync of
+//! its log). One flush per commit caps a disk at a few hundred commits per second, while the
+//! disk can sync thousands of times per second and sled can apply tens of thousands of
+//! transactions: so under [`Durability::Group`] commits queue up for a shared flush on a
+//! dedicated thread, and each commit's [`Durable`] resolves when a flush that started after
+//! it finishes. Acks wait for that, so grouping trades a little latency for throughput and
+//! never safety. sled's own background flush is set to once a second as a backstop for the
+//! writes that need no durability promise (outbox removal: a re-publish is deduplicated).
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use futures::future::{BoxFuture, FutureExt};
+use tokio::sync::oneshot;
+
+use super::kv::{Batch, KeyValue, KvStore, OrderedKv, Rejection, leading_version};
+use super::{Durability, Durable, StoreError};
+
+/// The embedded, durable store (sled), the default for a single process.
+///
+/// ```
+/// use saga_core::store::{Durability, SledOptions, SledStore};
+/// let dir = tempfile::tempdir().unwrap();
+/// let store = SledStore::open_with(dir.path(), SledOptions::default().durability(Durability::Immediate)).unwrap();
+/// # drop(store);
+/// ```
+pub type SledStore = KvStore<SledKv>;
+
+impl KvStore<SledKv> {
+    /// Opens (or creates) a store in `path` with the default options: group commit, 64 MiB cache.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(path, SledOptions::default())
+    }
+
+    /// Opens (or creates) a store in `path`.
+    pub fn open_with(path: impl AsRef<Path>, options: SledOptions) -> Result<Self, StoreError> {
+        KvStore::on(SledKv::open(path.as_ref(), options)?)
+    }
+}
+
+/// How a [`SledStore`] is opened.
+#[derive(Debug, Clone)]
+pub struct SledOptions {
+    durability: Durability,
+    cache_bytes: u64,
+}
+
+impl Default for SledOptions {
+    fn default() -> Self {
+        SledOptions {
+            durability: Durability::default(),
+            cache_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl SledOptions {
+    /// When commits count as durable (default: group commit).
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// sled's page cache size in bytes (default 64 MiB; sled's own default is 1 GiB).
+    pub fn cache_bytes(mut self, bytes: u64) -> Self {
+        self.cache_bytes = bytes;
+        self
+    }
+}
+
+type Waiter = oneshot::Sender<Result<(), StoreError>>;
+
+/// sled as an [`OrderedKv`] engine.
+pub struct SledKv {
+    db: sled::Db,
+    path: PathBuf,
+    durability: Durability,
+    group: Option<GroupCommit>,
+}
+
+struct GroupCommit {
+    waiters: Option<mpsc::Sender<Waiter>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for SledKv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledKv")
+            .field("path", &self.path)
+            .field("durability", &self.durability)
+            .finish()
+    }
+}
+
+fn io(e: sled::Error) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+impl SledKv {
+    fn open(path: &Path, options: SledOptions) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(options.cache_bytes)
+            .flush_every_ms(Some(1000))
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| StoreError::Open {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        let group = match options.durability {
+            Durability::Group { max_delay, max_batch } => Some(GroupCommit::start(db.clone(), max_delay, max_batch)?),
+            _ => None,
+        };
+        Ok(SledKv {
+            db,
+            path: path.to_path_buf(),
+            durability: options.durability,
+            group,
+        })
+    }
+}
+
+impl GroupCommit {
+    fn start(db: sled::Db, max_delay: Duration, max_batch: usize) -> Result<Self, StoreError> {
+        let (tx, rx) = mpsc::channel::<Waiter>();
+        let thread = std::thread::Builder::new()
+            .name("sagaflow-group-commit".into())
+            .spawn(move || group_commit_loop(&db, &rx, max_delay, max_batch.max(1)))
+            .map_err(|e| StoreError::Io(format!("cannot start the group-commit thread: {e}")))?;
+        Ok(GroupCommit {
+            waiters: Some(tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+/// Collects waiters until `max_batch` or `max_delay` after the first, flushes once, and
+/// answers them all. Every waiter was registered after its commit was applied, so the flush
+/// (which starts after the waiter was received) covers that commit.
+fn group_commit_loop(db: &sled::Db, rx: &mpsc::Receiver<Waiter>, max_delay: Duration, max_batch: usize) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        let deadline = Instant::now() + max_delay;
+        while batch.len() < max_batch {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let result = db.flush().map(|_| ()).map_err(io);
+        for w in batch {
+            // The committer may have gone away (its runtime was dropped): nothing to tell.
+            let _ = w.send(result.clone());
+        }
+    }
+}
+
+impl Drop for SledKv {
+    fn drop(&mut self) {
+        if let Some(group) = &mut self.group {
+            group.waiters.take();
+            if let Some(t) = group.thread.take() {
+                // The thread ends once its channel is closed and its last flush is answered;
+                // joining releases its handle on the database before the directory is reopened.
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl OrderedKv for SledKv {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get(key).map_err(io)?.map(|v| v.to_vec()))
+    }
+
+    fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError> {
+        self.db
+            .range(from..to)
+            .take(limit)
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(io))
+            .collect()
+    }
+
+    fn last_key(&self, from: &[u8], to: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.db.range(from..to).next_back() {
+            Some(r) => Ok(Some(r.map_err(io)?.0.to_vec())),
+            None => Ok(None),
+        }
+    }
+
+    fn apply(&self, batch: &Batch) -> Result<Result<(), Rejection>, StoreError> {
+        // The closure may run more than once on conflict: it only reads and writes the batch.
+        let result = self.db.transaction(|tx| {
+            let verdict = batch.check(|k| tx.get(k).map(|v| v.map(|v| leading_version(&v))))?;
+            if let Err(rejection) = verdict {
+                return sled::transaction::abort(rejection);
+            }
+            for (k, v) in batch.puts() {
+                tx.insert(k, v)?;
+            }
+            for k in batch.dels() {
+                tx.remove(k)?;
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) => Ok(Ok(())),
+            Err(sled::transaction::TransactionError::Abort(r)) => Ok(Err(r)),
+            Err(sled::transaction::TransactionError::Storage(e)) => Err(io(e)),
+        }
+    }
+
+    fn remove(&self, keys: &[Vec<u8>]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for k in keys {
+            batch.remove(k.as_slice());
+        }
+        self.db.apply_batch(batch).map_err(io)
+    }
+
+    fn durable(&self) -> Durable {
+        match self.durability {
+            Durability::None => futures::future::ready(Ok(())).boxed(),
+            Durability::Immediate => self.flush(),
+            Durability::Group { .. } => {
+                let (tx, rx) = oneshot::channel();
+                let sent = self
+                    .group
+                    .as_ref()
+                    .and_then(|g| g.waiters.as_ref())
+                    .map(|w| w.send(tx).is_ok())
+                    .unwrap_or(false);
+                if !sent {
+                    return futures::future::ready(Err(StoreError::Io("the group-commit thread has stopped".into())))
+                        .boxed();
+                }
+                async move {
+                    rx.await
+                        .unwrap_or_else(|_| Err(StoreError::Io("the group-commit thread has stopped".into())))
+                }
+                .boxed()
+            }
+        }
+    }
+
+    fn flush(&self) -> BoxFuture<'static, Result<(), StoreError>> {
+        let db = self.db.clone();
+        async move { db.flush_async().await.map(|_| ()).map_err(io) }.boxed()
+    }
+
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+}

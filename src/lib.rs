@@ -1,0 +1,31 @@
+//! # sagaflow
+//!
+//! Durable saga orchestration for Rust microservices. A saga chains steps across services
+//! into one business transaction; when a step fails, the compensations of the completed steps
+//! run in reverse order. Progress is committed atomically to an embedded store (sled) before
+//! any message is acked, so a crash or restart loses nothing and repeats no effect.
+//!
+//! This crate re-exports [`saga_core`]; start with the [`prelude`], the order example
+//! (`cargo run --example order_saga`) and `docs/architecture.md`.
+//!
+//! ```
+//! use sagaflow::prelude::*;
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let runtime = SagaRuntime::builder().store(MemoryStore::new()).build().await?;
+//! runtime.shutdown().await?;
+//! # Ok::<_, sagaflow::Error>(()) }).unwrap();
+//! ```
+
+pub use saga_core::*;
+
+/// The names most programs need.
+pub mod prelude {
+    pub use saga_core::bus::{Bus, EventBus, InMemoryBus};
+    pub use saga_core::engine::{Handler, HandlerContext, SagaInstance, SagaRuntime};
+    pub use saga_core::message::Message;
+    pub use saga_core::saga::{EventOutcome, RetryPolicy, Saga, SagaDefinition, Step, StepContext, StepError};
+    pub use saga_core::store::{Durability, MemoryStore, SagaStatus, StatusKind};
+    #[cfg(feature = "sled")]
+    pub use saga_core::store::{SledOptions, SledStore};
+    pub use saga_core::{Error, HandlerError};
+}
