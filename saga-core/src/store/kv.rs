@@ -47,15 +47,24 @@ enum Check {
     Version { key: Vec<u8>, expected: u64, what: String },
 }
 
+/// One write of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// Insert or replace.
+    Put(Vec<u8>, Vec<u8>),
+    /// Remove.
+    Delete(Vec<u8>),
+}
+
 /// The writes of one commit with the checks that must hold before any of them is applied.
 ///
-/// An engine applies a batch by running [`Batch::check`] and then every put and delete, all
-/// inside one transaction. The check reads the first eight bytes of versioned values.
+/// An engine applies a batch by running [`Batch::check`] and then every write **in order**
+/// (a status index entry is removed before its successor is put, which may be the same key),
+/// all inside one transaction. The check reads the first eight bytes of versioned values.
 #[derive(Default)]
 pub struct Batch {
     checks: Vec<Check>,
-    puts: Vec<(Vec<u8>, Vec<u8>)>,
-    dels: Vec<Vec<u8>>,
+    writes: Vec<Write>,
 }
 
 impl Batch {
@@ -87,18 +96,17 @@ impl Batch {
         Ok(Ok(()))
     }
 
-    /// Keys and values to insert.
-    pub fn puts(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.puts.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))
-    }
-
-    /// Keys to remove.
-    pub fn dels(&self) -> impl Iterator<Item = &[u8]> {
-        self.dels.iter().map(Vec::as_slice)
+    /// The writes, to apply in this order.
+    pub fn writes(&self) -> &[Write] {
+        &self.writes
     }
 
     fn put(&mut self, k: Vec<u8>, v: Vec<u8>) {
-        self.puts.push((k, v));
+        self.writes.push(Write::Put(k, v));
+    }
+
+    fn delete(&mut self, k: Vec<u8>) {
+        self.writes.push(Write::Delete(k));
     }
 }
 
@@ -213,7 +221,7 @@ impl<B: OrderedKv> KvStore<B> {
                 what: format!("saga instance {id}"),
             });
             if let Some(kind) = old_kind {
-                b.dels.push(key::status(kind, id));
+                b.delete(key::status(kind, id));
             }
             b.put(key::status(w.record.status.kind(), id), Vec::new());
             b.put(
@@ -245,7 +253,7 @@ impl<B: OrderedKv> KvStore<B> {
             b.put(key::timer(&t.key), key::encode("timer", t)?);
         }
         for t in &commit.timers_remove {
-            b.dels.push(key::timer(t));
+            b.delete(key::timer(t));
         }
         Ok((b, seqs))
     }

@@ -3,7 +3,7 @@ use std::sync::Mutex;
 
 use futures::future::{BoxFuture, FutureExt};
 
-use super::kv::{Batch, KeyValue, KvStore, OrderedKv, Rejection, leading_version};
+use super::kv::{Batch, KeyValue, KvStore, OrderedKv, Rejection, Write, leading_version};
 use super::{Durable, StoreError};
 
 /// The store kept in memory: same layout and semantics as [`SledStore`](super::SledStore),
@@ -73,11 +73,11 @@ impl OrderedKv for MemoryKv {
         let mut map = self.map();
         let verdict = batch.check(|k| Ok::<_, StoreError>(map.get(k).map(|v| leading_version(v))))?;
         if verdict.is_ok() {
-            for (k, v) in batch.puts() {
-                map.insert(k.to_vec(), v.to_vec());
-            }
-            for k in batch.dels() {
-                map.remove(k);
+            for write in batch.writes() {
+                match write {
+                    Write::Put(k, v) => map.insert(k.clone(), v.clone()),
+                    Write::Delete(k) => map.remove(k),
+                };
             }
         }
         Ok(verdict)

@@ -18,7 +18,7 @@ mod records;
 #[cfg(feature = "sled")]
 mod sled;
 
-pub use kv::{Batch, KeyValue, KvStore, OrderedKv, Rejection, leading_version};
+pub use kv::{Batch, KeyValue, KvStore, OrderedKv, Rejection, Write, leading_version};
 pub use memory::{MemoryKv, MemoryStore};
 pub use records::{
     Awaiting, EntityRecord, HistoryEntry, HistoryEvent, InstanceRecord, MessageRef, OutboxEntry, Phase, SagaStatus,

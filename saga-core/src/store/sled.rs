@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use futures::future::{BoxFuture, FutureExt};
 use tokio::sync::oneshot;
 
-use super::kv::{Batch, KeyValue, KvStore, OrderedKv, Rejection, leading_version};
+use super::kv::{Batch, KeyValue, KvStore, OrderedKv, Rejection, Write, leading_version};
 use super::{Durability, Durable, StoreError};
 
 /// The embedded, durable store (sled), the default for a single process.
@@ -201,11 +201,11 @@ impl OrderedKv for SledKv {
             if let Err(rejection) = verdict {
                 return sled::transaction::abort(rejection);
             }
-            for (k, v) in batch.puts() {
-                tx.insert(k, v)?;
-            }
-            for k in batch.dels() {
-                tx.remove(k)?;
+            for write in batch.writes() {
+                match write {
+                    Write::Put(k, v) => tx.insert(k.as_slice(), v.as_slice())?,
+                    Write::Delete(k) => tx.remove(k.as_slice())?,
+                };
             }
             Ok(())
         });

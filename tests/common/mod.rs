@@ -1,0 +1,256 @@
+//! A trip-booking saga with scriptable participants, shared by the engine tests.
+//!
+//! Steps: book_flight (compensated by cancel_flight), book_hotel (30 s timeout, compensated
+//! by cancel_hotel), charge. Each participant counts the commands it applied in its own
+//! records, committed with its inbox, so a count above one is a duplicated effect.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sagaflow::engine::SagaRuntimeBuilder;
+use sagaflow::prelude::*;
+use sagaflow::store::Store;
+use serde::{Deserialize, Serialize};
+
+macro_rules! trip_messages {
+    ($($ty:ident => $name:literal),* $(,)?) => {$(
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        pub struct $ty {
+            pub trip: u32,
+        }
+        impl Message for $ty {
+            const NAME: &'static str = $name;
+            fn correlation_key(&self) -> Option<String> {
+                Some(self.trip.to_string())
+            }
+        }
+    )*};
+}
+
+trip_messages! {
+    BookTrip => "trip.book",
+    TripNote => "trip.note",
+    TripCancelled => "trip.cancelled",
+    BookFlight => "flight.book",
+    FlightBooked => "flight.booked",
+    FlightRefused => "flight.refused",
+    CancelFlight => "flight.cancel",
+    FlightCancelled => "flight.cancelled",
+    FlightCancelRefused => "flight.cancel-refused",
+    BookHotel => "hotel.book",
+    HotelBooked => "hotel.booked",
+    HotelRefused => "hotel.refused",
+    CancelHotel => "hotel.cancel",
+    HotelCancelled => "hotel.cancelled",
+    Charge => "payment.charge",
+    Charged => "payment.charged",
+    ChargeRefused => "payment.refused",
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Trip {
+    pub trip: u32,
+    pub flight: bool,
+    pub hotel: bool,
+    pub paid: bool,
+    pub notes: u32,
+}
+
+impl Saga for Trip {
+    const NAME: &'static str = "trip";
+
+    fn definition() -> SagaDefinition<Self> {
+        SagaDefinition::new()
+            .start_with(|m: &BookTrip| Trip {
+                trip: m.trip,
+                ..Trip::default()
+            })
+            .step(
+                Step::send("book_flight", |t: &Trip| BookFlight { trip: t.trip })
+                    .on_success(|t: &mut Trip, _: &FlightBooked| t.flight = true)
+                    .on_failure(|_: &mut Trip, _: &FlightRefused| {})
+                    .compensate_send(|t: &Trip| CancelFlight { trip: t.trip })
+                    .on_compensated(|t: &mut Trip, _: &FlightCancelled| t.flight = false)
+                    .on_compensation_failed(|_: &mut Trip, _: &FlightCancelRefused| {})
+                    .compensation_retry(RetryPolicy::exponential(3, Duration::from_millis(100)).without_jitter()),
+            )
+            .step(
+                Step::send("book_hotel", |t: &Trip| BookHotel { trip: t.trip })
+                    .on_success(|t: &mut Trip, _: &HotelBooked| t.hotel = true)
+                    .on_failure(|_: &mut Trip, _: &HotelRefused| {})
+                    .timeout(Duration::from_secs(30))
+                    .compensate_send(|t: &Trip| CancelHotel { trip: t.trip })
+                    .on_compensated(|t: &mut Trip, _: &HotelCancelled| t.hotel = false),
+            )
+            .step(
+                Step::send("charge", |t: &Trip| Charge { trip: t.trip })
+                    .on_success(|t: &mut Trip, _: &Charged| t.paid = true)
+                    .on_failure(|_: &mut Trip, _: &ChargeRefused| {}),
+            )
+            .on_event(|t: &mut Trip, _: &TripNote| {
+                t.notes += 1;
+                EventOutcome::Continue
+            })
+            .on_event(|_: &mut Trip, _: &TripCancelled| EventOutcome::Abort("customer cancelled".into()))
+    }
+}
+
+/// How a participant answers one trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Succeed,
+    Refuse,
+    Ignore,
+}
+
+/// Per command name and trip, how participants answer (default: succeed).
+#[derive(Clone, Default)]
+pub struct Script {
+    answers: Arc<Mutex<HashMap<(&'static str, u32), Answer>>>,
+    log: Arc<Mutex<Vec<(&'static str, u32)>>>,
+}
+
+impl Script {
+    pub fn answer(&self, command: &'static str, trip: u32, answer: Answer) -> &Self {
+        self.answers.lock().unwrap().insert((command, trip), answer);
+        self
+    }
+
+    fn get(&self, command: &'static str, trip: u32) -> Answer {
+        *self
+            .answers
+            .lock()
+            .unwrap()
+            .get(&(command, trip))
+            .unwrap_or(&Answer::Succeed)
+    }
+
+    /// Every command handled, in order (at least once each: a re-run after a crash shows twice).
+    pub fn log(&self) -> Vec<(&'static str, u32)> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+/// A command a participant answers with a success or a failure reply.
+pub trait Command: Message {
+    type Ok: Message;
+    type Refused: Message;
+    fn trip(&self) -> u32;
+    fn ok(trip: u32) -> Self::Ok;
+    fn refused(trip: u32) -> Self::Refused;
+}
+
+macro_rules! commands {
+    ($($cmd:ident => $ok:ident / $refused:ident),* $(,)?) => {$(
+        impl Command for $cmd {
+            type Ok = $ok;
+            type Refused = $refused;
+            fn trip(&self) -> u32 { self.trip }
+            fn ok(trip: u32) -> $ok { $ok { trip } }
+            fn refused(trip: u32) -> $refused { $refused { trip } }
+        }
+    )*};
+}
+
+commands! {
+    BookFlight => FlightBooked / FlightRefused,
+    CancelFlight => FlightCancelled / FlightCancelRefused,
+    BookHotel => HotelBooked / HotelRefused,
+    CancelHotel => HotelCancelled / HotelRefused,
+    Charge => Charged / ChargeRefused,
+}
+
+/// The participant scope holding every effect counter.
+pub const EFFECTS: &str = "effects";
+
+/// Answers `C` per the script and counts each applied command in its records.
+pub struct Scripted<C> {
+    script: Script,
+    _command: std::marker::PhantomData<fn(C)>,
+}
+
+#[async_trait::async_trait]
+impl<C: Command> Handler for Scripted<C> {
+    type Input = C;
+
+    fn name(&self) -> &str {
+        C::NAME
+    }
+
+    fn scope(&self) -> &str {
+        EFFECTS
+    }
+
+    async fn handle(&self, cmd: C, ctx: &mut HandlerContext) -> Result<(), HandlerError> {
+        let trip = cmd.trip();
+        self.script.log.lock().unwrap().push((C::NAME, trip));
+        let key = effect_key(C::NAME, trip);
+        let count: u32 = ctx.load(&key).await?.unwrap_or(0);
+        ctx.save(&key, &(count + 1)).await?;
+        match self.script.get(C::NAME, trip) {
+            Answer::Succeed => ctx.reply(&C::ok(trip)),
+            Answer::Refuse => ctx.reply(&C::refused(trip)),
+            Answer::Ignore => Ok(()),
+        }
+    }
+}
+
+pub fn effect_key(command: &str, trip: u32) -> String {
+    format!("{command}/{trip:06}")
+}
+
+fn scripted<C: Command>(script: &Script) -> Scripted<C> {
+    Scripted {
+        script: script.clone(),
+        _command: std::marker::PhantomData,
+    }
+}
+
+/// The trip saga and all its participants on a builder.
+pub fn trip_runtime(script: &Script) -> SagaRuntimeBuilder {
+    SagaRuntime::builder()
+        .saga::<Trip>()
+        .handler(scripted::<BookFlight>(script))
+        .handler(scripted::<CancelFlight>(script))
+        .handler(scripted::<BookHotel>(script))
+        .handler(scripted::<CancelHotel>(script))
+        .handler(scripted::<Charge>(script))
+}
+
+/// How many times each command was applied for a trip, from the participants' records.
+pub async fn effects(store: &dyn Store, command: &str, trip: u32) -> u32 {
+    match store.entity(EFFECTS, &effect_key(command, trip)).await.unwrap() {
+        Some(r) => serde_json::from_slice(&r.value).unwrap(),
+        None => 0,
+    }
+}
+
+/// All effect counters: (command/trip, count).
+pub async fn all_effects(store: &dyn Store) -> HashMap<String, u32> {
+    store
+        .entities(EFFECTS, usize::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, r)| (k, serde_json::from_slice(&r.value).unwrap()))
+        .collect()
+}
+
+pub async fn status(runtime: &SagaRuntime, trip: u32) -> Option<SagaStatus> {
+    runtime
+        .saga::<Trip>(&trip.to_string())
+        .await
+        .unwrap()
+        .map(|i| i.status().clone())
+}
+
+/// Moves virtual time forward and runs what came due, `times` times.
+pub async fn advance(runtime: &SagaRuntime, clock: &sagaflow::clock::ManualClock, by: Duration, times: u32) {
+    for _ in 0..times {
+        clock.advance(by);
+        runtime.fire_due_timers().await;
+        runtime.settle().await;
+    }
+}
