@@ -124,18 +124,34 @@ pub struct OrderSaga {
     pub failure: Option<String>,
 }
 
+impl OrderSaga {
+    pub fn new(o: &OrderSubmitted) -> Self {
+        OrderSaga {
+            order_id: o.order_id,
+            buyer: o.buyer.clone(),
+            items: o.items.clone(),
+            total_cents: o.total_cents,
+            ..OrderSaga::default()
+        }
+    }
+}
+
+impl ChargePayment {
+    pub fn for_order(o: &OrderSaga) -> Self {
+        ChargePayment {
+            order_id: o.order_id,
+            buyer: o.buyer.clone(),
+            amount_cents: o.total_cents,
+        }
+    }
+}
+
 impl Saga for OrderSaga {
     const NAME: &'static str = "order-fulfilment";
 
     fn definition() -> SagaDefinition<Self> {
         SagaDefinition::new()
-            .start_with(|o: &OrderSubmitted| OrderSaga {
-                order_id: o.order_id,
-                buyer: o.buyer.clone(),
-                items: o.items.clone(),
-                total_cents: o.total_cents,
-                ..OrderSaga::default()
-            })
+            .start_with(OrderSaga::new)
             .step(
                 Step::send("reserve_stock", |o: &OrderSaga| ReserveStock {
                     order_id: o.order_id,
@@ -150,15 +166,11 @@ impl Saga for OrderSaga {
                 .on_compensated(|o: &mut OrderSaga, _: &StockReleased| o.stock_reserved = false),
             )
             .step(
-                Step::send("charge_payment", |o: &OrderSaga| ChargePayment {
-                    order_id: o.order_id,
-                    buyer: o.buyer.clone(),
-                    amount_cents: o.total_cents,
-                })
-                .on_success(|o: &mut OrderSaga, _: &PaymentSucceeded| o.paid = true)
-                .on_failure(|o: &mut OrderSaga, f: &PaymentFailed| o.failure = Some(f.reason.clone()))
-                .timeout(Duration::from_secs(30))
-                .pivot(),
+                Step::send("charge_payment", ChargePayment::for_order)
+                    .on_success(|o: &mut OrderSaga, _: &PaymentSucceeded| o.paid = true)
+                    .on_failure(|o: &mut OrderSaga, f: &PaymentFailed| o.failure = Some(f.reason.clone()))
+                    .timeout(Duration::from_secs(30))
+                    .pivot(),
             )
             .step(
                 Step::send("ship", |o: &OrderSaga| ShipOrder {
