@@ -17,15 +17,17 @@
 //! ```
 
 pub use saga_core::*;
+pub use saga_macros::{Message, handler, saga};
 
 /// The names most programs need.
 pub mod prelude {
     pub use saga_core::bus::{Bus, EventBus, InMemoryBus};
-    pub use saga_core::engine::{Handler, HandlerContext, SagaInstance, SagaRuntime};
+    pub use saga_core::engine::{Handler, HandlerContext, HandlerOutput, SagaInstance, SagaRuntime};
     pub use saga_core::message::Message;
     pub use saga_core::saga::{EventOutcome, RetryPolicy, Saga, SagaDefinition, Step, StepContext, StepError};
     pub use saga_core::store::{Durability, MemoryStore, SagaStatus, StatusKind};
     #[cfg(feature = "sled")]
     pub use saga_core::store::{SledOptions, SledStore};
     pub use saga_core::{Error, HandlerError};
+    pub use saga_macros::{Message, handler, saga};
 }

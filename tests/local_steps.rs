@@ -15,13 +15,7 @@ static CALLS: Mutex<Vec<(u32, &'static str, String)>> = Mutex::new(Vec::new());
 static HANG: AtomicBool = AtomicBool::new(true);
 
 fn calls(id: u32) -> Vec<(&'static str, String)> {
-    CALLS
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|c| c.0 == id)
-        .map(|c| (c.1, c.2.clone()))
-        .collect()
+    CALLS.lock().unwrap().iter().filter(|c| c.0 == id).map(|c| (c.1, c.2.clone())).collect()
 }
 
 fn record(id: u32, step: &'static str, ctx: &StepContext) {
@@ -56,12 +50,7 @@ impl Saga for Quota {
 
     fn definition() -> SagaDefinition<Self> {
         SagaDefinition::new()
-            .start_with(|r: &QuotaRequested| Quota {
-                id: r.id,
-                fail: r.fail,
-                hang: r.hang,
-                ..Quota::default()
-            })
+            .start_with(|r: &QuotaRequested| Quota { id: r.id, fail: r.fail, hang: r.hang, ..Quota::default() })
             .step(
                 Step::local("reserve", |mut q: Quota, ctx| async move {
                     record(q.id, "reserve", &ctx);
@@ -94,20 +83,8 @@ async fn status(runtime: &SagaRuntime, id: u32) -> SagaInstance {
 
 #[tokio::test]
 async fn local_steps_run_in_order_and_complete_the_saga() {
-    let runtime = SagaRuntime::builder()
-        .store(MemoryStore::new())
-        .saga::<Quota>()
-        .build()
-        .await
-        .unwrap();
-    runtime
-        .publish(&QuotaRequested {
-            id: 1,
-            fail: false,
-            hang: false,
-        })
-        .await
-        .unwrap();
+    let runtime = SagaRuntime::builder().store(MemoryStore::new()).saga::<Quota>().build().await.unwrap();
+    runtime.publish(&QuotaRequested { id: 1, fail: false, hang: false }).await.unwrap();
     runtime.settle().await;
 
     let instance = status(&runtime, 1).await;
@@ -120,20 +97,8 @@ async fn local_steps_run_in_order_and_complete_the_saga() {
 
 #[tokio::test]
 async fn a_failing_local_step_runs_the_local_compensations() {
-    let runtime = SagaRuntime::builder()
-        .store(MemoryStore::new())
-        .saga::<Quota>()
-        .build()
-        .await
-        .unwrap();
-    runtime
-        .publish(&QuotaRequested {
-            id: 2,
-            fail: true,
-            hang: false,
-        })
-        .await
-        .unwrap();
+    let runtime = SagaRuntime::builder().store(MemoryStore::new()).saga::<Quota>().build().await.unwrap();
+    runtime.publish(&QuotaRequested { id: 2, fail: true, hang: false }).await.unwrap();
     runtime.settle().await;
 
     let instance = status(&runtime, 2).await;
@@ -148,21 +113,9 @@ async fn a_failing_local_step_runs_the_local_compensations() {
 async fn a_local_step_interrupted_by_a_crash_runs_again_on_restart_with_the_same_idempotency_key() {
     let dir = tempfile::tempdir().unwrap();
     let bus = InMemoryBus::new();
-    let open = || {
-        SagaRuntime::builder()
-            .store(SledStore::open(dir.path()).unwrap())
-            .bus(bus.clone())
-            .saga::<Quota>()
-    };
+    let open = || SagaRuntime::builder().store(SledStore::open(dir.path()).unwrap()).bus(bus.clone()).saga::<Quota>();
     let runtime = open().build().await.unwrap();
-    runtime
-        .publish(&QuotaRequested {
-            id: 3,
-            fail: false,
-            hang: true,
-        })
-        .await
-        .unwrap();
+    runtime.publish(&QuotaRequested { id: 3, fail: false, hang: true }).await.unwrap();
     while !calls(3).iter().any(|c| c.0 == "notify") {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }

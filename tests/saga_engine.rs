@@ -27,16 +27,7 @@ async fn a_failing_third_step_compensates_steps_two_and_one_in_reverse_order_exa
 
     assert_eq!(status(&runtime, 1).await, Some(SagaStatus::Compensated));
     let commands: Vec<_> = script.log().into_iter().map(|(c, _)| c).collect();
-    assert_eq!(
-        commands,
-        [
-            BookFlight::NAME,
-            BookHotel::NAME,
-            Charge::NAME,
-            CancelHotel::NAME,
-            CancelFlight::NAME
-        ]
-    );
+    assert_eq!(commands, [BookFlight::NAME, BookHotel::NAME, Charge::NAME, CancelHotel::NAME, CancelFlight::NAME]);
     let store = runtime.store();
     assert_eq!(effects(&*store, CancelHotel::NAME, 1).await, 1);
     assert_eq!(effects(&*store, CancelFlight::NAME, 1).await, 1);
@@ -67,10 +58,7 @@ impl Bus for DuplicatingBus {
 
 /// Runs trip 1 to its end and returns its final version and history length.
 async fn clean_run_version() -> (u64, usize) {
-    let runtime = memory_runtime(&Script::default(), &ManualClock::default())
-        .build()
-        .await
-        .unwrap();
+    let runtime = memory_runtime(&Script::default(), &ManualClock::default()).build().await.unwrap();
     runtime.publish(&BookTrip { trip: 1 }).await.unwrap();
     runtime.settle().await;
     let instance = runtime.saga::<Trip>("1").await.unwrap().unwrap();
@@ -81,11 +69,7 @@ async fn clean_run_version() -> (u64, usize) {
 async fn a_start_message_delivered_twice_starts_one_instance_once() {
     let script = Script::default();
     let bus = InMemoryBus::new();
-    let runtime = memory_runtime(&script, &ManualClock::default())
-        .bus(bus.clone())
-        .build()
-        .await
-        .unwrap();
+    let runtime = memory_runtime(&script, &ManualClock::default()).bus(bus.clone()).build().await.unwrap();
 
     let start = Envelope::encode(&JsonCodec, &BookTrip { trip: 1 }).unwrap();
     bus.publish(start.clone()).await.unwrap();
@@ -93,38 +77,25 @@ async fn a_start_message_delivered_twice_starts_one_instance_once() {
     runtime.settle().await;
 
     let instance = runtime.saga::<Trip>("1").await.unwrap().unwrap();
-    assert_eq!(
-        (instance.version(), runtime.history(instance.id()).await.unwrap().len()),
-        clean_run_version().await
-    );
+    assert_eq!((instance.version(), runtime.history(instance.id()).await.unwrap().len()), clean_run_version().await);
     assert_eq!(effects(&*runtime.store(), BookFlight::NAME, 1).await, 1);
 }
 
 #[tokio::test]
 async fn replies_and_commands_delivered_twice_change_nothing_the_second_time() {
     let script = Script::default();
-    let runtime = memory_runtime(&script, &ManualClock::default())
-        .bus(DuplicatingBus::default())
-        .build()
-        .await
-        .unwrap();
+    let runtime =
+        memory_runtime(&script, &ManualClock::default()).bus(DuplicatingBus::default()).build().await.unwrap();
 
     runtime.publish(&BookTrip { trip: 1 }).await.unwrap();
     runtime.settle().await;
 
     let instance = runtime.saga::<Trip>("1").await.unwrap().unwrap();
     assert_eq!(instance.status(), &SagaStatus::Completed);
-    assert_eq!(
-        (instance.version(), runtime.history(instance.id()).await.unwrap().len()),
-        clean_run_version().await
-    );
+    assert_eq!((instance.version(), runtime.history(instance.id()).await.unwrap().len()), clean_run_version().await);
     let store = runtime.store();
     for command in [BookFlight::NAME, BookHotel::NAME, Charge::NAME] {
-        assert_eq!(
-            effects(&*store, command, 1).await,
-            1,
-            "{command} applied more than once"
-        );
+        assert_eq!(effects(&*store, command, 1).await, 1, "{command} applied more than once");
     }
 }
 
@@ -150,26 +121,15 @@ async fn a_timer_fired_twice_changes_nothing_the_second_time() {
     assert_eq!(after_first.status(), &SagaStatus::Compensated);
 
     // The same timer again, as if its removal had been lost.
-    let committed = store
-        .commit(sagaflow::store::Commit {
-            timers_add: vec![timeout],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let committed =
+        store.commit(sagaflow::store::Commit { timers_add: vec![timeout], ..Default::default() }).await.unwrap();
     committed.durable.await.unwrap();
     advance(&runtime, &clock, Duration::from_secs(1), 1).await;
 
     let after_second = runtime.saga::<Trip>("1").await.unwrap().unwrap();
     assert_eq!(after_second.version(), after_first.version());
     assert_eq!(effects(&*store, CancelFlight::NAME, 1).await, 1);
-    assert!(
-        store
-            .next_timer(sagaflow::message::Timestamp(0))
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(store.next_timer(sagaflow::message::Timestamp(0)).await.unwrap().is_none());
 }
 
 #[tokio::test]
@@ -201,10 +161,7 @@ async fn a_step_timeout_compensates_in_virtual_time_and_survives_a_restart() {
         .await
         .unwrap();
     advance(&runtime, &clock, Duration::from_secs(29), 1).await;
-    assert!(matches!(
-        status(&runtime, 3).await,
-        Some(SagaStatus::Running { step: 1 })
-    ));
+    assert!(matches!(status(&runtime, 3).await, Some(SagaStatus::Running { step: 1 })));
     advance(&runtime, &clock, Duration::from_secs(2), 1).await;
 
     assert_eq!(status(&runtime, 3).await, Some(SagaStatus::Compensated));
@@ -213,11 +170,7 @@ async fn a_step_timeout_compensates_in_virtual_time_and_survives_a_restart() {
     assert_eq!(effects(&*store, CancelHotel::NAME, 3).await, 1);
     assert_eq!(effects(&*store, CancelFlight::NAME, 3).await, 1);
     let instance = runtime.saga::<Trip>("3").await.unwrap().unwrap();
-    assert!(
-        instance.failure().unwrap().contains("no reply within 30s"),
-        "{:?}",
-        instance.failure()
-    );
+    assert!(instance.failure().unwrap().contains("no reply within 30s"), "{:?}", instance.failure());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,11 +182,7 @@ async fn a_runtime_dropped_mid_flight_with_1000_sagas_finishes_all_on_reopen_wit
         script.answer(Charge::NAME, trip, Answer::Refuse);
     }
     let bus = InMemoryBus::new();
-    let open = || {
-        trip_runtime(&script)
-            .store(SledStore::open(dir.path()).unwrap())
-            .bus(bus.clone())
-    };
+    let open = || trip_runtime(&script).store(SledStore::open(dir.path()).unwrap()).bus(bus.clone());
 
     let runtime = open().build().await.unwrap();
     for trip in 0..TRIPS {
@@ -278,18 +227,8 @@ async fn concurrent_messages_for_one_instance_never_interleave() {
     let bus = InMemoryBus::new();
     // Two runtimes compete on the same subscriptions and store: within each, lanes serialize
     // an instance; between them, the optimistic version check does.
-    let a = trip_runtime(&script)
-        .store(store.clone())
-        .bus(bus.clone())
-        .build()
-        .await
-        .unwrap();
-    let b = trip_runtime(&script)
-        .store(store.clone())
-        .bus(bus.clone())
-        .build()
-        .await
-        .unwrap();
+    let a = trip_runtime(&script).store(store.clone()).bus(bus.clone()).build().await.unwrap();
+    let b = trip_runtime(&script).store(store.clone()).bus(bus.clone()).build().await.unwrap();
     a.publish(&BookTrip { trip: 9 }).await.unwrap();
     a.settle().await;
 
@@ -302,10 +241,8 @@ async fn concurrent_messages_for_one_instance_never_interleave() {
     let history = a.history(instance.id()).await.unwrap();
     let versions: Vec<u64> = history.iter().map(|h| h.version).collect();
     assert_eq!(versions, (1..=instance.version()).collect::<Vec<_>>());
-    let notes = history
-        .iter()
-        .filter(|h| h.events.iter().any(|e| matches!(e, HistoryEvent::EventHandled { .. })))
-        .count();
+    let notes =
+        history.iter().filter(|h| h.events.iter().any(|e| matches!(e, HistoryEvent::EventHandled { .. }))).count();
     assert_eq!(notes, NOTES as usize, "one commit per note");
 }
 
@@ -313,18 +250,11 @@ async fn concurrent_messages_for_one_instance_never_interleave() {
 async fn undecodable_payloads_and_unknown_names_are_dead_lettered_and_consuming_goes_on() {
     let script = Script::default();
     let bus = InMemoryBus::new();
-    let runtime = memory_runtime(&script, &ManualClock::default())
-        .bus(bus.clone())
-        .build()
-        .await
-        .unwrap();
+    let runtime = memory_runtime(&script, &ManualClock::default()).bus(bus.clone()).build().await.unwrap();
 
-    bus.inject("saga.trip", Envelope::new(BookTrip::NAME, b"{not json".to_vec()))
-        .unwrap();
-    bus.inject("saga.trip", Envelope::new("trip.teleport", b"{}".to_vec()))
-        .unwrap();
-    bus.inject(BookFlight::NAME, Envelope::new(BookFlight::NAME, b"[1,2]".to_vec()))
-        .unwrap();
+    bus.inject("saga.trip", Envelope::new(BookTrip::NAME, b"{not json".to_vec())).unwrap();
+    bus.inject("saga.trip", Envelope::new("trip.teleport", b"{}".to_vec())).unwrap();
+    bus.inject(BookFlight::NAME, Envelope::new(BookFlight::NAME, b"[1,2]".to_vec())).unwrap();
     bus.inject(
         "saga.trip",
         Envelope::new(BookTrip::NAME, b"{\"trip\":5}".to_vec()).with_header("content-type", "application/xml"),
@@ -341,10 +271,7 @@ async fn undecodable_payloads_and_unknown_names_are_dead_lettered_and_consuming_
         "undecodable flight.book: cannot decode",
         "undecodable trip.book: content type \"application/xml\" is not \"application/json\"",
     ] {
-        assert!(
-            reasons.iter().any(|r| r.starts_with(expected)),
-            "no {expected:?} in {reasons:#?}"
-        );
+        assert!(reasons.iter().any(|r| r.starts_with(expected)), "no {expected:?} in {reasons:#?}");
     }
     assert_eq!(status(&runtime, 4).await, Some(SagaStatus::Completed));
 }
@@ -352,9 +279,7 @@ async fn undecodable_payloads_and_unknown_names_are_dead_lettered_and_consuming_
 #[tokio::test]
 async fn a_failing_compensation_is_retried_per_policy_then_parks_only_its_instance_as_failed() {
     let script = Script::default();
-    script
-        .answer(Charge::NAME, 7, Answer::Refuse)
-        .answer(CancelFlight::NAME, 7, Answer::Refuse);
+    script.answer(Charge::NAME, 7, Answer::Refuse).answer(CancelFlight::NAME, 7, Answer::Refuse);
     let clock = ManualClock::default();
     let runtime = memory_runtime(&script, &clock).build().await.unwrap();
 
@@ -367,10 +292,7 @@ async fn a_failing_compensation_is_retried_per_policy_then_parks_only_its_instan
     let SagaStatus::Failed { reason } = failed.status() else {
         panic!("trip 7 should be parked, is {:?}", failed.status());
     };
-    assert_eq!(
-        reason,
-        "compensation of step book_flight failed after 3 attempts: flight.cancel-refused received"
-    );
+    assert_eq!(reason, "compensation of step book_flight failed after 3 attempts: flight.cancel-refused received");
     assert_eq!(effects(&*runtime.store(), CancelFlight::NAME, 7).await, 3);
     assert_eq!(runtime.instances(StatusKind::Failed).await.unwrap(), vec![failed.id()]);
     assert_eq!(status(&runtime, 8).await, Some(SagaStatus::Completed));

@@ -1,4 +1,4 @@
-//! The ordering flow of eShopOnContainers as a saga: the messages and the saga itself.
+//! The ordering flow of eShopOnContainers as a saga: its messages and the saga itself.
 //!
 //! order submitted → reserve stock (compensation: release stock) → charge payment (pivot;
 //! its failure releases the stock) → ship (retriable until it succeeds).
@@ -9,106 +9,55 @@ use sagaflow::prelude::*;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// Implements `Message` for a type whose `order_id` correlates it with its order saga.
-macro_rules! order_message {
-    ($($ty:ident => $name:literal),* $(,)?) => {$(
-        impl Message for $ty {
-            const NAME: &'static str = $name;
-            fn correlation_key(&self) -> Option<String> {
-                Some(self.order_id.to_string())
-            }
-        }
-    )*};
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderItem {
     pub product_id: u32,
     pub units: u32,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Message)]
+#[message(name = "ordering.order-submitted")]
 pub struct OrderSubmitted {
+    #[correlation]
     pub order_id: Uuid,
     pub buyer: String,
     pub items: Vec<OrderItem>,
     pub total_cents: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReserveStock {
-    pub order_id: Uuid,
-    pub items: Vec<OrderItem>,
+/// Commands and replies that only carry the order (and sometimes its lines).
+macro_rules! order_messages {
+    ($($ty:ident = $name:literal { $($field:ident: $fty:ty),* }),* $(,)?) => {$(
+        #[derive(Debug, Clone, Serialize, Deserialize, Message)]
+        #[message(name = $name)]
+        pub struct $ty {
+            #[correlation]
+            pub order_id: Uuid,
+            $(pub $field: $fty,)*
+        }
+    )*};
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StockReserved {
-    pub order_id: Uuid,
+order_messages! {
+    ReserveStock = "catalog.reserve-stock" { items: Vec<OrderItem> },
+    StockReserved = "catalog.stock-reserved" {},
+    StockRejected = "catalog.stock-rejected" { missing: Vec<u32> },
+    ReleaseStock = "catalog.release-stock" {},
+    StockReleased = "catalog.stock-released" {},
+    ChargePayment = "payment.charge" { buyer: String, amount_cents: u64 },
+    PaymentSucceeded = "payment.succeeded" {},
+    PaymentFailed = "payment.failed" { reason: String },
+    ShipOrder = "shipping.ship-order" { items: Vec<OrderItem> },
+    OrderShipped = "shipping.order-shipped" {},
+    ShippingDelayed = "shipping.delayed" {},
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StockRejected {
-    pub order_id: Uuid,
-    pub missing: Vec<u32>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReleaseStock {
-    pub order_id: Uuid,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StockReleased {
-    pub order_id: Uuid,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ChargePayment {
-    pub order_id: Uuid,
-    pub buyer: String,
-    pub amount_cents: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PaymentSucceeded {
-    pub order_id: Uuid,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PaymentFailed {
-    pub order_id: Uuid,
-    pub reason: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ShipOrder {
-    pub order_id: Uuid,
-    pub items: Vec<OrderItem>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct OrderShipped {
-    pub order_id: Uuid,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ShippingDelayed {
-    pub order_id: Uuid,
-}
-
-order_message! {
-    OrderSubmitted => "ordering.order-submitted",
-    ReserveStock => "catalog.reserve-stock",
-    StockReserved => "catalog.stock-reserved",
-    StockRejected => "catalog.stock-rejected",
-    ReleaseStock => "catalog.release-stock",
-    StockReleased => "catalog.stock-released",
-    ChargePayment => "payment.charge",
-    PaymentSucceeded => "payment.succeeded",
-    PaymentFailed => "payment.failed",
-    ShipOrder => "shipping.ship-order",
-    OrderShipped => "shipping.order-shipped",
-    ShippingDelayed => "shipping.delayed",
+/// Goods arrived at the warehouse (an integration event no saga waits for).
+#[derive(Debug, Clone, Serialize, Deserialize, Message)]
+#[message(name = "catalog.stock-added")]
+pub struct StockAdded {
+    pub product_id: u32,
+    pub units: u32,
 }
 
 /// The saga's state: what the order needs to go forward or to be undone.
@@ -124,74 +73,63 @@ pub struct OrderSaga {
     pub failure: Option<String>,
 }
 
+#[saga(name = "order-fulfilment")]
 impl OrderSaga {
-    pub fn new(o: &OrderSubmitted) -> Self {
-        OrderSaga {
-            order_id: o.order_id,
-            buyer: o.buyer.clone(),
-            items: o.items.clone(),
-            total_cents: o.total_cents,
-            ..OrderSaga::default()
-        }
+    #[start]
+    pub fn submitted(o: &OrderSubmitted) -> Self {
+        let (order_id, buyer, items, total_cents) = (o.order_id, o.buyer.clone(), o.items.clone(), o.total_cents);
+        OrderSaga { order_id, buyer, items, total_cents, ..OrderSaga::default() }
     }
-}
 
-impl ChargePayment {
-    pub fn for_order(o: &OrderSaga) -> Self {
-        ChargePayment {
-            order_id: o.order_id,
-            buyer: o.buyer.clone(),
-            amount_cents: o.total_cents,
-        }
+    #[step(compensate = release_stock, timeout = "30s")]
+    fn reserve_stock(&self) -> ReserveStock {
+        ReserveStock { order_id: self.order_id, items: self.items.clone() }
     }
-}
 
-impl Saga for OrderSaga {
-    const NAME: &'static str = "order-fulfilment";
-
-    fn definition() -> SagaDefinition<Self> {
-        SagaDefinition::new()
-            .start_with(OrderSaga::new)
-            .step(
-                Step::send("reserve_stock", |o: &OrderSaga| ReserveStock {
-                    order_id: o.order_id,
-                    items: o.items.clone(),
-                })
-                .on_success(|o: &mut OrderSaga, _: &StockReserved| o.stock_reserved = true)
-                .on_failure(|o: &mut OrderSaga, r: &StockRejected| {
-                    o.failure = Some(format!("out of stock: {:?}", r.missing))
-                })
-                .timeout(Duration::from_secs(30))
-                .compensate_send(|o: &OrderSaga| ReleaseStock { order_id: o.order_id })
-                .on_compensated(|o: &mut OrderSaga, _: &StockReleased| o.stock_reserved = false),
-            )
-            .step(
-                Step::send("charge_payment", ChargePayment::for_order)
-                    .on_success(|o: &mut OrderSaga, _: &PaymentSucceeded| o.paid = true)
-                    .on_failure(|o: &mut OrderSaga, f: &PaymentFailed| o.failure = Some(f.reason.clone()))
-                    .timeout(Duration::from_secs(30))
-                    .pivot(),
-            )
-            .step(
-                Step::send("ship", |o: &OrderSaga| ShipOrder {
-                    order_id: o.order_id,
-                    items: o.items.clone(),
-                })
-                .on_success(|o: &mut OrderSaga, _: &OrderShipped| o.shipped = true)
-                .on_failure(|_: &mut OrderSaga, _: &ShippingDelayed| {})
-                .retry(RetryPolicy::forever(Duration::from_millis(20)).max_delay(Duration::from_secs(5)))
-                .retriable(),
-            )
+    #[reply(reserve_stock)]
+    fn stock_reserved(&mut self, _: &StockReserved) {
+        self.stock_reserved = true;
     }
-}
 
-/// Goods arrived at the warehouse (an integration event with no saga).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StockAdded {
-    pub product_id: u32,
-    pub units: u32,
-}
+    #[reply(reserve_stock, failure)]
+    fn stock_rejected(&mut self, r: &StockRejected) {
+        self.failure = Some(format!("out of stock: {:?}", r.missing));
+    }
 
-impl Message for StockAdded {
-    const NAME: &'static str = "catalog.stock-added";
+    fn release_stock(&self) -> ReleaseStock {
+        ReleaseStock { order_id: self.order_id }
+    }
+
+    #[reply(release_stock)]
+    fn stock_released(&mut self, _: &StockReleased) {
+        self.stock_reserved = false;
+    }
+
+    #[step(pivot, timeout = "30s")]
+    fn charge_payment(&self) -> ChargePayment {
+        ChargePayment { order_id: self.order_id, buyer: self.buyer.clone(), amount_cents: self.total_cents }
+    }
+
+    #[reply(charge_payment)]
+    fn paid(&mut self, _: &PaymentSucceeded) {
+        self.paid = true;
+    }
+
+    #[reply(charge_payment, failure)]
+    fn payment_failed(&mut self, f: &PaymentFailed) {
+        self.failure = Some(f.reason.clone());
+    }
+
+    #[step(retriable, retry = RetryPolicy::forever(Duration::from_millis(20)).max_delay(Duration::from_secs(5)))]
+    fn ship(&self) -> ShipOrder {
+        ShipOrder { order_id: self.order_id, items: self.items.clone() }
+    }
+
+    #[reply(ship)]
+    fn shipped(&mut self, _: &OrderShipped) {
+        self.shipped = true;
+    }
+
+    #[reply(ship, failure)]
+    fn shipping_delayed(&mut self, _: &ShippingDelayed) {}
 }

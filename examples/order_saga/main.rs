@@ -37,16 +37,9 @@ const UNITS_PER_PRODUCT: u32 = 80;
 fn order(n: u32) -> OrderSubmitted {
     let mix = n.wrapping_mul(2_654_435_761);
     let items = (0..1 + mix % 3)
-        .map(|i| OrderItem {
-            product_id: 1 + (mix >> (4 + i * 5)) % PRODUCTS,
-            units: 1 + (mix >> (9 + i * 3)) % 5,
-        })
+        .map(|i| OrderItem { product_id: 1 + (mix >> (4 + i * 5)) % PRODUCTS, units: 1 + (mix >> (9 + i * 3)) % 5 })
         .collect();
-    let buyer = if n % 10 == 7 {
-        format!("declined-{n}")
-    } else {
-        format!("buyer-{n}")
-    };
+    let buyer = if n % 10 == 7 { format!("declined-{n}") } else { format!("buyer-{n}") };
     OrderSubmitted {
         order_id: Uuid::from_u128(0x0_5a6a_0000_0000_0000_0000_0000_0000 + u128::from(n)),
         buyer,
@@ -72,24 +65,15 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
-    let dir = args
-        .store
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/order-saga-store"));
+    let dir = args.store.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/order-saga-store"));
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
     }
     let store = SledStore::open(&dir)?;
-    let runtime = register(SagaRuntime::builder().store(store).bus(InMemoryBus::new()))
-        .build()
-        .await?;
+    let runtime = register(SagaRuntime::builder().store(store).bus(InMemoryBus::new())).build().await?;
 
     for product_id in 1..=PRODUCTS {
-        runtime
-            .publish(&StockAdded {
-                product_id,
-                units: UNITS_PER_PRODUCT,
-            })
-            .await?;
+        runtime.publish(&StockAdded { product_id, units: UNITS_PER_PRODUCT }).await?;
     }
     runtime.settle().await;
 
@@ -143,12 +127,7 @@ async fn summary(
     // orders that went through equals what was delivered.
     let mut on_shelves = 0u64;
     for product_id in 1..=PRODUCTS {
-        on_shelves += u64::from(
-            runtime
-                .record::<u32>("catalog", &stock_key(product_id))
-                .await?
-                .unwrap_or(0),
-        );
+        on_shelves += u64::from(runtime.record::<u32>("catalog", &stock_key(product_id)).await?.unwrap_or(0));
     }
     let (mut reserved, mut charges, mut shipments) = (0u64, 0usize, 0usize);
     for id in &completed {
@@ -156,25 +135,16 @@ async fn summary(
             Some(i) => i.state()?,
             None => continue,
         };
-        if let Some(r) = runtime
-            .record::<Reservation>("catalog", &reservation_key(state.order_id))
-            .await?
-        {
+        if let Some(r) = runtime.record::<Reservation>("catalog", &reservation_key(state.order_id)).await? {
             if !r.released {
                 reserved += r.items.iter().map(|i| u64::from(i.units)).sum::<u64>();
             }
         }
         charges += usize::from(
-            runtime
-                .record::<Charge>("payment.charge", &format!("charge/{}", state.order_id))
-                .await?
-                .is_some(),
+            runtime.record::<Charge>("payment.charge", &format!("charge/{}", state.order_id)).await?.is_some(),
         );
         shipments += usize::from(
-            runtime
-                .record::<u32>("shipping.ship", &format!("shipment/{}", state.order_id))
-                .await?
-                .is_some(),
+            runtime.record::<u32>("shipping.ship", &format!("shipment/{}", state.order_id)).await?.is_some(),
         );
     }
     let delivered = u64::from(PRODUCTS * UNITS_PER_PRODUCT);
@@ -186,26 +156,15 @@ async fn summary(
 
     println!("order saga: {orders} orders on the sled store at {}", dir.display());
     println!("  completed     {:>6}", completed.len());
-    println!(
-        "  compensated   {:>6}  (out of stock {out_of_stock}, payment declined {declined})",
-        compensated.len()
-    );
+    println!("  compensated   {:>6}  (out of stock {out_of_stock}, payment declined {declined})", compensated.len());
     println!("  failed        {failed:>6}");
     println!("  still running {open:>6}");
     println!(
         "  stock         {delivered} delivered = {on_shelves} on shelves + {reserved} reserved for completed orders: {}",
         mark(stock_ok)
     );
-    println!(
-        "  payments      {charges} charges for {} completed orders: {}",
-        completed.len(),
-        mark(pay_ok)
-    );
-    println!(
-        "  shipments     {shipments} shipments for {} completed orders: {}",
-        completed.len(),
-        mark(ship_ok)
-    );
+    println!("  payments      {charges} charges for {} completed orders: {}", completed.len(), mark(pay_ok));
+    println!("  shipments     {shipments} shipments for {} completed orders: {}", completed.len(), mark(ship_ok));
     println!(
         "  took {:.2} s ({:.0} orders/s)",
         elapsed.as_secs_f64(),

@@ -63,12 +63,7 @@ struct ManualInner {
 impl ManualClock {
     /// A clock reading `ms` milliseconds since the epoch.
     pub fn starting_at(ms: u64) -> Self {
-        ManualClock {
-            inner: Arc::new(ManualInner {
-                now_ms: AtomicU64::new(ms),
-                moved: Notify::new(),
-            }),
-        }
+        ManualClock { inner: Arc::new(ManualInner { now_ms: AtomicU64::new(ms), moved: Notify::new() }) }
     }
 
     /// Moves time forward and wakes every sleeper.

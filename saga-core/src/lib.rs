@@ -22,4 +22,11 @@ pub mod message;
 pub mod saga;
 pub mod store;
 
+#[doc(hidden)]
+pub mod __private {
+    //! Used by the code `saga-macros` generates; not a public API.
+    pub use crate::private::*;
+}
+mod private;
+
 pub use error::{Error, HandlerError};

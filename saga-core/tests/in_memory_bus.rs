@@ -48,10 +48,7 @@ async fn a_nacked_message_comes_back_after_its_delay_with_the_next_attempt() {
     first.nack(Duration::from_secs(5)).await.unwrap();
     let again = c.next().await.unwrap();
     assert!(started.elapsed() >= Duration::from_secs(5));
-    assert_eq!(
-        (again.envelope().message_id, again.envelope().attempt),
-        (sent.message_id, 2)
-    );
+    assert_eq!((again.envelope().message_id, again.envelope().attempt), (sent.message_id, 2));
     again.ack().await.unwrap();
 }
 
@@ -129,14 +126,10 @@ async fn typed_handlers_retry_transient_errors_and_dead_letter_what_does_not_dec
     let calls = Arc::new(AtomicU32::new(0));
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let _typed = events.subscribe("basket", FlakyBasket(calls.clone())).await.unwrap();
-    let _raw = events
-        .subscribe_dynamic("audit", PriceChanged::NAME, Raw(seen.clone()))
-        .await
-        .unwrap();
+    let _raw = events.subscribe_dynamic("audit", PriceChanged::NAME, Raw(seen.clone())).await.unwrap();
 
     events.publish(&PriceChanged { product: 3 }).await.unwrap();
-    bus.inject("basket", Envelope::new(PriceChanged::NAME, b"\"oops\"".to_vec()))
-        .unwrap();
+    bus.inject("basket", Envelope::new(PriceChanged::NAME, b"\"oops\"".to_vec())).unwrap();
     let activity = bus.activity().unwrap();
     while activity.pending() > 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -25,17 +25,9 @@ fn record(id: Uuid, version: u64, status: SagaStatus) -> InstanceRecord {
 
 fn timer(due: u64, instance_id: Uuid) -> TimerRecord {
     TimerRecord {
-        key: TimerKey {
-            due: Timestamp(due),
-            instance_id,
-            timer_id: Uuid::now_v7(),
-        },
+        key: TimerKey { due: Timestamp(due), instance_id, timer_id: Uuid::now_v7() },
         saga: "s".into(),
-        purpose: TimerPurpose::Timeout {
-            step: 0,
-            phase: Phase::Action,
-            attempt: 1,
-        },
+        purpose: TimerPurpose::Timeout { step: 0, phase: Phase::Action, attempt: 1 },
     }
 }
 
@@ -48,10 +40,7 @@ async fn contract(store: &dyn Store) {
     let msg = Uuid::now_v7();
     let created = Commit {
         inbox: Some((id, msg)),
-        instance: Some(InstanceWrite {
-            record: record(id, 1, SagaStatus::Running { step: 0 }),
-            previous: None,
-        }),
+        instance: Some(InstanceWrite { record: record(id, 1, SagaStatus::Running { step: 0 }), previous: None }),
         outbox: vec![Envelope::new("a", vec![1]), Envelope::new("b", vec![2])],
         timers_add: vec![timer(50, id), timer(10, id)],
         ..Commit::default()
@@ -59,10 +48,7 @@ async fn contract(store: &dyn Store) {
     commit(store, created.clone()).await.unwrap();
 
     // The inbox rejects the same message for the same consumer, atomically.
-    assert!(matches!(
-        commit(store, created).await,
-        Err(StoreError::Duplicate { .. })
-    ));
+    assert!(matches!(commit(store, created).await, Err(StoreError::Duplicate { .. })));
     assert!(store.processed(id, msg).await.unwrap());
     assert_eq!(store.instance(id).await.unwrap().unwrap().version, 1);
 
@@ -74,14 +60,7 @@ async fn contract(store: &dyn Store) {
         }),
         ..Commit::default()
     };
-    assert!(matches!(
-        commit(store, stale).await,
-        Err(StoreError::Conflict {
-            expected: 0,
-            found: 1,
-            ..
-        })
-    ));
+    assert!(matches!(commit(store, stale).await, Err(StoreError::Conflict { expected: 0, found: 1, .. })));
 
     // The status index follows the status, also from a step to the next of the same kind.
     let next_step = Commit {
@@ -92,10 +71,7 @@ async fn contract(store: &dyn Store) {
         ..Commit::default()
     };
     commit(store, next_step).await.unwrap();
-    assert_eq!(
-        store.instances_with_status(StatusKind::Running, 10).await.unwrap(),
-        vec![id]
-    );
+    assert_eq!(store.instances_with_status(StatusKind::Running, 10).await.unwrap(), vec![id]);
     let done = Commit {
         instance: Some(InstanceWrite {
             record: record(id, 3, SagaStatus::Completed),
@@ -104,37 +80,16 @@ async fn contract(store: &dyn Store) {
         ..Commit::default()
     };
     commit(store, done).await.unwrap();
-    assert!(
-        store
-            .instances_with_status(StatusKind::Running, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    assert_eq!(
-        store.instances_with_status(StatusKind::Completed, 10).await.unwrap(),
-        vec![id]
-    );
+    assert!(store.instances_with_status(StatusKind::Running, 10).await.unwrap().is_empty());
+    assert_eq!(store.instances_with_status(StatusKind::Completed, 10).await.unwrap(), vec![id]);
 
     // Timers come back in due order; the outbox in commit order until removed.
-    let due: Vec<u64> = store
-        .timers_due(Timestamp(60), None, 10)
-        .await
-        .unwrap()
-        .iter()
-        .map(|t| t.key.due.0)
-        .collect();
+    let due: Vec<u64> = store.timers_due(Timestamp(60), None, 10).await.unwrap().iter().map(|t| t.key.due.0).collect();
     assert_eq!(due, vec![10, 50]);
     assert_eq!(store.timers_due(Timestamp(20), None, 10).await.unwrap().len(), 1);
-    assert_eq!(
-        store.next_timer(Timestamp(10)).await.unwrap().map(|k| k.due.0),
-        Some(50)
-    );
+    assert_eq!(store.next_timer(Timestamp(10)).await.unwrap().map(|k| k.due.0), Some(50));
     let outbox = store.outbox(10).await.unwrap();
-    assert_eq!(
-        outbox.iter().map(|e| e.envelope.name.as_str()).collect::<Vec<_>>(),
-        ["a", "b"]
-    );
+    assert_eq!(outbox.iter().map(|e| e.envelope.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
     store.remove_outbox(&[outbox[0].seq]).await.unwrap();
     assert_eq!(store.outbox(10).await.unwrap().len(), 1);
 
@@ -149,10 +104,7 @@ async fn contract(store: &dyn Store) {
         ..Commit::default()
     };
     commit(store, write(0)).await.unwrap();
-    assert!(matches!(
-        commit(store, write(0)).await,
-        Err(StoreError::Conflict { .. })
-    ));
+    assert!(matches!(commit(store, write(0)).await, Err(StoreError::Conflict { .. })));
     commit(store, write(1)).await.unwrap();
     assert_eq!(store.entity("catalog", "stock/1").await.unwrap().unwrap().version, 2);
     assert_eq!(store.entities("catalog", 10).await.unwrap()[0].0, "stock/1");
@@ -178,25 +130,16 @@ async fn committed_work_survives_reopening_the_sled_store() {
     {
         let store = SledStore::open(dir.path()).unwrap();
         let c = Commit {
-            instance: Some(InstanceWrite {
-                record: record(id, 1, SagaStatus::Running { step: 0 }),
-                previous: None,
-            }),
+            instance: Some(InstanceWrite { record: record(id, 1, SagaStatus::Running { step: 0 }), previous: None }),
             outbox: vec![Envelope::new("a", vec![])],
             ..Commit::default()
         };
         commit(&store, c).await.unwrap();
     }
     let store = SledStore::open(dir.path()).unwrap();
-    assert_eq!(
-        store.instance(id).await.unwrap().unwrap().status,
-        SagaStatus::Running { step: 0 }
-    );
+    assert_eq!(store.instance(id).await.unwrap().unwrap().status, SagaStatus::Running { step: 0 });
     // Outbox positions continue after the ones already used.
-    let c = Commit {
-        outbox: vec![Envelope::new("b", vec![])],
-        ..Commit::default()
-    };
+    let c = Commit { outbox: vec![Envelope::new("b", vec![])], ..Commit::default() };
     let seqs = store.commit(c).await.unwrap().outbox_seqs;
     let first = store.outbox(1).await.unwrap()[0].seq;
     assert!(seqs[0] > first);
@@ -205,17 +148,12 @@ async fn committed_work_survives_reopening_the_sled_store() {
 #[tokio::test]
 async fn a_group_commit_resolves_every_waiter_of_a_batch() {
     let dir = tempfile::tempdir().unwrap();
-    let options = SledOptions::default().durability(Durability::Group {
-        max_delay: std::time::Duration::from_millis(5),
-        max_batch: 64,
-    });
+    let options = SledOptions::default()
+        .durability(Durability::Group { max_delay: std::time::Duration::from_millis(5), max_batch: 64 });
     let store = SledStore::open_with(dir.path(), options).unwrap();
     let mut pending = Vec::new();
     for _ in 0..200 {
-        let c = Commit {
-            outbox: vec![Envelope::new("a", vec![])],
-            ..Commit::default()
-        };
+        let c = Commit { outbox: vec![Envelope::new("a", vec![])], ..Commit::default() };
         pending.push(store.commit(c).await.unwrap().durable);
     }
     for result in futures::future::join_all(pending).await {
@@ -234,17 +172,7 @@ fn a_store_of_a_newer_format_is_refused_with_a_clear_error() {
         db.flush().unwrap();
     }
     let err = SledStore::open(dir.path()).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::UnsupportedFormat {
-                found: 99,
-                supported: 1,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, StoreError::UnsupportedFormat { found: 99, supported: 1, .. }), "{err}");
     assert!(err.to_string().contains("run a newer sagaflow"), "{err}");
 }
 

@@ -1,5 +1,43 @@
-//! Procedural macros for sagaflow.
+//! Procedural macros for sagaflow: declare messages, sagas and handlers.
 //!
-//! The macros (`#[derive(Message)]`, `#[saga]`, `#[handler]`) arrive in a later
-//! milestone; until then sagas are declared with the builder API of `saga-core`
-//! (see `saga_core::saga::SagaDefinition`), which is also what the macros generate.
+//! - `#[derive(Message)]` gives a type its stable wire name and correlation key;
+//! - `#[saga]` on an `impl` block turns annotated methods into a saga definition;
+//! - `#[handler]` on an `async fn` makes it a participant.
+//!
+//! Every mistake the macros can see is a compile error spanned on the user's own tokens,
+//! and the user's item is still emitted so that editors keep working. The generated code
+//! refers to the `sagaflow` crate. See `docs/macros.md` for every attribute.
+
+mod duration;
+mod handler;
+mod message;
+mod saga;
+
+use proc_macro::TokenStream;
+
+/// Implements `sagaflow::message::Message`.
+///
+/// `#[message(name = "...")]` sets the wire name (default: the type's name); a field marked
+/// `#[correlation]`, or `#[message(correlation = path)]` naming a `fn(&Self) -> Option<String>`,
+/// sets the correlation key.
+#[proc_macro_derive(Message, attributes(message, correlation))]
+pub fn derive_message(input: TokenStream) -> TokenStream {
+    message::expand(input.into()).into()
+}
+
+/// Declares a saga on an `impl` block of its state type; see `docs/macros.md`.
+#[proc_macro_attribute]
+pub fn saga(args: TokenStream, item: TokenStream) -> TokenStream {
+    saga::expand(args.into(), item.into()).into()
+}
+
+/// Makes an `async fn` a participant handler; see `docs/macros.md`.
+#[proc_macro_attribute]
+pub fn handler(args: TokenStream, item: TokenStream) -> TokenStream {
+    handler::expand(args.into(), item.into()).into()
+}
+
+/// Combines errors into one `compile_error!` stream.
+pub(crate) fn errors(errors: Vec<syn::Error>) -> proc_macro2::TokenStream {
+    errors.into_iter().map(|e| e.to_compile_error()).collect()
+}

@@ -63,10 +63,7 @@ impl Saga for Trip {
 
     fn definition() -> SagaDefinition<Self> {
         SagaDefinition::new()
-            .start_with(|m: &BookTrip| Trip {
-                trip: m.trip,
-                ..Trip::default()
-            })
+            .start_with(|m: &BookTrip| Trip { trip: m.trip, ..Trip::default() })
             .step(
                 Step::send("book_flight", |t: &Trip| BookFlight { trip: t.trip })
                     .on_success(|t: &mut Trip, _: &FlightBooked| t.flight = true)
@@ -119,12 +116,7 @@ impl Script {
     }
 
     fn get(&self, command: &'static str, trip: u32) -> Answer {
-        *self
-            .answers
-            .lock()
-            .unwrap()
-            .get(&(command, trip))
-            .unwrap_or(&Answer::Succeed)
+        *self.answers.lock().unwrap().get(&(command, trip)).unwrap_or(&Answer::Succeed)
     }
 
     /// Every command handled, in order (at least once each: a re-run after a crash shows twice).
@@ -202,10 +194,7 @@ pub fn effect_key(command: &str, trip: u32) -> String {
 }
 
 fn scripted<C: Command>(script: &Script) -> Scripted<C> {
-    Scripted {
-        script: script.clone(),
-        _command: std::marker::PhantomData,
-    }
+    Scripted { script: script.clone(), _command: std::marker::PhantomData }
 }
 
 /// The trip saga and all its participants on a builder.
@@ -239,11 +228,7 @@ pub async fn all_effects(store: &dyn Store) -> HashMap<String, u32> {
 }
 
 pub async fn status(runtime: &SagaRuntime, trip: u32) -> Option<SagaStatus> {
-    runtime
-        .saga::<Trip>(&trip.to_string())
-        .await
-        .unwrap()
-        .map(|i| i.status().clone())
+    runtime.saga::<Trip>(&trip.to_string()).await.unwrap().map(|i| i.status().clone())
 }
 
 /// Moves virtual time forward and runs what came due, `times` times.

@@ -28,19 +28,14 @@ pub struct Delivery {
 
 impl std::fmt::Debug for Delivery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Delivery")
-            .field("envelope", &self.envelope)
-            .finish_non_exhaustive()
+        f.debug_struct("Delivery").field("envelope", &self.envelope).finish_non_exhaustive()
     }
 }
 
 impl Delivery {
     /// Wraps a received envelope with its transport's acker.
     pub fn new(envelope: Envelope, acker: Box<dyn Acker>) -> Self {
-        Delivery {
-            envelope,
-            acker: Some(acker),
-        }
+        Delivery { envelope, acker: Some(acker) }
     }
 
     /// The delivered message.
@@ -50,10 +45,7 @@ impl Delivery {
 
     fn take(&mut self) -> Result<(Box<dyn Acker>, Envelope), BusError> {
         let acker = self.acker.take().ok_or(BusError::Closed)?;
-        Ok((
-            acker,
-            std::mem::replace(&mut self.envelope, Envelope::new("", Vec::new())),
-        ))
+        Ok((acker, std::mem::replace(&mut self.envelope, Envelope::new("", Vec::new()))))
     }
 
     /// Settles the delivery as handled.
@@ -98,19 +90,14 @@ pub struct Consumer {
 
 impl std::fmt::Debug for Consumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Consumer")
-            .field("subscription", &self.subscription)
-            .finish_non_exhaustive()
+        f.debug_struct("Consumer").field("subscription", &self.subscription).finish_non_exhaustive()
     }
 }
 
 impl Consumer {
     /// Wraps a transport's stream.
     pub fn new(subscription: impl Into<String>, stream: Box<dyn DeliveryStream>) -> Self {
-        Consumer {
-            subscription: subscription.into(),
-            stream,
-        }
+        Consumer { subscription: subscription.into(), stream }
     }
 
     /// The subscription this consumer competes on.

@@ -94,11 +94,7 @@ impl EventBus {
 
     /// Typed access to `bus` with another codec.
     pub fn with_codec(bus: impl Bus, codec: impl Codec) -> Self {
-        EventBus {
-            bus: Arc::new(bus),
-            codec: Arc::new(codec),
-            retry: RetryPolicy::default(),
-        }
+        EventBus { bus: Arc::new(bus), codec: Arc::new(codec), retry: RetryPolicy::default() }
     }
 
     /// How transient handler errors are retried before the message is dead-lettered.
@@ -194,11 +190,7 @@ pub(crate) async fn settle(
                 tracing::debug!(attempt, %reason, ?delay, "transient handler failure, retrying");
                 delivery.nack(delay).await
             }
-            None => {
-                delivery
-                    .dead_letter(format!("gave up after {attempt} attempts: {reason}"))
-                    .await
-            }
+            None => delivery.dead_letter(format!("gave up after {attempt} attempts: {reason}")).await,
         },
         Err(HandlerError::Permanent(reason)) => delivery.dead_letter(reason).await,
     }

@@ -51,9 +51,7 @@ pub struct InMemoryBus {
 
 impl std::fmt::Debug for InMemoryBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InMemoryBus")
-            .field("pending", &self.inner.activity.pending())
-            .finish()
+        f.debug_struct("InMemoryBus").field("pending", &self.inner.activity.pending()).finish()
     }
 }
 
@@ -94,12 +92,7 @@ impl InMemoryBus {
     /// A bus that dead-letters a message instead of redelivering it once it has been
     /// delivered `max` times.
     pub fn with_max_deliveries(max: u32) -> Self {
-        InMemoryBus {
-            inner: Arc::new(Inner {
-                max_deliveries: Some(max),
-                ..Inner::default()
-            }),
-        }
+        InMemoryBus { inner: Arc::new(Inner { max_deliveries: Some(max), ..Inner::default() }) }
     }
 
     /// Everything dead-lettered so far, oldest first.
@@ -169,11 +162,7 @@ impl Inner {
 #[async_trait::async_trait]
 impl Bus for InMemoryBus {
     async fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
-        let targets = lock(&self.inner.topology)
-            .bindings
-            .get(&envelope.name)
-            .cloned()
-            .unwrap_or_default();
+        let targets = lock(&self.inner.topology).bindings.get(&envelope.name).cloned().unwrap_or_default();
         if targets.is_empty() {
             tracing::debug!(message = %envelope.name, "published with no subscription bound");
         }
@@ -208,13 +197,7 @@ impl Bus for InMemoryBus {
             }
             queue
         };
-        Ok(Consumer::new(
-            subscription,
-            Box::new(MemoryStream {
-                bus: self.inner.clone(),
-                queue,
-            }),
-        ))
+        Ok(Consumer::new(subscription, Box::new(MemoryStream { bus: self.inner.clone(), queue })))
     }
 
     async fn unsubscribe(&self, subscription: &str) -> Result<(), BusError> {
@@ -264,13 +247,7 @@ impl DeliveryStream for MemoryStream {
             _ = closing => None,
             env = async { self.queue.rx.lock().await.recv().await } => env,
         }?;
-        Some(Delivery::new(
-            envelope,
-            Box::new(MemoryAcker {
-                bus: self.bus.clone(),
-                queue: self.queue.clone(),
-            }),
-        ))
+        Some(Delivery::new(envelope, Box::new(MemoryAcker { bus: self.bus.clone(), queue: self.queue.clone() })))
     }
 }
 

@@ -83,6 +83,10 @@ pub(crate) trait Driver: Send + Sync + 'static {
     fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy::default()
     }
+    /// The saga's Mermaid flowchart, for inspection.
+    fn diagram(&self) -> Option<String> {
+        None
+    }
     /// The name of step `step`, for inspection.
     fn step_name(&self, _step: u32) -> Option<String> {
         None

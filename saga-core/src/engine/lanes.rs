@@ -66,12 +66,7 @@ impl Lanes {
     /// Creates `count` lanes; start them with [`LaneReceivers::start`] once the core exists.
     pub(crate) fn new(count: usize) -> (Self, LaneReceivers) {
         let (senders, receivers) = (0..count.max(1)).map(|_| mpsc::channel::<Work>(256)).unzip();
-        (
-            Lanes {
-                senders: Arc::new(senders),
-            },
-            LaneReceivers(receivers),
-        )
+        (Lanes { senders: Arc::new(senders) }, LaneReceivers(receivers))
     }
 
     /// Queues work on the lane of its instance; waits while that lane is full.
@@ -119,13 +114,7 @@ async fn run_lane(
 }
 
 async fn run_unit(core: &Arc<Core>, work: Work) -> Completion {
-    let Work {
-        driver,
-        lane_key,
-        input,
-        delivery,
-        guard,
-    } = work;
+    let Work { driver, lane_key, input, delivery, guard } = work;
     let (message, message_id) = match &input {
         Input::Message { envelope, .. } => (envelope.name.clone(), envelope.message_id),
         Input::Timer(t) => (format!("timer:{:?}", t.purpose), t.key.timer_id),
@@ -161,12 +150,7 @@ async fn run_unit(core: &Arc<Core>, work: Work) -> Completion {
         _guard: guard,
     };
     match outcome {
-        Ok(Unit::Committed {
-            committed,
-            outbox,
-            follow_up,
-            timers_added,
-        }) => {
+        Ok(Unit::Committed { committed, outbox, follow_up, timers_added }) => {
             core.activity.add(outbox.len());
             completion.timers_added = timers_added;
             completion.outbox = committed

@@ -3,8 +3,8 @@
 //! For every delivered message (or fired timer) and every consumer of it, a unit of work:
 //!
 //! 1. **route**: find the instance (a hash of the saga and the correlation key, or the
-//!    envelope's correlation id for replies) and the lane that owns it; undecodable and unknown
-//!    messages are dead-lettered here, before any work;
+//!    envelope's correlation id for replies) and the lane that owns it; unknown names and, for
+//!    sagas, undecodable payloads are dead-lettered here (participants decode in the unit);
 //! 2. **dedupe**: a message this instance or participant already processed is acked and dropped;
 //! 3. **transition**: the saga's state machine ([`transition`]) or the participant's handler
 //!    computes the new state, outgoing messages (with ids derived from the cause) and timers;
@@ -25,7 +25,7 @@ mod timers;
 mod transition;
 
 pub use instance::SagaInstance;
-pub use participant::{Handler, HandlerContext};
+pub use participant::{Handler, HandlerContext, HandlerOutput};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -127,8 +127,7 @@ impl SagaRuntimeBuilder {
 
     /// Runs participant `handler`.
     pub fn handler(mut self, handler: impl Handler) -> Self {
-        self.drivers
-            .push(Arc::new(participant::ParticipantDriver::new(handler)));
+        self.drivers.push(Arc::new(participant::ParticipantDriver::new(handler)));
         self
     }
 
@@ -190,12 +189,7 @@ impl SagaRuntimeBuilder {
             .into_iter()
             .map(|(driver, consumer)| tokio::spawn(consume(core.clone(), driver, consumer)))
             .collect();
-        Ok(SagaRuntime {
-            core,
-            tasks,
-            consumers: consumer_tasks,
-            drivers: self.drivers,
-        })
+        Ok(SagaRuntime { core, tasks, consumers: consumer_tasks, drivers: self.drivers })
     }
 }
 
@@ -258,10 +252,7 @@ pub struct SagaRuntime {
 impl std::fmt::Debug for SagaRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SagaRuntime")
-            .field(
-                "consumers",
-                &self.drivers.iter().map(|d| d.name().to_owned()).collect::<Vec<_>>(),
-            )
+            .field("consumers", &self.drivers.iter().map(|d| d.name().to_owned()).collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -290,11 +281,7 @@ impl SagaRuntime {
             _ => None,
         };
         let step_name = step.and_then(|s| self.core.sagas.get(&record.saga).and_then(|d| d.step_name(s)));
-        Ok(Some(SagaInstance {
-            record,
-            step_name,
-            codec: self.core.codec.clone(),
-        }))
+        Ok(Some(SagaInstance { record, step_name, codec: self.core.codec.clone() }))
     }
 
     /// The instance of saga `S` correlated by `key`.
@@ -318,6 +305,11 @@ impl SagaRuntime {
             Some(r) => Ok(Some(self.core.codec.decode(&r.value)?)),
             None => Ok(None),
         }
+    }
+
+    /// The Mermaid flowchart of a saga this runtime runs, by name.
+    pub fn diagram(&self, saga: &str) -> Option<String> {
+        self.core.sagas.get(saga).and_then(|d| d.diagram())
     }
 
     /// The store the runtime commits to.

@@ -70,6 +70,50 @@ pub trait Handler: Send + Sync + 'static {
     async fn handle(&self, input: Self::Input, ctx: &mut HandlerContext) -> Result<(), HandlerError>;
 }
 
+/// What a handler function may return; the `#[handler]` macro turns it into replies.
+///
+/// - `()` or `Result<(), HandlerError>`: replies are sent explicitly through the context;
+/// - `Result<M, HandlerError>`: `M` is the success reply;
+/// - `Result<A, B>` with two messages: `A` is the success reply, `B` the failure reply;
+/// - `Result<Result<A, B>, HandlerError>`: the same, with transient errors besides.
+pub trait HandlerOutput: Send {
+    /// Sends the replies this output stands for.
+    fn into_replies(self, ctx: &mut HandlerContext) -> Result<(), HandlerError>;
+}
+
+impl HandlerOutput for () {
+    fn into_replies(self, _: &mut HandlerContext) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
+impl HandlerOutput for Result<(), HandlerError> {
+    fn into_replies(self, _: &mut HandlerContext) -> Result<(), HandlerError> {
+        self
+    }
+}
+
+impl<M: Message> HandlerOutput for Result<M, HandlerError> {
+    fn into_replies(self, ctx: &mut HandlerContext) -> Result<(), HandlerError> {
+        ctx.reply(&self?)
+    }
+}
+
+impl<A: Message, B: Message> HandlerOutput for Result<Result<A, B>, HandlerError> {
+    fn into_replies(self, ctx: &mut HandlerContext) -> Result<(), HandlerError> {
+        self?.into_replies(ctx)
+    }
+}
+
+impl<A: Message, B: Message> HandlerOutput for Result<A, B> {
+    fn into_replies(self, ctx: &mut HandlerContext) -> Result<(), HandlerError> {
+        match self {
+            Ok(success) => ctx.reply(&success),
+            Err(failure) => ctx.reply(&failure),
+        }
+    }
+}
+
 /// What a participant's handler can do besides reading its input.
 pub struct HandlerContext {
     store: Arc<dyn Store>,
@@ -117,9 +161,7 @@ impl HandlerContext {
     /// A key that stays the same across the saga's retries of this step, for deduplication
     /// in systems beyond the store (falls back to the message id).
     pub fn idempotency_key(&self) -> String {
-        self.idempotency_key
-            .clone()
-            .unwrap_or_else(|| self.input_id.to_string())
+        self.idempotency_key.clone().unwrap_or_else(|| self.input_id.to_string())
     }
 
     fn emit<M: Message>(&mut self, message: &M) -> Result<(), HandlerError> {
@@ -133,9 +175,7 @@ impl HandlerContext {
             correlation_id: self.correlation_id,
             causation_id: Some(self.input_id),
             reply_to: None,
-            headers: [(headers::CONTENT_TYPE.to_owned(), self.codec.content_type().to_owned())]
-                .into_iter()
-                .collect(),
+            headers: [(headers::CONTENT_TYPE.to_owned(), self.codec.content_type().to_owned())].into_iter().collect(),
             attempt: 1,
         });
         Ok(())
@@ -157,8 +197,7 @@ impl HandlerContext {
             return self.codec.decode(bytes).map(Some).map_err(HandlerError::permanent);
         }
         let record = self.store.entity(&self.scope, key).await.map_err(store_error)?;
-        self.versions
-            .insert(key.to_owned(), record.as_ref().map_or(0, |r| r.version));
+        self.versions.insert(key.to_owned(), record.as_ref().map_or(0, |r| r.version));
         match record {
             Some(r) => self.codec.decode(&r.value).map(Some).map_err(HandlerError::permanent),
             None => Ok(None),
@@ -169,12 +208,7 @@ impl HandlerContext {
     /// record changed since it was read, the whole handler runs again on fresh data.
     pub async fn save<T: Serialize>(&mut self, key: &str, value: &T) -> Result<(), HandlerError> {
         if !self.versions.contains_key(key) {
-            let version = self
-                .store
-                .entity(&self.scope, key)
-                .await
-                .map_err(store_error)?
-                .map_or(0, |r| r.version);
+            let version = self.store.entity(&self.scope, key).await.map_err(store_error)?.map_or(0, |r| r.version);
             self.versions.insert(key.to_owned(), version);
         }
         let bytes = self.codec.encode(value).map_err(HandlerError::permanent)?;
@@ -226,11 +260,7 @@ impl<H: Handler> Driver for ParticipantDriver<H> {
         envelope.check_content_type(codec).map_err(|e| e.to_string())?;
         Ok(Routed {
             lane_key: envelope.correlation_id.unwrap_or(envelope.message_id),
-            input: Input::Message {
-                envelope: envelope.clone(),
-                decoded: None,
-                key: String::new(),
-            },
+            input: Input::Message { envelope: envelope.clone(), decoded: None, key: String::new() },
         })
     }
 
@@ -239,10 +269,7 @@ impl<H: Handler> Driver for ParticipantDriver<H> {
             return Err(Failure::DeadLetter("participants have no timers".into()));
         };
         if core.store.processed(self.consumer, envelope.message_id).await? {
-            return Ok(Unit::Skipped(format!(
-                "{} {} already processed",
-                envelope.name, envelope.message_id
-            )));
+            return Ok(Unit::Skipped(format!("{} {} already processed", envelope.name, envelope.message_id)));
         }
         let message: H::Input = envelope
             .decode(&*core.codec)
@@ -284,12 +311,7 @@ impl<H: Handler> Driver for ParticipantDriver<H> {
             ..Commit::default()
         };
         match core.store.commit(commit).await {
-            Ok(committed) => Ok(Unit::Committed {
-                committed,
-                outbox,
-                follow_up: None,
-                timers_added: false,
-            }),
+            Ok(committed) => Ok(Unit::Committed { committed, outbox, follow_up: None, timers_added: false }),
             Err(StoreError::Duplicate { message_id, .. }) => {
                 Ok(Unit::Skipped(format!("{message_id} already processed")))
             }

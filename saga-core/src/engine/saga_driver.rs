@@ -69,17 +69,11 @@ impl<S: Saga> SagaDriver<S> {
             .ok_or_else(|| Failure::DeadLetter(format!("saga {} does not handle {}", S::NAME, envelope.name)))?;
         let existing = core.store.instance(id).await?;
         let now = core.clock.now();
-        let cause = MessageRef {
-            id: envelope.message_id,
-            name: envelope.name.clone(),
-        };
+        let cause = MessageRef { id: envelope.message_id, name: envelope.name.clone() };
         let (t, previous) = match (route, existing) {
             (Route::Start(i), None) => {
                 let Some(state) = (self.def.starts[i].init)(decoded) else {
-                    return Err(Failure::DeadLetter(format!(
-                        "{} did not decode as a start message",
-                        envelope.name
-                    )));
+                    return Err(Failure::DeadLetter(format!("{} did not decode as a start message", envelope.name)));
                 };
                 let record = InstanceRecord {
                     id,
@@ -100,24 +94,17 @@ impl<S: Saga> SagaDriver<S> {
             }
             (Route::Start(_), Some(_)) => return Ok(Unit::Skipped(format!("instance {id} already started"))),
             (_, None) => {
-                return Ok(Unit::Skipped(format!(
-                    "no instance {id} of saga {} for {}",
-                    S::NAME,
-                    envelope.name
-                )));
+                return Ok(Unit::Skipped(format!("no instance {id} of saga {} for {}", S::NAME, envelope.name)));
+            }
+            (_, Some(record)) if record.saga != S::NAME => {
+                return Ok(Unit::Skipped(format!("instance {id} belongs to saga {}", record.saga)));
             }
             (_, Some(record)) if record.status.is_terminal() => {
-                return Ok(Unit::Skipped(format!(
-                    "instance {id} has finished ({:?})",
-                    record.status.kind()
-                )));
+                return Ok(Unit::Skipped(format!("instance {id} has finished ({:?})", record.status.kind())));
             }
             (route, Some(record)) => {
                 if core.store.processed(id, envelope.message_id).await? {
-                    return Ok(Unit::Skipped(format!(
-                        "{} {} already processed",
-                        envelope.name, envelope.message_id
-                    )));
+                    return Ok(Unit::Skipped(format!("{} {} already processed", envelope.name, envelope.message_id)));
                 }
                 let previous = Some((record.version, record.status.kind()));
                 let state = self.decode_state(&*core.codec, &record)?;
@@ -144,12 +131,7 @@ impl<S: Saga> SagaDriver<S> {
         let outbox = commit.outbox.clone();
         let timers_added = !commit.timers_add.is_empty();
         match core.store.commit(commit).await {
-            Ok(committed) => Ok(Unit::Committed {
-                committed,
-                outbox,
-                follow_up,
-                timers_added,
-            }),
+            Ok(committed) => Ok(Unit::Committed { committed, outbox, follow_up, timers_added }),
             Err(crate::store::StoreError::Duplicate { message_id, .. }) => {
                 Ok(Unit::Skipped(format!("{message_id} already processed")))
             }
@@ -159,12 +141,9 @@ impl<S: Saga> SagaDriver<S> {
 
     async fn on_timer(&self, core: &Core, timer: &TimerRecord) -> Result<Unit, Failure> {
         let id = timer.key.instance_id;
-        let cause = MessageRef {
-            id: timer.key.timer_id,
-            name: format!("timer:{}", purpose_name(&timer.purpose)),
-        };
+        let cause = MessageRef { id: timer.key.timer_id, name: format!("timer:{}", purpose_name(&timer.purpose)) };
         let record = match core.store.instance(id).await? {
-            Some(r) if !r.status.is_terminal() => r,
+            Some(r) if !r.status.is_terminal() && r.saga == S::NAME => r,
             _ => return self.drop_timer(core, timer).await,
         };
         if record.awaiting.as_ref().and_then(|a| a.timer) != Some(timer.key) {
@@ -180,23 +159,14 @@ impl<S: Saga> SagaDriver<S> {
         let state = self.decode_state(&*core.codec, &record)?;
         if !self.step_exists(step) {
             let mut t = Transition::new(&self.def, &*core.codec, now, timer.key.timer_id, record, state);
-            t.fail(format!(
-                "the definition has no step #{step}: was the saga changed while instances ran?"
-            ));
+            t.fail(format!("the definition has no step #{step}: was the saga changed while instances ran?"));
             return self.commit(core, t, previous, cause).await;
         }
         if let TimerPurpose::RunLocal { .. } = timer.purpose {
-            let result = self.run_local(core, &record, step, phase, attempt).await?;
-            let mut t = Transition::new(
-                &self.def,
-                &*core.codec,
-                core.clock.now(),
-                timer.key.timer_id,
-                record,
-                state,
-            );
+            let (result, timed_out) = self.run_local(core, &record, step, phase, attempt).await?;
+            let mut t = Transition::new(&self.def, &*core.codec, core.clock.now(), timer.key.timer_id, record, state);
             t.events.push(HistoryEvent::TimerFired { key: timer.key });
-            t.on_local_result(step, phase, attempt, result);
+            t.on_local_result(step, phase, attempt, result, timed_out);
             return self.commit(core, t, previous, cause).await;
         }
         let mut t = Transition::new(&self.def, &*core.codec, now, timer.key.timer_id, record, state);
@@ -211,17 +181,15 @@ impl<S: Saga> SagaDriver<S> {
         step: u32,
         phase: Phase,
         attempt: u32,
-    ) -> Result<Result<S, StepError>, Failure> {
+    ) -> Result<(Result<S, StepError>, bool), Failure> {
         let s = &self.def.steps[step as usize];
         let action = match phase {
             Phase::Action => Some(&s.action),
             Phase::Compensation => s.compensation.as_ref(),
         };
         let Some(Action::Local(run)) = action else {
-            return Ok(Err(StepError::Failed(format!(
-                "step {} has no local code to run",
-                s.name
-            ))));
+            let reason = format!("step {} has no local code to run", s.name);
+            return Ok((Err(StepError::Failed(reason)), false));
         };
         let state = self.decode_state(&*core.codec, record)?;
         let ctx = StepContext {
@@ -232,29 +200,19 @@ impl<S: Saga> SagaDriver<S> {
             idempotency_key: format!("{}/{step}/{phase:?}", record.id),
         };
         let run = run(state, ctx);
+        // Local code runs in real time, whatever the runtime's clock: it does real work.
         Ok(match s.phase_timeout(phase) {
             Some(limit) => match tokio::time::timeout(limit, run).await {
-                Ok(result) => result,
-                Err(_) => Err(StepError::Transient(format!("did not finish within {limit:?}"))),
+                Ok(result) => (result, false),
+                Err(_) => (Err(StepError::Transient(format!("did not finish within {limit:?}"))), true),
             },
-            None => run.await,
+            None => (run.await, false),
         })
     }
 
     async fn drop_timer(&self, core: &Core, timer: &TimerRecord) -> Result<Unit, Failure> {
-        let committed = core
-            .store
-            .commit(Commit {
-                timers_remove: vec![timer.key],
-                ..Commit::default()
-            })
-            .await?;
-        Ok(Unit::Committed {
-            committed,
-            outbox: Vec::new(),
-            follow_up: None,
-            timers_added: false,
-        })
+        let committed = core.store.commit(Commit { timers_remove: vec![timer.key], ..Commit::default() }).await?;
+        Ok(Unit::Committed { committed, outbox: Vec::new(), follow_up: None, timers_added: false })
     }
 }
 
@@ -280,9 +238,7 @@ fn log_event(event: &HistoryEvent) {
         HistoryEvent::CompensationFailed { name, reason, .. } => {
             tracing::info!(step = %name, %reason, "compensation failed")
         }
-        HistoryEvent::StatusChanged {
-            to: to @ SagaStatus::Failed { .. },
-        } => {
+        HistoryEvent::StatusChanged { to: to @ SagaStatus::Failed { .. } } => {
             tracing::warn!(status = ?to, "saga parked as failed: it needs an operator")
         }
         HistoryEvent::StatusChanged { to } => tracing::info!(status = ?to, "saga status changed"),
@@ -308,13 +264,10 @@ impl<S: Saga> Driver for SagaDriver<S> {
     }
 
     fn route(&self, codec: &dyn Codec, envelope: &Envelope) -> Result<Routed, String> {
-        let route = self.routes.get(envelope.name.as_str()).copied().ok_or_else(|| {
-            format!(
-                "unknown message name {:?}: saga {} does not handle it",
-                envelope.name,
-                S::NAME
-            )
-        })?;
+        let route =
+            self.routes.get(envelope.name.as_str()).copied().ok_or_else(|| {
+                format!("unknown message name {:?}: saga {} does not handle it", envelope.name, S::NAME)
+            })?;
         let decode = match route {
             Route::Start(i) => &self.def.starts[i].decode,
             Route::Event(i) => &self.def.events[i].decode,
@@ -328,50 +281,33 @@ impl<S: Saga> Driver for SagaDriver<S> {
             Route::Reply { .. } => match envelope.correlation_id {
                 Some(id) => (id, String::new()),
                 None => {
-                    return Err(format!(
-                        "reply {} carries no correlation id: it cannot find its saga",
-                        envelope.name
-                    ));
+                    return Err(format!("reply {} carries no correlation id: it cannot find its saga", envelope.name));
                 }
             },
             Route::Start(_) | Route::Event(_) => match key {
                 Some(key) => (instance_id(S::NAME, &key), key),
                 None => {
-                    return Err(format!(
-                        "{} has no correlation key: it cannot find its saga",
-                        envelope.name
-                    ));
+                    return Err(format!("{} has no correlation key: it cannot find its saga", envelope.name));
                 }
             },
         };
-        Ok(Routed {
-            lane_key,
-            input: Input::Message {
-                envelope: envelope.clone(),
-                decoded: Some(decoded),
-                key,
-            },
-        })
+        Ok(Routed { lane_key, input: Input::Message { envelope: envelope.clone(), decoded: Some(decoded), key } })
     }
 
     async fn process(&self, core: &Core, lane_key: Uuid, input: &Input) -> Result<Unit, Failure> {
         match input {
-            Input::Message {
-                envelope,
-                decoded: Some(decoded),
-                key,
-            } => self.on_message(core, lane_key, envelope, decoded, key).await,
-            Input::Message {
-                envelope,
-                decoded: None,
-                ..
-            } => Err(Failure::DeadLetter(format!(
-                "{} reached saga {} undecoded",
-                envelope.name,
-                S::NAME
-            ))),
+            Input::Message { envelope, decoded: Some(decoded), key } => {
+                self.on_message(core, lane_key, envelope, decoded, key).await
+            }
+            Input::Message { envelope, decoded: None, .. } => {
+                Err(Failure::DeadLetter(format!("{} reached saga {} undecoded", envelope.name, S::NAME)))
+            }
             Input::Timer(timer) => self.on_timer(core, timer).await,
         }
+    }
+
+    fn diagram(&self) -> Option<String> {
+        Some(self.def.mermaid())
     }
 
     fn step_name(&self, step: u32) -> Option<String> {

@@ -18,7 +18,9 @@ use crate::store::{
     TimerKey, TimerPurpose, TimerRecord,
 };
 
-/// How long a local step may run before its lease timer runs it again (when it has no timeout).
+/// How far ahead a local step's lease timer is set when the step has no timeout. Within a
+/// process the run holds its lane, so the timer only matters after a crash: on restart every
+/// lease timer fires at once (see `timers::run`), and otherwise when it comes due.
 const LOCAL_LEASE: Duration = Duration::from_secs(60);
 
 /// Why an attempt failed; decides whether the step is retried and what is compensated.
@@ -89,10 +91,7 @@ impl<'a, S: Saga> Transition<'a, S> {
         };
         let commit = Commit {
             inbox: Some((self.record.id, cause.id)),
-            instance: Some(InstanceWrite {
-                record: self.record,
-                previous,
-            }),
+            instance: Some(InstanceWrite { record: self.record, previous }),
             entities: Vec::new(),
             outbox: self.outbox,
             timers_add: self.timers_add,
@@ -109,10 +108,7 @@ impl<'a, S: Saga> Transition<'a, S> {
     }
 
     fn step_name(&self, step: u32) -> String {
-        self.def
-            .steps
-            .get(step as usize)
-            .map_or_else(|| format!("#{step}"), |s| s.name.clone())
+        self.def.steps.get(step as usize).map_or_else(|| format!("#{step}"), |s| s.name.clone())
     }
 
     fn set_status(&mut self, status: SagaStatus) {
@@ -124,18 +120,11 @@ impl<'a, S: Saga> Transition<'a, S> {
 
     fn schedule(&mut self, after: Duration, purpose: TimerPurpose) -> TimerRecord {
         let timer = TimerRecord {
-            key: TimerKey {
-                due: self.now.plus(after),
-                instance_id: self.record.id,
-                timer_id: self.next_id(),
-            },
+            key: TimerKey { due: self.now.plus(after), instance_id: self.record.id, timer_id: self.next_id() },
             saga: S::NAME.to_owned(),
             purpose: purpose.clone(),
         };
-        self.events.push(HistoryEvent::TimerScheduled {
-            key: timer.key,
-            purpose,
-        });
+        self.events.push(HistoryEvent::TimerScheduled { key: timer.key, purpose });
         self.timers_add.push(timer.clone());
         timer
     }
@@ -151,12 +140,7 @@ impl<'a, S: Saga> Transition<'a, S> {
 
     fn await_(&mut self, step: u32, phase: Phase, attempt: u32, timer: Option<TimerKey>) {
         self.clear_awaiting();
-        self.record.awaiting = Some(Awaiting {
-            step,
-            phase,
-            attempt,
-            timer,
-        });
+        self.record.awaiting = Some(Awaiting { step, phase, attempt, timer });
     }
 
     /// A new instance: record it and enter the first step.
@@ -178,9 +162,7 @@ impl<'a, S: Saga> Transition<'a, S> {
     pub(crate) fn begin(&mut self, step: u32, phase: Phase, attempt: u32) {
         let def = self.def;
         let Some(s) = def.steps.get(step as usize) else {
-            self.fail(format!(
-                "the definition has no step #{step}: was the saga changed while instances ran?"
-            ));
+            self.fail(format!("the definition has no step #{step}: was the saga changed while instances ran?"));
             return;
         };
         let name = s.name.clone();
@@ -192,8 +174,7 @@ impl<'a, S: Saga> Transition<'a, S> {
             }
             Phase::Compensation => {
                 self.set_status(SagaStatus::Compensating { step });
-                self.events
-                    .push(HistoryEvent::CompensationStarted { step, name, attempt });
+                self.events.push(HistoryEvent::CompensationStarted { step, name, attempt });
                 match &s.compensation {
                     Some(c) => c,
                     None => {
@@ -263,11 +244,7 @@ impl<'a, S: Saga> Transition<'a, S> {
 
     /// Begins the compensation of the highest step at or below `from` that has one.
     fn compensate_from(&mut self, from: Option<u32>) {
-        let next = from.and_then(|from| {
-            (0..=from)
-                .rev()
-                .find(|j| self.def.steps[*j as usize].compensation.is_some())
-        });
+        let next = from.and_then(|from| (0..=from).rev().find(|j| self.def.steps[*j as usize].compensation.is_some()));
         match next {
             Some(j) => self.begin(j, Phase::Compensation, 1),
             None => {
@@ -294,11 +271,7 @@ impl<'a, S: Saga> Transition<'a, S> {
         let id = self.record.id;
         match phase {
             Phase::Action => {
-                self.events.push(HistoryEvent::StepFailed {
-                    step,
-                    name: s.name.clone(),
-                    reason: reason.clone(),
-                });
+                self.events.push(HistoryEvent::StepFailed { step, name: s.name.clone(), reason: reason.clone() });
                 let retryable = s.kind == StepKind::Retriable || cause != Cause::Refused;
                 if retryable {
                     if let Some(delay) = s.action_retry().delay_before_retry(attempt, id) {
@@ -310,11 +283,8 @@ impl<'a, S: Saga> Transition<'a, S> {
                     self.fail(format!("step {} failed after {attempt} attempts: {reason}", s.name));
                     return;
                 }
-                let from = if cause == Cause::Timeout && s.compensation.is_some() {
-                    Some(step)
-                } else {
-                    step.checked_sub(1)
-                };
+                let from =
+                    if cause == Cause::Timeout && s.compensation.is_some() { Some(step) } else { step.checked_sub(1) };
                 self.start_compensation(from, format!("step {} failed: {reason}", s.name));
             }
             Phase::Compensation => {
@@ -325,10 +295,9 @@ impl<'a, S: Saga> Transition<'a, S> {
                 });
                 match s.compensation_retry.delay_before_retry(attempt, id) {
                     Some(delay) => self.retry_later(step, phase, attempt + 1, delay),
-                    None => self.fail(format!(
-                        "compensation of step {} failed after {attempt} attempts: {reason}",
-                        s.name
-                    )),
+                    None => {
+                        self.fail(format!("compensation of step {} failed after {attempt} attempts: {reason}", s.name))
+                    }
                 }
             }
         }
@@ -345,10 +314,7 @@ impl<'a, S: Saga> Transition<'a, S> {
             Some(a) if a.step == step && a.phase == phase => a.attempt,
             _ => {
                 self.events.push(HistoryEvent::Ignored {
-                    reason: format!(
-                        "reply {message} arrived for step {} which is not awaited",
-                        self.step_name(step)
-                    ),
+                    reason: format!("reply {message} arrived for step {} which is not awaited", self.step_name(step)),
                 });
                 return;
             }
@@ -369,9 +335,7 @@ impl<'a, S: Saga> Transition<'a, S> {
             return;
         };
         let outcome = (reaction.apply)(&mut self.state, decoded);
-        self.events.push(HistoryEvent::EventHandled {
-            name: message.to_owned(),
-        });
+        self.events.push(HistoryEvent::EventHandled { name: message.to_owned() });
         if let EventOutcome::Abort(reason) = outcome {
             let SagaStatus::Running { step } = self.record.status else {
                 self.events.push(HistoryEvent::Ignored {
@@ -389,11 +353,7 @@ impl<'a, S: Saga> Transition<'a, S> {
                 return;
             }
             // The current step's command may already have been carried out: undo it too.
-            let from = if s.compensation.is_some() {
-                Some(step)
-            } else {
-                step.checked_sub(1)
-            };
+            let from = if s.compensation.is_some() { Some(step) } else { step.checked_sub(1) };
             self.start_compensation(from, format!("aborted by {message}: {reason}"));
         }
     }
@@ -404,13 +364,7 @@ impl<'a, S: Saga> Transition<'a, S> {
         match timer.purpose {
             TimerPurpose::Timeout { step, phase, attempt } => {
                 let waited = self.def.steps[step as usize].phase_timeout(phase).unwrap_or_default();
-                self.attempt_failed(
-                    step,
-                    phase,
-                    attempt,
-                    format!("no reply within {waited:?}"),
-                    Cause::Timeout,
-                );
+                self.attempt_failed(step, phase, attempt, format!("no reply within {waited:?}"), Cause::Timeout);
             }
             TimerPurpose::Retry { step, phase, attempt } => self.begin(step, phase, attempt),
             TimerPurpose::RunLocal { .. } => {}
@@ -418,7 +372,14 @@ impl<'a, S: Saga> Transition<'a, S> {
     }
 
     /// The outcome of a local step's run.
-    pub(crate) fn on_local_result(&mut self, step: u32, phase: Phase, attempt: u32, result: Result<S, StepError>) {
+    pub(crate) fn on_local_result(
+        &mut self,
+        step: u32,
+        phase: Phase,
+        attempt: u32,
+        result: Result<S, StepError>,
+        timed_out: bool,
+    ) {
         match result {
             Ok(state) => {
                 self.state = state;
@@ -427,6 +388,7 @@ impl<'a, S: Saga> Transition<'a, S> {
                     Phase::Compensation => self.compensation_succeeded(step),
                 }
             }
+            Err(StepError::Transient(r)) if timed_out => self.attempt_failed(step, phase, attempt, r, Cause::Timeout),
             Err(StepError::Transient(r)) => self.attempt_failed(step, phase, attempt, r, Cause::Transient),
             Err(StepError::Failed(r)) => self.attempt_failed(step, phase, attempt, r, Cause::Refused),
         }

@@ -61,18 +61,12 @@ pub trait CodecExt {
 
 impl<C: Codec + ?Sized> CodecExt for C {
     fn encode<T: Serialize>(&self, value: &T) -> Result<Vec<u8>, CodecError> {
-        self.encode_erased(value).map_err(|reason| CodecError::Encode {
-            type_name: std::any::type_name::<T>(),
-            reason,
-        })
+        self.encode_erased(value).map_err(|reason| CodecError::Encode { type_name: std::any::type_name::<T>(), reason })
     }
 
     fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, CodecError> {
         let mut out = None;
-        let fail = |reason| CodecError::Decode {
-            type_name: std::any::type_name::<T>(),
-            reason,
-        };
+        let fail = |reason| CodecError::Decode { type_name: std::any::type_name::<T>(), reason };
         self.decode_erased(bytes, &mut |de| {
             out = Some(erased_serde::deserialize::<T>(de)?);
             Ok(())

@@ -136,10 +136,9 @@ impl Envelope {
     /// Checks the content type against the codec (a missing header is taken as the codec's).
     pub fn check_content_type(&self, codec: &dyn super::Codec) -> Result<(), DecodeError> {
         match self.header(headers::CONTENT_TYPE) {
-            Some(ct) if !ct.eq_ignore_ascii_case(codec.content_type()) => Err(DecodeError::WrongContentType {
-                expected: codec.content_type(),
-                actual: ct.to_owned(),
-            }),
+            Some(ct) if !ct.eq_ignore_ascii_case(codec.content_type()) => {
+                Err(DecodeError::WrongContentType { expected: codec.content_type(), actual: ct.to_owned() })
+            }
             _ => Ok(()),
         }
     }
@@ -156,10 +155,7 @@ impl Envelope {
     /// ```
     pub fn decode<M: super::Message>(&self, codec: &dyn super::Codec) -> Result<M, DecodeError> {
         if self.name != M::NAME {
-            return Err(DecodeError::WrongName {
-                expected: M::NAME,
-                actual: self.name.clone(),
-            });
+            return Err(DecodeError::WrongName { expected: M::NAME, actual: self.name.clone() });
         }
         self.check_content_type(codec)?;
         Ok(codec.decode(&self.payload)?)

@@ -190,11 +190,7 @@ pub(crate) enum Route {
 impl<S: Saga> SagaDefinition<S> {
     /// An empty definition for `S`.
     pub fn new() -> Self {
-        SagaDefinition {
-            starts: Vec::new(),
-            steps: Vec::new(),
-            events: Vec::new(),
-        }
+        SagaDefinition { starts: Vec::new(), steps: Vec::new(), events: Vec::new() }
     }
 
     /// A message that starts an instance, correlated by the message's
@@ -246,25 +242,15 @@ impl<S: Saga> SagaDefinition<S> {
         let mut forward_only: Option<&str> = None;
         for step in &self.steps {
             if !names.insert(step.name.as_str()) {
-                return Err(DefinitionError::DuplicateStep {
-                    saga,
-                    step: step.name.clone(),
-                });
+                return Err(DefinitionError::DuplicateStep { saga, step: step.name.clone() });
             }
             let unanswered = [
                 (Some(&step.action), ""),
-                (
-                    step.compensation.as_ref(),
-                    " (for the compensation: .on_compensated(...))",
-                ),
+                (step.compensation.as_ref(), " (for the compensation: .on_compensated(...))"),
             ];
             for (action, extra) in unanswered {
                 if let Some(Action::Send { success: None, .. }) = action {
-                    return Err(DefinitionError::UnhandledReply {
-                        saga,
-                        step: step.name.clone(),
-                        extra,
-                    });
+                    return Err(DefinitionError::UnhandledReply { saga, step: step.name.clone(), extra });
                 }
             }
             match step.kind {
@@ -298,11 +284,7 @@ impl<S: Saga> SagaDefinition<S> {
                 }
             }
             if step.kind != StepKind::Compensatable && step.compensation.is_some() {
-                return Err(DefinitionError::CompensationNotAllowed {
-                    saga,
-                    step: step.name.clone(),
-                    kind: step.kind,
-                });
+                return Err(DefinitionError::CompensationNotAllowed { saga, step: step.name.clone(), kind: step.kind });
             }
         }
         self.routes().map(|_| ())
@@ -312,10 +294,7 @@ impl<S: Saga> SagaDefinition<S> {
     pub(crate) fn routes(&self) -> Result<HashMap<&'static str, Route>, DefinitionError> {
         let mut routes = HashMap::new();
         let mut add = |name: &'static str, route: Route| match routes.insert(name, route) {
-            Some(_) => Err(DefinitionError::DuplicateMessage {
-                saga: S::NAME,
-                message: name,
-            }),
+            Some(_) => Err(DefinitionError::DuplicateMessage { saga: S::NAME, message: name }),
             None => Ok(()),
         };
         for (i, s) in self.starts.iter().enumerate() {
@@ -323,21 +302,13 @@ impl<S: Saga> SagaDefinition<S> {
         }
         for (i, step) in self.steps.iter().enumerate() {
             let step_no = u32::try_from(i).unwrap_or(u32::MAX);
-            for (phase, action) in [
-                (Phase::Action, Some(&step.action)),
-                (Phase::Compensation, step.compensation.as_ref()),
-            ] {
+            for (phase, action) in
+                [(Phase::Action, Some(&step.action)), (Phase::Compensation, step.compensation.as_ref())]
+            {
                 if let Some(Action::Send { success, failure, .. }) = action {
                     for (handler, ok) in [(success, true), (failure, false)] {
                         if let Some(h) = handler {
-                            add(
-                                h.name,
-                                Route::Reply {
-                                    step: step_no,
-                                    phase,
-                                    success: ok,
-                                },
-                            )?;
+                            add(h.name, Route::Reply { step: step_no, phase, success: ok })?;
                         }
                     }
                 }
@@ -356,9 +327,7 @@ impl<S: Saga> SagaDefinition<S> {
             Phase::Compensation => step.compensation.as_ref(),
         }?;
         match action {
-            Action::Send {
-                success: s, failure: f, ..
-            } => {
+            Action::Send { success: s, failure: f, .. } => {
                 if success {
                     s.as_ref()
                 } else {

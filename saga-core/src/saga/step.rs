@@ -57,22 +57,39 @@ pub(crate) struct ReplyHandler<S> {
 
 impl<S> Clone for ReplyHandler<S> {
     fn clone(&self) -> Self {
-        ReplyHandler {
-            name: self.name,
-            decode: self.decode.clone(),
-            apply: self.apply.clone(),
-        }
+        ReplyHandler { name: self.name, decode: self.decode.clone(), apply: self.apply.clone() }
     }
 }
 
 /// An action or a compensation: a command to a participant awaiting a reply, or local code.
 pub(crate) enum Action<S> {
     Send {
+        command: &'static str,
         build: BuildFn<S>,
         success: Option<ReplyHandler<S>>,
         failure: Option<ReplyHandler<S>>,
     },
     Local(LocalFn<S>),
+}
+
+impl<S> Action<S> {
+    /// The command's wire name, for a send action.
+    pub(crate) fn command(&self) -> Option<&'static str> {
+        match self {
+            Action::Send { command, .. } => Some(command),
+            Action::Local(_) => None,
+        }
+    }
+
+    /// The reply names of a send action: (success, failure).
+    pub(crate) fn replies(&self) -> (Option<&'static str>, Option<&'static str>) {
+        match self {
+            Action::Send { success, failure, .. } => {
+                (success.as_ref().map(|h| h.name), failure.as_ref().map(|h| h.name))
+            }
+            Action::Local(_) => (None, None),
+        }
+    }
 }
 
 fn reply_handler<S: 'static, M: Message>(f: impl Fn(&mut S, &M) + Send + Sync + 'static) -> ReplyHandler<S> {
@@ -152,14 +169,7 @@ impl<S: Send + 'static> Step<S> {
     /// Register the success reply with [`Step::on_success`] (required) and the failure reply
     /// with [`Step::on_failure`].
     pub fn send<M: Message>(name: impl Into<String>, build: impl Fn(&S) -> M + Send + Sync + 'static) -> Self {
-        Self::with_action(
-            name,
-            Action::Send {
-                build: build_fn(build),
-                success: None,
-                failure: None,
-            },
-        )
+        Self::with_action(name, Action::Send { command: M::NAME, build: build_fn(build), success: None, failure: None })
     }
 
     /// A step that runs local async code on the state. It runs at least once: after a crash
@@ -190,11 +200,8 @@ impl<S: Send + 'static> Step<S> {
 
     /// Undoes the step by sending a command; register its reply with [`Step::on_compensated`].
     pub fn compensate_send<M: Message>(mut self, build: impl Fn(&S) -> M + Send + Sync + 'static) -> Self {
-        self.compensation = Some(Action::Send {
-            build: build_fn(build),
-            success: None,
-            failure: None,
-        });
+        self.compensation =
+            Some(Action::Send { command: M::NAME, build: build_fn(build), success: None, failure: None });
         self
     }
 

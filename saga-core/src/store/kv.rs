@@ -84,11 +84,7 @@ impl Batch {
                 Check::Version { key, expected, what } => {
                     let found = version_of(key)?.unwrap_or(0);
                     if found != *expected {
-                        return Ok(Err(Rejection::Conflict {
-                            what: what.clone(),
-                            expected: *expected,
-                            found,
-                        }));
+                        return Ok(Err(Rejection::Conflict { what: what.clone(), expected: *expected, found }));
                     }
                 }
             }
@@ -157,9 +153,8 @@ impl<B: OrderedKv> KvStore<B> {
     pub fn on(kv: B) -> Result<Self, StoreError> {
         match kv.get(key::META_FORMAT)? {
             Some(bytes) => {
-                let found = <[u8; 4]>::try_from(bytes.as_slice())
-                    .map(u32::from_be_bytes)
-                    .map_err(|_| StoreError::Corrupt {
+                let found =
+                    <[u8; 4]>::try_from(bytes.as_slice()).map(u32::from_be_bytes).map_err(|_| StoreError::Corrupt {
                         what: "format marker",
                         key: key::hex(key::META_FORMAT),
                         reason: format!("{} bytes instead of 4", bytes.len()),
@@ -189,10 +184,7 @@ impl<B: OrderedKv> KvStore<B> {
             Some(k) => key::u64_at("outbox", &k, 1)? + 1,
             None => 1,
         };
-        Ok(KvStore {
-            kv,
-            next_outbox_seq: AtomicU64::new(next),
-        })
+        Ok(KvStore { kv, next_outbox_seq: AtomicU64::new(next) })
     }
 
     /// The engine underneath.
@@ -205,29 +197,19 @@ impl<B: OrderedKv> KvStore<B> {
         let mut seqs = Vec::with_capacity(commit.outbox.len());
         if let Some((consumer, message_id)) = commit.inbox {
             let k = key::inbox(consumer, message_id);
-            b.checks.push(Check::Absent {
-                key: k.clone(),
-                rejection: Rejection::Duplicate { consumer, message_id },
-            });
+            b.checks.push(Check::Absent { key: k.clone(), rejection: Rejection::Duplicate { consumer, message_id } });
             b.put(k, Vec::new());
         }
         if let Some(w) = &commit.instance {
             let id = w.record.id;
             let k = key::instance(id);
             let (expected, old_kind) = w.previous.map_or((0, None), |(v, kind)| (v, Some(kind)));
-            b.checks.push(Check::Version {
-                key: k.clone(),
-                expected,
-                what: format!("saga instance {id}"),
-            });
+            b.checks.push(Check::Version { key: k.clone(), expected, what: format!("saga instance {id}") });
             if let Some(kind) = old_kind {
                 b.delete(key::status(kind, id));
             }
             b.put(key::status(w.record.status.kind(), id), Vec::new());
-            b.put(
-                k,
-                key::versioned(w.record.version, &key::encode("instance", &w.record)?),
-            );
+            b.put(k, key::versioned(w.record.version, &key::encode("instance", &w.record)?));
             if let Some(h) = &commit.history {
                 b.put(key::history(id, h.version), key::encode("history", h)?);
             }
@@ -264,10 +246,7 @@ impl<B: OrderedKv> Store for KvStore<B> {
     async fn commit(&self, commit: Commit) -> Result<Committed, StoreError> {
         let (batch, outbox_seqs) = self.prepare(commit)?;
         self.kv.apply(&batch)?.map_err(StoreError::from)?;
-        Ok(Committed {
-            durable: self.kv.durable(),
-            outbox_seqs,
-        })
+        Ok(Committed { durable: self.kv.durable(), outbox_seqs })
     }
 
     fn barrier(&self) -> Durable {
@@ -312,10 +291,7 @@ impl<B: OrderedKv> Store for KvStore<B> {
         match self.kv.get(&k)? {
             Some(v) => {
                 let (version, body) = key::split_versioned("entity", &k, &v)?;
-                Ok(Some(EntityRecord {
-                    version,
-                    value: body.to_vec(),
-                }))
+                Ok(Some(EntityRecord { version, value: body.to_vec() }))
             }
             None => Ok(None),
         }
@@ -329,13 +305,7 @@ impl<B: OrderedKv> Store for KvStore<B> {
             .map(|(k, v)| {
                 let (version, body) = key::split_versioned("entity", &k, &v)?;
                 let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-                Ok((
-                    name,
-                    EntityRecord {
-                        version,
-                        value: body.to_vec(),
-                    },
-                ))
+                Ok((name, EntityRecord { version, value: body.to_vec() }))
             })
             .collect()
     }
@@ -359,20 +329,12 @@ impl<B: OrderedKv> Store for KvStore<B> {
         if from >= to {
             return Ok(Vec::new());
         }
-        self.kv
-            .scan(&from, &to, limit)?
-            .iter()
-            .map(|(k, v)| key::decode("timer", k, v))
-            .collect()
+        self.kv.scan(&from, &to, limit)?.iter().map(|(k, v)| key::decode("timer", k, v)).collect()
     }
 
     async fn next_timer(&self, after: Timestamp) -> Result<Option<TimerKey>, StoreError> {
         let prefix = [key::TIMER];
-        match self
-            .kv
-            .scan(&key::timers_after_due(after), &key::prefix_end(&prefix), 1)?
-            .first()
-        {
+        match self.kv.scan(&key::timers_after_due(after), &key::prefix_end(&prefix), 1)?.first() {
             Some((k, _)) => Ok(Some(TimerKey {
                 due: Timestamp(key::u64_at("timer", k, 1)?),
                 instance_id: key::uuid_at("timer", k, 9)?,

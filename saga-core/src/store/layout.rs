@@ -132,18 +132,11 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 }
 
 pub(crate) fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {
-    postcard::to_stdvec(value).map_err(|e| StoreError::Encode {
-        what,
-        reason: e.to_string(),
-    })
+    postcard::to_stdvec(value).map_err(|e| StoreError::Encode { what, reason: e.to_string() })
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(what: &'static str, key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
-        what,
-        key: hex(key),
-        reason: e.to_string(),
-    })
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt { what, key: hex(key), reason: e.to_string() })
 }
 
 /// Prepends the version to an encoded value.
@@ -172,13 +165,11 @@ pub(crate) fn split_versioned<'a>(
 
 /// Reads a 16-byte id at `at` in a key.
 pub(crate) fn uuid_at(what: &'static str, key: &[u8], at: usize) -> Result<Uuid, StoreError> {
-    key.get(at..at + 16)
-        .and_then(|b| Uuid::from_slice(b).ok())
-        .ok_or_else(|| StoreError::Corrupt {
-            what,
-            key: hex(key),
-            reason: "key too short".into(),
-        })
+    key.get(at..at + 16).and_then(|b| Uuid::from_slice(b).ok()).ok_or_else(|| StoreError::Corrupt {
+        what,
+        key: hex(key),
+        reason: "key too short".into(),
+    })
 }
 
 /// Reads a big-endian u64 at `at` in a key.
@@ -186,9 +177,5 @@ pub(crate) fn u64_at(what: &'static str, key: &[u8], at: usize) -> Result<u64, S
     key.get(at..at + 8)
         .and_then(|b| <[u8; 8]>::try_from(b).ok())
         .map(u64::from_be_bytes)
-        .ok_or_else(|| StoreError::Corrupt {
-            what,
-            key: hex(key),
-            reason: "key too short".into(),
-        })
+        .ok_or_else(|| StoreError::Corrupt { what, key: hex(key), reason: "key too short".into() })
 }

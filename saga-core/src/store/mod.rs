@@ -62,10 +62,7 @@ pub enum Durability {
 impl Default for Durability {
     /// `Group { max_delay: 2 ms, max_batch: 512 }`.
     fn default() -> Self {
-        Durability::Group {
-            max_delay: Duration::from_millis(2),
-            max_batch: 512,
-        }
+        Durability::Group { max_delay: Duration::from_millis(2), max_batch: 512 }
     }
 }
 
@@ -187,9 +184,7 @@ pub struct Committed {
 
 impl std::fmt::Debug for Committed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Committed")
-            .field("outbox_seqs", &self.outbox_seqs)
-            .finish_non_exhaustive()
+        f.debug_struct("Committed").field("outbox_seqs", &self.outbox_seqs).finish_non_exhaustive()
     }
 }
 

@@ -22,7 +22,8 @@ pub enum SagaStatus {
     Completed,
     /// A step failed and every completed step was compensated.
     Compensated,
-    /// Parked for an operator: a compensation or a step after the pivot kept failing.
+    /// Parked for an operator: a compensation or a step after the pivot kept failing, a
+    /// command could not be encoded, or the definition no longer has the instance's step.
     Failed {
         /// What went wrong.
         reason: String,
@@ -43,10 +44,7 @@ impl SagaStatus {
 
     /// Whether the instance will never move again on its own.
     pub fn is_terminal(&self) -> bool {
-        matches!(
-            self,
-            SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed { .. }
-        )
+        matches!(self, SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed { .. })
     }
 }
 
@@ -272,7 +270,7 @@ pub enum HistoryEvent {
         /// The timer.
         key: TimerKey,
     },
-    /// A message arrived that no longer applies (a late reply, a stale timer).
+    /// A message arrived that no longer applies (a late reply, an abort past the pivot).
     Ignored {
         /// Why it was ignored.
         reason: String,
@@ -309,7 +307,7 @@ pub struct EntityRecord {
 /// A message waiting in the outbox to be published.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxEntry {
-    /// Position in the outbox (publication order).
+    /// Position in the outbox (commit order; the relay publishes a batch concurrently).
     pub seq: u64,
     /// The message.
     pub envelope: crate::message::Envelope,

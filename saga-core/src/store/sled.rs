@@ -51,10 +51,7 @@ pub struct SledOptions {
 
 impl Default for SledOptions {
     fn default() -> Self {
-        SledOptions {
-            durability: Durability::default(),
-            cache_bytes: 64 * 1024 * 1024,
-        }
+        SledOptions { durability: Durability::default(), cache_bytes: 64 * 1024 * 1024 }
     }
 }
 
@@ -89,10 +86,7 @@ struct GroupCommit {
 
 impl std::fmt::Debug for SledKv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SledKv")
-            .field("path", &self.path)
-            .field("durability", &self.durability)
-            .finish()
+        f.debug_struct("SledKv").field("path", &self.path).field("durability", &self.durability).finish()
     }
 }
 
@@ -108,20 +102,12 @@ impl SledKv {
             .flush_every_ms(Some(1000))
             .mode(sled::Mode::HighThroughput)
             .open()
-            .map_err(|e| StoreError::Open {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| StoreError::Open { path: path.display().to_string(), reason: e.to_string() })?;
         let group = match options.durability {
             Durability::Group { max_delay, max_batch } => Some(GroupCommit::start(db.clone(), max_delay, max_batch)?),
             _ => None,
         };
-        Ok(SledKv {
-            db,
-            path: path.to_path_buf(),
-            durability: options.durability,
-            group,
-        })
+        Ok(SledKv { db, path: path.to_path_buf(), durability: options.durability, group })
     }
 }
 
@@ -132,10 +118,7 @@ impl GroupCommit {
             .name("sagaflow-group-commit".into())
             .spawn(move || group_commit_loop(&db, &rx, max_delay, max_batch.max(1)))
             .map_err(|e| StoreError::Io(format!("cannot start the group-commit thread: {e}")))?;
-        Ok(GroupCommit {
-            waiters: Some(tx),
-            thread: Some(thread),
-        })
+        Ok(GroupCommit { waiters: Some(tx), thread: Some(thread) })
     }
 }
 
@@ -180,11 +163,7 @@ impl OrderedKv for SledKv {
     }
 
     fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<KeyValue>, StoreError> {
-        self.db
-            .range(from..to)
-            .take(limit)
-            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(io))
-            .collect()
+        self.db.range(from..to).take(limit).map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(io)).collect()
     }
 
     fn last_key(&self, from: &[u8], to: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -230,12 +209,8 @@ impl OrderedKv for SledKv {
             Durability::Immediate => self.flush(),
             Durability::Group { .. } => {
                 let (tx, rx) = oneshot::channel();
-                let sent = self
-                    .group
-                    .as_ref()
-                    .and_then(|g| g.waiters.as_ref())
-                    .map(|w| w.send(tx).is_ok())
-                    .unwrap_or(false);
+                let sent =
+                    self.group.as_ref().and_then(|g| g.waiters.as_ref()).map(|w| w.send(tx).is_ok()).unwrap_or(false);
                 if !sent {
                     return futures::future::ready(Err(StoreError::Io("the group-commit thread has stopped".into())))
                         .boxed();

@@ -1,0 +1,170 @@
+//! `#[handler]`: an `async fn` becomes a participant, in the manner of actix-web's route
+//! macros: the function's name becomes a unit struct that implements `Handler`, and the body
+//! moves to its associated function `call`.
+
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{Expr, FnArg, ItemFn, LitStr, ReturnType, Type};
+
+struct HandlerArgs {
+    name: Option<String>,
+    scope: Option<String>,
+    retry: Option<Expr>,
+}
+
+pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
+    let function: ItemFn = match syn::parse2(item.clone()) {
+        Ok(f) => f,
+        Err(e) => {
+            let e = e.to_compile_error();
+            return quote!(#item #e);
+        }
+    };
+    let mut parsed = HandlerArgs { name: None, scope: None, retry: None };
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident("name") {
+            parsed.name = Some(meta.value()?.parse::<LitStr>()?.value());
+        } else if meta.path.is_ident("scope") {
+            parsed.scope = Some(meta.value()?.parse::<LitStr>()?.value());
+        } else if meta.path.is_ident("retry") {
+            parsed.retry = Some(meta.value()?.parse()?);
+        } else {
+            return Err(meta
+                .error("unknown handler argument: expected `name = \"...\"`, `scope = \"...\"` or `retry = policy`"));
+        }
+        Ok(())
+    });
+    let mut errors = Vec::new();
+    if let Err(e) = syn::parse::Parser::parse2(parser, args) {
+        errors.push(e);
+    }
+    match generate(&function, &parsed) {
+        Ok(tokens) if errors.is_empty() => tokens,
+        Ok(_) => {
+            let errors = crate::errors(errors);
+            quote!(#function #errors)
+        }
+        Err(e) => {
+            errors.push(e);
+            let errors = crate::errors(errors);
+            quote!(#function #errors)
+        }
+    }
+}
+
+fn is_handler_context(ty: &Type) -> bool {
+    match ty {
+        Type::Reference(r) => {
+            r.mutability.is_some()
+                && matches!(&*r.elem, Type::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == "HandlerContext"))
+        }
+        _ => false,
+    }
+}
+
+fn generate(function: &ItemFn, args: &HandlerArgs) -> syn::Result<TokenStream> {
+    let sig = &function.sig;
+    if sig.asyncness.is_none() {
+        return Err(syn::Error::new(
+            sig.fn_token.span(),
+            "a #[handler] must be an `async fn`: handlers run on the async runtime",
+        ));
+    }
+    if !sig.generics.params.is_empty() {
+        return Err(syn::Error::new(sig.generics.span(), "a #[handler] cannot be generic"));
+    }
+    let shape =
+        "a #[handler] is `async fn name(message: Message, ctx: &mut HandlerContext) -> ...` (the context is optional)";
+    let mut inputs = sig.inputs.iter();
+    let message = match inputs.next() {
+        Some(FnArg::Typed(p)) if !matches!(&*p.ty, Type::Reference(_)) => (*p.ty).clone(),
+        Some(other) => {
+            return Err(syn::Error::new(
+                other.span(),
+                format!("the first parameter is the message, by value: {shape}"),
+            ));
+        }
+        None => return Err(syn::Error::new(sig.paren_token.span.join(), format!("no message parameter: {shape}"))),
+    };
+    let with_ctx = match inputs.next() {
+        None => false,
+        Some(FnArg::Typed(p)) if is_handler_context(&p.ty) => true,
+        Some(other) => {
+            return Err(syn::Error::new(
+                other.span(),
+                format!("the second parameter is `&mut HandlerContext`: {shape}"),
+            ));
+        }
+    };
+    if let Some(extra) = inputs.next() {
+        return Err(syn::Error::new(extra.span(), format!("too many parameters: {shape}")));
+    }
+    let ident = &sig.ident;
+    let vis = &function.vis;
+    let attrs = &function.attrs;
+    let block = &function.block;
+    let inputs = &sig.inputs;
+    let output = &sig.output;
+    let name = args.name.clone().unwrap_or_else(|| ident.to_string());
+    let scope = args.scope.as_ref().map(|s| quote!(fn scope(&self) -> &str { #s }));
+    let retry = args.retry.as_ref().map(|r| quote!(fn retry_policy(&self) -> ::sagaflow::saga::RetryPolicy { #r }));
+    let call = if with_ctx { quote!(Self::call(input, ctx)) } else { quote!(Self::call(input)) };
+    let output_ty = match output {
+        ReturnType::Default => quote!(()),
+        ReturnType::Type(_, ty) => quote!(#ty),
+    };
+    let message_check = quote_spanned! {message.span()=>
+        ::sagaflow::__private::assert_message::<#message>();
+    };
+    let output_check = quote_spanned! {output.span()=>
+        ::sagaflow::__private::assert_handler_output::<#output_ty>();
+    };
+    let send_args = if with_ctx { quote!(message(), ctx()) } else { quote!(message()) };
+    let send_check = quote_spanned! {sig.span()=>
+        ::sagaflow::__private::assert_send_future(&#ident::call(#send_args));
+    };
+    Ok(quote! {
+        #(#attrs)*
+        #[allow(non_camel_case_types)]
+        #[derive(Debug, Clone, Copy, Default)]
+        #vis struct #ident;
+
+        impl #ident {
+            /// The handler's body.
+            #vis async fn call(#inputs) #output #block
+        }
+
+        #[::sagaflow::__private::async_trait]
+        impl ::sagaflow::engine::Handler for #ident {
+            type Input = #message;
+
+            fn name(&self) -> &str {
+                #name
+            }
+
+            #scope
+            #retry
+
+            async fn handle(
+                &self,
+                input: #message,
+                ctx: &mut ::sagaflow::engine::HandlerContext,
+            ) -> ::std::result::Result<(), ::sagaflow::HandlerError> {
+                let output = #call.await;
+                ::sagaflow::engine::HandlerOutput::into_replies(output, ctx)
+            }
+        }
+
+        const _: () = {
+            #[allow(dead_code, unreachable_code, clippy::diverging_sub_expression)]
+            fn __sagaflow_checks() {
+                #message_check
+                #output_check
+                fn message() -> #message { ::std::unreachable!() }
+                fn ctx() -> &'static mut ::sagaflow::engine::HandlerContext { ::std::unreachable!() }
+                #send_check
+            }
+        };
+    })
+}

@@ -1,0 +1,658 @@
+//! `#[saga]`: an `impl` block of the state type, read top to bottom as the business flow.
+
+use std::collections::HashMap;
+
+use proc_macro2::{Span, TokenStream};
+use quote::{ToTokens, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{Expr, FnArg, Ident, ImplItem, ImplItemFn, ItemImpl, LitInt, LitStr, ReturnType, Signature, Type};
+
+use crate::duration::parse_millis;
+
+const SAGA_ATTRS: [&str; 5] = ["start", "step", "reply", "on", "compensation"];
+
+pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
+    let mut item: ItemImpl = match syn::parse2(item) {
+        Ok(i) => i,
+        Err(e) => return e.to_compile_error(),
+    };
+    let mut errors = Vec::new();
+    let args = parse_args(args, &item).unwrap_or_else(|e| {
+        errors.push(e);
+        SagaArgs { name: String::new(), version: 1 }
+    });
+    let model = Model::read(&mut item, &mut errors);
+    let generated = if errors.is_empty() { model.generate(&item, &args, &mut errors) } else { TokenStream::new() };
+    let errors = crate::errors(errors);
+    quote! {
+        #item
+        #generated
+        #errors
+    }
+}
+
+struct SagaArgs {
+    name: String,
+    version: u32,
+}
+
+fn type_name(ty: &Type) -> String {
+    match ty {
+        Type::Path(p) => p.path.segments.last().map(|s| s.ident.to_string()).unwrap_or_default(),
+        other => other.to_token_stream().to_string(),
+    }
+}
+
+fn parse_args(args: TokenStream, item: &ItemImpl) -> syn::Result<SagaArgs> {
+    let mut out = SagaArgs { name: type_name(&item.self_ty), version: 1 };
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident("name") {
+            out.name = meta.value()?.parse::<LitStr>()?.value();
+            Ok(())
+        } else if meta.path.is_ident("version") {
+            out.version = meta.value()?.parse::<LitInt>()?.base10_parse()?;
+            Ok(())
+        } else {
+            Err(meta.error("unknown saga argument: expected `name = \"...\"` or `version = N`"))
+        }
+    });
+    syn::parse::Parser::parse2(parser, args)?;
+    if item.trait_.is_some() {
+        return Err(syn::Error::new(
+            item.impl_token.span(),
+            "#[saga] goes on an inherent impl of the state type: `impl MySaga { ... }`",
+        ));
+    }
+    Ok(out)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Compensatable,
+    Pivot,
+    Retriable,
+}
+
+/// How a step or compensation method is written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// `fn m(&self) -> Command`
+    Send,
+    /// `async fn m(self, ctx: StepContext) -> Result<Self, StepError>`
+    Local,
+}
+
+struct StepSpec {
+    method: Ident,
+    name: String,
+    shape: Shape,
+    command: Option<Type>,
+    kind: Kind,
+    kind_span: Span,
+    compensate: Option<Ident>,
+    timeout: Option<u64>,
+    retry: Option<Expr>,
+    compensation_timeout: Option<u64>,
+    compensation_retry: Option<Expr>,
+}
+
+struct Reply {
+    method: Ident,
+    target: Ident,
+    failure: bool,
+    message: Type,
+}
+
+struct Event {
+    method: Ident,
+    message: Type,
+    returns_outcome: bool,
+}
+
+struct Start {
+    method: Ident,
+    message: Type,
+}
+
+#[derive(Default)]
+struct Model {
+    starts: Vec<Start>,
+    steps: Vec<StepSpec>,
+    replies: Vec<Reply>,
+    events: Vec<Event>,
+    /// Every method of the impl by name, with its signature.
+    methods: HashMap<String, Signature>,
+}
+
+/// The type `T` of a parameter written `&T`.
+fn borrowed_param(arg: &FnArg) -> Option<&Type> {
+    match arg {
+        FnArg::Typed(p) => match &*p.ty {
+            Type::Reference(r) if r.mutability.is_none() => Some(&r.elem),
+            _ => None,
+        },
+        FnArg::Receiver(_) => None,
+    }
+}
+
+#[derive(PartialEq, Eq)]
+enum Recv {
+    None,
+    Ref,
+    RefMut,
+    Value,
+    Other,
+}
+
+fn receiver(sig: &Signature) -> Recv {
+    match sig.inputs.first() {
+        Some(FnArg::Receiver(r)) => match &r.kind {
+            syn::ReceiverKind::Value => Recv::Value,
+            syn::ReceiverKind::Reference(_, _, None) => Recv::Ref,
+            syn::ReceiverKind::Reference(_, _, Some(_)) => Recv::RefMut,
+            _ => Recv::Other,
+        },
+        _ => Recv::None,
+    }
+}
+
+fn returned(sig: &Signature) -> Option<&Type> {
+    match &sig.output {
+        ReturnType::Type(_, ty) => match &**ty {
+            Type::Tuple(t) if t.elems.is_empty() => None,
+            ty => Some(ty),
+        },
+        ReturnType::Default => None,
+    }
+}
+
+const STEP_SHAPES: &str = "a step or compensation is either `fn name(&self) -> Command` (send a command to a participant) \
+     or `async fn name(self, ctx: StepContext) -> Result<Self, StepError>` (run local code)";
+
+/// Classifies a step or compensation method.
+fn step_shape(sig: &Signature) -> syn::Result<(Shape, Option<Type>)> {
+    let recv = receiver(sig);
+    let args = sig.inputs.len();
+    match (sig.asyncness.is_some(), recv, args) {
+        (false, Recv::Ref, 1) => match returned(sig) {
+            Some(ty) => Ok((Shape::Send, Some(ty.clone()))),
+            None => Err(syn::Error::new(sig.span(), format!("this method returns no command: {STEP_SHAPES}"))),
+        },
+        (true, Recv::Value, 2) => Ok((Shape::Local, None)),
+        _ => Err(syn::Error::new(sig.span(), format!("wrong signature: {STEP_SHAPES}"))),
+    }
+}
+
+fn take_attr(method: &mut ImplItemFn, name: &str) -> Option<syn::Attribute> {
+    let pos = method.attrs.iter().position(|a| a.path().is_ident(name))?;
+    Some(method.attrs.remove(pos))
+}
+
+impl Model {
+    fn read(item: &mut ItemImpl, errors: &mut Vec<syn::Error>) -> Model {
+        let mut model = Model::default();
+        for impl_item in &mut item.items {
+            let ImplItem::Fn(method) = impl_item else { continue };
+            model.methods.insert(method.sig.ident.to_string(), method.sig.clone());
+            let present: Vec<&str> =
+                SAGA_ATTRS.iter().copied().filter(|a| method.attrs.iter().any(|x| x.path().is_ident(a))).collect();
+            if present.len() > 1 {
+                errors.push(syn::Error::new(
+                    method.sig.ident.span(),
+                    format!("a method has one saga role, this one has #[{}]", present.join("] and #[")),
+                ));
+            }
+            if let Some(attr) = take_attr(method, "start") {
+                model.read_start(method, &attr, errors);
+            }
+            if let Some(attr) = take_attr(method, "step") {
+                if let Err(e) = model.read_step(method, &attr) {
+                    errors.push(e);
+                }
+            }
+            if let Some(attr) = take_attr(method, "reply") {
+                if let Err(e) = model.read_reply(method, &attr) {
+                    errors.push(e);
+                }
+            }
+            if let Some(attr) = take_attr(method, "on") {
+                model.read_event(method, &attr, errors);
+            }
+            take_attr(method, "compensation");
+        }
+        if model.starts.is_empty() {
+            errors.push(syn::Error::new(
+                item.self_ty.span(),
+                "a saga needs a #[start] method: `#[start] fn begin(message: &StartMessage) -> Self`",
+            ));
+        }
+        model.check(errors);
+        model
+    }
+
+    fn read_start(&mut self, method: &ImplItemFn, attr: &syn::Attribute, errors: &mut Vec<syn::Error>) {
+        let sig = &method.sig;
+        let ok =
+            receiver(sig) == Recv::None && sig.inputs.len() == 1 && sig.asyncness.is_none() && returned(sig).is_some();
+        match (ok, sig.inputs.first().and_then(borrowed_param)) {
+            (true, Some(message)) => self.starts.push(Start { method: sig.ident.clone(), message: message.clone() }),
+            _ => errors.push(syn::Error::new(
+                sig.span(),
+                format!(
+                    "a #[start] method is `fn {}(message: &StartMessage) -> Self`{}",
+                    sig.ident,
+                    if attr.meta.require_path_only().is_err() { " and #[start] takes no arguments" } else { "" }
+                ),
+            )),
+        }
+    }
+
+    fn read_step(&mut self, method: &ImplItemFn, attr: &syn::Attribute) -> syn::Result<()> {
+        let (shape, command) = step_shape(&method.sig)?;
+        let mut spec = StepSpec {
+            method: method.sig.ident.clone(),
+            name: method.sig.ident.to_string(),
+            shape,
+            command,
+            kind: Kind::Compensatable,
+            kind_span: method.sig.ident.span(),
+            compensate: None,
+            timeout: None,
+            retry: None,
+            compensation_timeout: None,
+            compensation_retry: None,
+        };
+        if !matches!(attr.meta, syn::Meta::Path(_)) {
+            attr.parse_nested_meta(|meta| {
+                let set_kind = |spec: &mut StepSpec, kind| {
+                    if spec.kind != Kind::Compensatable {
+                        return Err(meta.error("a step is either `pivot` or `retriable`, not both"));
+                    }
+                    spec.kind = kind;
+                    spec.kind_span = meta.path.span();
+                    Ok(())
+                };
+                if meta.path.is_ident("pivot") {
+                    set_kind(&mut spec, Kind::Pivot)
+                } else if meta.path.is_ident("retriable") {
+                    set_kind(&mut spec, Kind::Retriable)
+                } else if meta.path.is_ident("compensate") {
+                    spec.compensate = Some(meta.value()?.parse()?);
+                    Ok(())
+                } else if meta.path.is_ident("timeout") {
+                    spec.timeout = Some(parse_millis(&meta.value()?.parse()?)?);
+                    Ok(())
+                } else if meta.path.is_ident("compensation_timeout") {
+                    spec.compensation_timeout = Some(parse_millis(&meta.value()?.parse()?)?);
+                    Ok(())
+                } else if meta.path.is_ident("retry") {
+                    spec.retry = Some(meta.value()?.parse()?);
+                    Ok(())
+                } else if meta.path.is_ident("compensation_retry") {
+                    spec.compensation_retry = Some(meta.value()?.parse()?);
+                    Ok(())
+                } else if meta.path.is_ident("name") {
+                    spec.name = meta.value()?.parse::<LitStr>()?.value();
+                    Ok(())
+                } else {
+                    Err(meta.error(
+                        "unknown step argument: expected `compensate = method`, `timeout = \"30s\"`, `retry = policy`, \
+                         `compensation_timeout = \"...\"`, `compensation_retry = policy`, `pivot`, `retriable` or `name = \"...\"`",
+                    ))
+                }
+            })?;
+        }
+        self.steps.push(spec);
+        Ok(())
+    }
+
+    fn read_reply(&mut self, method: &ImplItemFn, attr: &syn::Attribute) -> syn::Result<()> {
+        let mut target: Option<Ident> = None;
+        let mut failure = false;
+        attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("failure") {
+                failure = true;
+            } else if let Some(ident) = meta.path.get_ident().filter(|_| target.is_none()) {
+                target = Some(ident.clone());
+            } else {
+                return Err(meta.error("expected `#[reply(step)]` or `#[reply(step, failure)]`"));
+            }
+            Ok(())
+        })?;
+        let target = target.ok_or_else(|| {
+            syn::Error::new(
+                attr.span(),
+                "name the step this reply answers: `#[reply(step)]` or `#[reply(step, failure)]`",
+            )
+        })?;
+        let sig = &method.sig;
+        let ok = receiver(sig) == Recv::RefMut
+            && sig.inputs.len() == 2
+            && sig.asyncness.is_none()
+            && returned(sig).is_none();
+        let message = match (ok, sig.inputs.iter().nth(1).and_then(borrowed_param)) {
+            (true, Some(m)) => m.clone(),
+            _ => {
+                return Err(syn::Error::new(
+                    sig.span(),
+                    format!("a #[reply] method is `fn {}(&mut self, reply: &Reply)`", sig.ident),
+                ));
+            }
+        };
+        self.replies.push(Reply { method: sig.ident.clone(), target, failure, message });
+        Ok(())
+    }
+
+    fn read_event(&mut self, method: &ImplItemFn, attr: &syn::Attribute, errors: &mut Vec<syn::Error>) {
+        let sig = &method.sig;
+        let ok = receiver(sig) == Recv::RefMut && sig.inputs.len() == 2 && sig.asyncness.is_none();
+        match (ok, sig.inputs.iter().nth(1).and_then(borrowed_param)) {
+            (true, Some(message)) if attr.meta.require_path_only().is_ok() => self.events.push(Event {
+                method: sig.ident.clone(),
+                message: message.clone(),
+                returns_outcome: returned(sig).is_some(),
+            }),
+            _ => errors.push(syn::Error::new(
+                sig.span(),
+                format!(
+                    "an #[on] method is `fn {}(&mut self, event: &Event)`, optionally returning `EventOutcome`",
+                    sig.ident
+                ),
+            )),
+        }
+    }
+
+    fn check(&self, errors: &mut Vec<syn::Error>) {
+        let mut step_names = HashMap::new();
+        let mut pivot: Option<&StepSpec> = None;
+        let mut forward_only: Option<&StepSpec> = None;
+        for step in &self.steps {
+            if let Some(first) = step_names.insert(step.name.clone(), &step.method) {
+                errors.push(syn::Error::new(
+                    step.method.span(),
+                    format!("duplicate step name {:?}: `{first}` already uses it", step.name),
+                ));
+            }
+            match step.kind {
+                Kind::Pivot => {
+                    if let Some(first) = pivot {
+                        errors.push(syn::Error::new(
+                            step.kind_span,
+                            format!("a saga has one pivot, and `{}` is already the pivot", first.method),
+                        ));
+                    } else if let Some(before) = forward_only {
+                        errors.push(syn::Error::new(
+                            step.kind_span,
+                            format!("the pivot must come before the retriable step `{}`", before.method),
+                        ));
+                    }
+                    pivot = Some(step);
+                    forward_only = Some(step);
+                }
+                Kind::Retriable => forward_only = forward_only.or(Some(step)),
+                Kind::Compensatable => {
+                    if let Some(before) = forward_only {
+                        errors.push(syn::Error::new(
+                            step.method.span(),
+                            format!(
+                                "step `{}` is compensatable but comes after `{}`: past the pivot nothing can be undone, \
+                                 so mark it `#[step(retriable)]` or move it before the pivot",
+                                step.method, before.method
+                            ),
+                        ));
+                    }
+                }
+            }
+            if let Some(c) = &step.compensate {
+                if step.kind != Kind::Compensatable {
+                    errors.push(syn::Error::new(
+                        c.span(),
+                        "a pivot or retriable step is never compensated: remove `compensate`",
+                    ));
+                }
+                match self.methods.get(&c.to_string()) {
+                    None => errors.push(syn::Error::new(
+                        c.span(),
+                        format!("no method `{c}` in this impl: `compensate` names the method that undoes the step"),
+                    )),
+                    Some(sig) => {
+                        if let Err(e) = step_shape(sig) {
+                            errors.push(syn::Error::new(sig.span(), format!("`{c}` cannot compensate: {e}")));
+                        }
+                    }
+                }
+                if self.steps.iter().any(|s| &s.method == c) {
+                    errors.push(syn::Error::new(
+                        c.span(),
+                        format!("`{c}` is a step: a compensation is a method of its own"),
+                    ));
+                }
+            }
+        }
+        // Replies must answer a step or a compensation, once per outcome.
+        let mut answered: HashMap<(String, bool), &Ident> = HashMap::new();
+        for reply in &self.replies {
+            let target = reply.target.to_string();
+            let is_step = self.steps.iter().any(|s| s.method == reply.target && s.shape == Shape::Send);
+            let is_compensation = self.compensation_of(&reply.target).is_some();
+            if !is_step && !is_compensation {
+                errors.push(syn::Error::new(
+                    reply.target.span(),
+                    format!("`{target}` is not a step or a compensation that sends a command: a #[reply] answers one"),
+                ));
+            }
+            if let Some(first) = answered.insert((target.clone(), reply.failure), &reply.method) {
+                errors.push(syn::Error::new(
+                    reply.method.span(),
+                    format!(
+                        "`{first}` already handles the {} reply of `{target}`",
+                        if reply.failure { "failure" } else { "success" }
+                    ),
+                ));
+            }
+        }
+        for step in &self.steps {
+            if step.shape == Shape::Send && !answered.contains_key(&(step.method.to_string(), false)) {
+                errors.push(syn::Error::new(
+                    step.method.span(),
+                    format!(
+                        "step `{0}` sends a command but nothing handles its reply: add `#[reply({0})] fn ...(&mut self, reply: &Reply)`",
+                        step.method
+                    ),
+                ));
+            }
+            if let Some(c) = &step.compensate {
+                let sends = self.methods.get(&c.to_string()).is_some_and(|sig| sig.asyncness.is_none());
+                if sends && !answered.contains_key(&(c.to_string(), false)) {
+                    errors.push(syn::Error::new(
+                        c.span(),
+                        format!(
+                            "compensation `{c}` sends a command but nothing handles its reply: add `#[reply({c})] fn ...(&mut self, reply: &Reply)`"
+                        ),
+                    ));
+                }
+            }
+        }
+        // One role per message type.
+        let mut seen: HashMap<String, &Ident> = HashMap::new();
+        let consumed = self
+            .starts
+            .iter()
+            .map(|s| (&s.message, &s.method))
+            .chain(self.replies.iter().map(|r| (&r.message, &r.method)))
+            .chain(self.events.iter().map(|e| (&e.message, &e.method)));
+        for (ty, method) in consumed {
+            if let Some(first) = seen.insert(ty.to_token_stream().to_string(), method) {
+                errors.push(syn::Error::new(
+                    ty.span(),
+                    format!(
+                        "`{}` is already handled by `{first}`: each message may start, answer or update the saga once",
+                        ty.to_token_stream()
+                    ),
+                ));
+            }
+        }
+    }
+
+    fn compensation_of(&self, method: &Ident) -> Option<&StepSpec> {
+        self.steps.iter().find(|s| s.compensate.as_ref() == Some(method))
+    }
+
+    fn reply(&self, target: &Ident, failure: bool) -> Option<&Reply> {
+        self.replies.iter().find(|r| &r.target == target && r.failure == failure)
+    }
+
+    fn generate(&self, item: &ItemImpl, args: &SagaArgs, errors: &mut Vec<syn::Error>) -> TokenStream {
+        let self_ty = &item.self_ty;
+        let name = &args.name;
+        let version = args.version;
+        let millis = |ms: u64| quote!(::sagaflow::__private::Duration::from_millis(#ms));
+        let starts = self.starts.iter().map(|s| {
+            let m = &s.method;
+            quote!(.start_with(Self::#m))
+        });
+        let steps = self.steps.iter().map(|step| {
+            let m = &step.method;
+            let step_name = &step.name;
+            let mut chain = match step.shape {
+                Shape::Send => quote!(::sagaflow::saga::Step::send(#step_name, Self::#m)),
+                Shape::Local => quote!(::sagaflow::saga::Step::local(#step_name, Self::#m)),
+            };
+            for (failure, method) in [(false, quote!(on_success)), (true, quote!(on_failure))] {
+                if let Some(r) = self.reply(m, failure) {
+                    let f = &r.method;
+                    chain.extend(quote!(.#method(Self::#f)));
+                }
+            }
+            if let Some(ms) = step.timeout {
+                let d = millis(ms);
+                chain.extend(quote!(.timeout(#d)));
+            }
+            if let Some(retry) = &step.retry {
+                chain.extend(quote!(.retry(#retry)));
+            }
+            if let Some(c) = &step.compensate {
+                let local = self.methods.get(&c.to_string()).is_some_and(|sig| sig.asyncness.is_some());
+                chain.extend(if local {
+                    quote!(.compensate_local(Self::#c))
+                } else {
+                    quote!(.compensate_send(Self::#c))
+                });
+                for (failure, method) in [(false, quote!(on_compensated)), (true, quote!(on_compensation_failed))] {
+                    if let Some(r) = self.reply(c, failure) {
+                        let f = &r.method;
+                        chain.extend(quote!(.#method(Self::#f)));
+                    }
+                }
+            }
+            if let Some(ms) = step.compensation_timeout {
+                let d = millis(ms);
+                chain.extend(quote!(.compensation_timeout(#d)));
+            }
+            if let Some(retry) = &step.compensation_retry {
+                chain.extend(quote!(.compensation_retry(#retry)));
+            }
+            match step.kind {
+                Kind::Pivot => chain.extend(quote!(.pivot())),
+                Kind::Retriable => chain.extend(quote!(.retriable())),
+                Kind::Compensatable => {}
+            }
+            quote!(.step(#chain))
+        });
+        let events = self.events.iter().map(|e| {
+            let m = &e.method;
+            let ty = &e.message;
+            if e.returns_outcome {
+                quote!(.on_event(Self::#m))
+            } else {
+                quote!(.on_event(|state: &mut Self, event: &#ty| {
+                    Self::#m(state, event);
+                    ::sagaflow::saga::EventOutcome::Continue
+                }))
+            }
+        });
+        let checks = self.checks(self_ty, name, errors);
+        quote! {
+            impl ::sagaflow::saga::Saga for #self_ty {
+                const NAME: &'static str = #name;
+                const VERSION: u32 = #version;
+                fn definition() -> ::sagaflow::saga::SagaDefinition<Self> {
+                    ::sagaflow::saga::SagaDefinition::new()
+                        #(#starts)*
+                        #(#steps)*
+                        #(#events)*
+                }
+            }
+
+            impl #self_ty {
+                /// This saga as a Mermaid flowchart (steps, replies, compensations, pivot).
+                pub fn mermaid() -> ::std::string::String {
+                    <Self as ::sagaflow::saga::Saga>::definition().mermaid()
+                }
+            }
+
+            #checks
+        }
+    }
+
+    /// Trait-bound checks spanned on the user's tokens, so that errors point at them.
+    fn checks(&self, self_ty: &Type, saga: &str, _errors: &mut Vec<syn::Error>) -> TokenStream {
+        let mut out = quote_spanned! {self_ty.span()=>
+            ::sagaflow::__private::assert_state::<#self_ty>();
+        };
+        let messages: Vec<&Type> = self
+            .starts
+            .iter()
+            .map(|s| &s.message)
+            .chain(self.replies.iter().map(|r| &r.message))
+            .chain(self.events.iter().map(|e| &e.message))
+            .collect();
+        for ty in messages.iter().copied().chain(self.steps.iter().filter_map(|s| s.command.as_ref())) {
+            out.extend(quote_spanned! {ty.span()=>
+                ::sagaflow::__private::assert_message::<#ty>();
+            });
+        }
+        let local_methods = self.steps.iter().filter(|s| s.shape == Shape::Local).map(|s| &s.method).chain(
+            self.steps
+                .iter()
+                .filter_map(|s| s.compensate.as_ref())
+                .filter(|c| self.methods.get(&c.to_string()).is_some_and(|sig| sig.asyncness.is_some())),
+        );
+        let mut sends = TokenStream::new();
+        for m in local_methods {
+            let span = self.methods.get(&m.to_string()).map_or(m.span(), |sig| sig.span());
+            sends.extend(quote_spanned! {span=>
+                ::sagaflow::__private::assert_send_future(&<#self_ty>::#m(state(), ctx()));
+            });
+        }
+        let mut unique = TokenStream::new();
+        for (i, b) in messages.iter().enumerate() {
+            for a in &messages[..i] {
+                let message = format!(
+                    "two messages handled by saga {saga:?} share one wire name: give each its own #[message(name = \"...\")]"
+                );
+                unique.extend(quote_spanned! {b.span()=>
+                    const _: () = ::std::assert!(
+                        !::sagaflow::__private::str_eq(
+                            <#a as ::sagaflow::message::Message>::NAME,
+                            <#b as ::sagaflow::message::Message>::NAME,
+                        ),
+                        #message
+                    );
+                });
+            }
+        }
+        quote! {
+            const _: () = {
+                #[allow(dead_code, unreachable_code, clippy::diverging_sub_expression)]
+                fn __sagaflow_checks() {
+                    #out
+                    fn state() -> #self_ty { ::std::unreachable!() }
+                    fn ctx() -> ::sagaflow::saga::StepContext { ::std::unreachable!() }
+                    #sends
+                }
+                #unique
+            };
+        }
+    }
+}
