@@ -5,7 +5,7 @@
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{Expr, FnArg, ItemFn, LitStr, ReturnType, Type};
+use syn::{Expr, FnArg, ItemFn, LitStr, Type};
 
 struct HandlerArgs {
     name: Option<String>,
@@ -109,20 +109,25 @@ fn generate(function: &ItemFn, args: &HandlerArgs) -> syn::Result<TokenStream> {
     let name = args.name.clone().unwrap_or_else(|| ident.to_string());
     let scope = args.scope.as_ref().map(|s| quote!(fn scope(&self) -> &str { #s }));
     let retry = args.retry.as_ref().map(|r| quote!(fn retry_policy(&self) -> ::sagaflow::saga::RetryPolicy { #r }));
+    // Spanned at the user's signature and return type, so that a non-`Send` future or an
+    // unusable return type is reported there.
     let call = if with_ctx { quote!(Self::call(input, ctx)) } else { quote!(Self::call(input)) };
-    let output_ty = match output {
-        ReturnType::Default => quote!(()),
-        ReturnType::Type(_, ty) => quote!(#ty),
+    let call = quote_spanned!(sig.span()=> #call.await);
+    let output_span = match output {
+        syn::ReturnType::Type(_, ty) => ty.span(),
+        syn::ReturnType::Default => ident.span(),
+    };
+    let into_replies = quote_spanned! {output_span=>
+        ::sagaflow::__private::into_replies(output, ctx)
+    };
+    let boxed = quote_spanned! {sig.span()=>
+        ::std::boxed::Box::pin(async move {
+            let output = #call;
+            #into_replies
+        })
     };
     let message_check = quote_spanned! {message.span()=>
         ::sagaflow::__private::assert_message::<#message>();
-    };
-    let output_check = quote_spanned! {output.span()=>
-        ::sagaflow::__private::assert_handler_output::<#output_ty>();
-    };
-    let send_args = if with_ctx { quote!(message(), ctx()) } else { quote!(message()) };
-    let send_check = quote_spanned! {sig.span()=>
-        ::sagaflow::__private::assert_send_future(&#ident::call(#send_args));
     };
     Ok(quote! {
         #(#attrs)*
@@ -135,7 +140,6 @@ fn generate(function: &ItemFn, args: &HandlerArgs) -> syn::Result<TokenStream> {
             #vis async fn call(#inputs) #output #block
         }
 
-        #[::sagaflow::__private::async_trait]
         impl ::sagaflow::engine::Handler for #ident {
             type Input = #message;
 
@@ -146,24 +150,30 @@ fn generate(function: &ItemFn, args: &HandlerArgs) -> syn::Result<TokenStream> {
             #scope
             #retry
 
-            async fn handle(
-                &self,
+            // The shape `async_trait` gives the trait's method, written out so that the future
+            // is boxed at the user's signature: a non-`Send` body is reported there.
+            fn handle<'life0, 'life1, 'async_trait>(
+                &'life0 self,
                 input: #message,
-                ctx: &mut ::sagaflow::engine::HandlerContext,
-            ) -> ::std::result::Result<(), ::sagaflow::HandlerError> {
-                let output = #call.await;
-                ::sagaflow::engine::HandlerOutput::into_replies(output, ctx)
+                ctx: &'life1 mut ::sagaflow::engine::HandlerContext,
+            ) -> ::std::pin::Pin<::std::boxed::Box<
+                dyn ::std::future::Future<Output = ::std::result::Result<(), ::sagaflow::HandlerError>>
+                    + ::std::marker::Send
+                    + 'async_trait,
+            >>
+            where
+                'life0: 'async_trait,
+                'life1: 'async_trait,
+                Self: 'async_trait,
+            {
+                #boxed
             }
         }
 
         const _: () = {
-            #[allow(dead_code, unreachable_code, clippy::diverging_sub_expression)]
+            #[allow(dead_code)]
             fn __sagaflow_checks() {
                 #message_check
-                #output_check
-                fn message() -> #message { ::std::unreachable!() }
-                fn ctx() -> &'static mut ::sagaflow::engine::HandlerContext { ::std::unreachable!() }
-                #send_check
             }
         };
     })

@@ -1,5 +1,5 @@
 use proc_macro2::TokenStream;
-use quote::{quote, quote_spanned};
+use quote::quote;
 use syn::spanned::Spanned;
 use syn::{Data, DeriveInput, Expr, Fields, LitStr, Type};
 
@@ -61,7 +61,7 @@ fn derive(input: &DeriveInput) -> Result<TokenStream, Vec<syn::Error>> {
             };
             if !matches!(correlation, Correlation::None) {
                 errors.push(syn::Error::new(
-                    attr.span(),
+                    attr.meta.span(),
                     "a message has one correlation key: remove this #[correlation] or the other one",
                 ));
                 continue;
@@ -88,15 +88,6 @@ fn derive(input: &DeriveInput) -> Result<TokenStream, Vec<syn::Error>> {
         Correlation::Function(path) => quote!(#path(self)),
     };
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
-    let check = quote_spanned! {ident.span()=>
-        const _: () = {
-            #[allow(dead_code)]
-            fn __sagaflow_check() {
-                ::sagaflow::__private::assert_wire_format::<#ident>();
-            }
-        };
-    };
-    let check = if input.generics.params.is_empty() { check } else { TokenStream::new() };
     Ok(quote! {
         impl #impl_generics ::sagaflow::message::Message for #ident #ty_generics #where_clause {
             const NAME: &'static str = #name;
@@ -104,6 +95,5 @@ fn derive(input: &DeriveInput) -> Result<TokenStream, Vec<syn::Error>> {
                 #key
             }
         }
-        #check
     })
 }

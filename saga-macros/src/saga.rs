@@ -22,7 +22,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
         SagaArgs { name: String::new(), version: 1 }
     });
     let model = Model::read(&mut item, &mut errors);
-    let generated = if errors.is_empty() { model.generate(&item, &args, &mut errors) } else { TokenStream::new() };
+    let generated = if errors.is_empty() { model.generate(&item, &args) } else { TokenStream::new() };
     let errors = crate::errors(errors);
     quote! {
         #item
@@ -176,10 +176,10 @@ fn step_shape(sig: &Signature) -> syn::Result<(Shape, Option<Type>)> {
     match (sig.asyncness.is_some(), recv, args) {
         (false, Recv::Ref, 1) => match returned(sig) {
             Some(ty) => Ok((Shape::Send, Some(ty.clone()))),
-            None => Err(syn::Error::new(sig.span(), format!("this method returns no command: {STEP_SHAPES}"))),
+            None => Err(syn::Error::new(sig.ident.span(), format!("this method returns no command: {STEP_SHAPES}"))),
         },
         (true, Recv::Value, 2) => Ok((Shape::Local, None)),
-        _ => Err(syn::Error::new(sig.span(), format!("wrong signature: {STEP_SHAPES}"))),
+        _ => Err(syn::Error::new(sig.ident.span(), format!("wrong signature: {STEP_SHAPES}"))),
     }
 }
 
@@ -206,9 +206,7 @@ impl Model {
                 model.read_start(method, &attr, errors);
             }
             if let Some(attr) = take_attr(method, "step") {
-                if let Err(e) = model.read_step(method, &attr) {
-                    errors.push(e);
-                }
+                model.read_step(method, &attr, errors);
             }
             if let Some(attr) = take_attr(method, "reply") {
                 if let Err(e) = model.read_reply(method, &attr) {
@@ -237,7 +235,7 @@ impl Model {
         match (ok, sig.inputs.first().and_then(borrowed_param)) {
             (true, Some(message)) => self.starts.push(Start { method: sig.ident.clone(), message: message.clone() }),
             _ => errors.push(syn::Error::new(
-                sig.span(),
+                sig.ident.span(),
                 format!(
                     "a #[start] method is `fn {}(message: &StartMessage) -> Self`{}",
                     sig.ident,
@@ -247,8 +245,14 @@ impl Model {
         }
     }
 
-    fn read_step(&mut self, method: &ImplItemFn, attr: &syn::Attribute) -> syn::Result<()> {
-        let (shape, command) = step_shape(&method.sig)?;
+    fn read_step(&mut self, method: &ImplItemFn, attr: &syn::Attribute, errors: &mut Vec<syn::Error>) {
+        let (shape, command) = match step_shape(&method.sig) {
+            Ok(shape) => shape,
+            Err(e) => {
+                errors.push(e);
+                return;
+            }
+        };
         let mut spec = StepSpec {
             method: method.sig.ident.clone(),
             name: method.sig.ident.to_string(),
@@ -263,7 +267,7 @@ impl Model {
             compensation_retry: None,
         };
         if !matches!(attr.meta, syn::Meta::Path(_)) {
-            attr.parse_nested_meta(|meta| {
+            let parsed = attr.parse_nested_meta(|meta| {
                 let set_kind = |spec: &mut StepSpec, kind| {
                     if spec.kind != Kind::Compensatable {
                         return Err(meta.error("a step is either `pivot` or `retriable`, not both"));
@@ -300,10 +304,13 @@ impl Model {
                          `compensation_timeout = \"...\"`, `compensation_retry = policy`, `pivot`, `retriable` or `name = \"...\"`",
                     ))
                 }
-            })?;
+            });
+            // A step whose arguments do not parse is still a step: its replies stay valid.
+            if let Err(e) = parsed {
+                errors.push(e);
+            }
         }
         self.steps.push(spec);
-        Ok(())
     }
 
     fn read_reply(&mut self, method: &ImplItemFn, attr: &syn::Attribute) -> syn::Result<()> {
@@ -334,7 +341,7 @@ impl Model {
             (true, Some(m)) => m.clone(),
             _ => {
                 return Err(syn::Error::new(
-                    sig.span(),
+                    sig.ident.span(),
                     format!("a #[reply] method is `fn {}(&mut self, reply: &Reply)`", sig.ident),
                 ));
             }
@@ -353,7 +360,7 @@ impl Model {
                 returns_outcome: returned(sig).is_some(),
             }),
             _ => errors.push(syn::Error::new(
-                sig.span(),
+                sig.ident.span(),
                 format!(
                     "an #[on] method is `fn {}(&mut self, event: &Event)`, optionally returning `EventOutcome`",
                     sig.ident
@@ -417,7 +424,7 @@ impl Model {
                     )),
                     Some(sig) => {
                         if let Err(e) = step_shape(sig) {
-                            errors.push(syn::Error::new(sig.span(), format!("`{c}` cannot compensate: {e}")));
+                            errors.push(syn::Error::new(sig.ident.span(), format!("`{c}` cannot compensate: {e}")));
                         }
                     }
                 }
@@ -462,7 +469,10 @@ impl Model {
                 ));
             }
             if let Some(c) = &step.compensate {
-                let sends = self.methods.get(&c.to_string()).is_some_and(|sig| sig.asyncness.is_none());
+                let sends = self
+                    .methods
+                    .get(&c.to_string())
+                    .is_some_and(|sig| step_shape(sig).is_ok_and(|(s, _)| s == Shape::Send));
                 if sends && !answered.contains_key(&(c.to_string(), false)) {
                     errors.push(syn::Error::new(
                         c.span(),
@@ -502,7 +512,7 @@ impl Model {
         self.replies.iter().find(|r| &r.target == target && r.failure == failure)
     }
 
-    fn generate(&self, item: &ItemImpl, args: &SagaArgs, errors: &mut Vec<syn::Error>) -> TokenStream {
+    fn generate(&self, item: &ItemImpl, args: &SagaArgs) -> TokenStream {
         let self_ty = &item.self_ty;
         let name = &args.name;
         let version = args.version;
@@ -516,7 +526,7 @@ impl Model {
             let step_name = &step.name;
             let mut chain = match step.shape {
                 Shape::Send => quote!(::sagaflow::saga::Step::send(#step_name, Self::#m)),
-                Shape::Local => quote!(::sagaflow::saga::Step::local(#step_name, Self::#m)),
+                Shape::Local => quote_spanned!(self.sig_span(m)=> ::sagaflow::saga::Step::local(#step_name, Self::#m)),
             };
             for (failure, method) in [(false, quote!(on_success)), (true, quote!(on_failure))] {
                 if let Some(r) = self.reply(m, failure) {
@@ -534,7 +544,7 @@ impl Model {
             if let Some(c) = &step.compensate {
                 let local = self.methods.get(&c.to_string()).is_some_and(|sig| sig.asyncness.is_some());
                 chain.extend(if local {
-                    quote!(.compensate_local(Self::#c))
+                    quote_spanned!(self.sig_span(c)=> .compensate_local(Self::#c))
                 } else {
                     quote!(.compensate_send(Self::#c))
                 });
@@ -571,7 +581,7 @@ impl Model {
                 }))
             }
         });
-        let checks = self.checks(self_ty, name, errors);
+        let checks = self.checks(name);
         quote! {
             impl ::sagaflow::saga::Saga for #self_ty {
                 const NAME: &'static str = #name;
@@ -595,11 +605,16 @@ impl Model {
         }
     }
 
-    /// Trait-bound checks spanned on the user's tokens, so that errors point at them.
-    fn checks(&self, self_ty: &Type, saga: &str, _errors: &mut Vec<syn::Error>) -> TokenStream {
-        let mut out = quote_spanned! {self_ty.span()=>
-            ::sagaflow::__private::assert_state::<#self_ty>();
-        };
+    /// Where a method's signature starts, for errors about it.
+    fn sig_span(&self, method: &Ident) -> Span {
+        self.methods.get(&method.to_string()).map_or(method.span(), |sig| sig.span())
+    }
+
+    /// Trait-bound checks spanned on the user's tokens, so that errors point at them. (The
+    /// state's serde bounds and local steps' `Send` futures are checked by the generated impl
+    /// itself, spanned at the user's type and methods.)
+    fn checks(&self, saga: &str) -> TokenStream {
+        let mut out = TokenStream::new();
         let messages: Vec<&Type> = self
             .starts
             .iter()
@@ -610,19 +625,6 @@ impl Model {
         for ty in messages.iter().copied().chain(self.steps.iter().filter_map(|s| s.command.as_ref())) {
             out.extend(quote_spanned! {ty.span()=>
                 ::sagaflow::__private::assert_message::<#ty>();
-            });
-        }
-        let local_methods = self.steps.iter().filter(|s| s.shape == Shape::Local).map(|s| &s.method).chain(
-            self.steps
-                .iter()
-                .filter_map(|s| s.compensate.as_ref())
-                .filter(|c| self.methods.get(&c.to_string()).is_some_and(|sig| sig.asyncness.is_some())),
-        );
-        let mut sends = TokenStream::new();
-        for m in local_methods {
-            let span = self.methods.get(&m.to_string()).map_or(m.span(), |sig| sig.span());
-            sends.extend(quote_spanned! {span=>
-                ::sagaflow::__private::assert_send_future(&<#self_ty>::#m(state(), ctx()));
             });
         }
         let mut unique = TokenStream::new();
@@ -644,12 +646,9 @@ impl Model {
         }
         quote! {
             const _: () = {
-                #[allow(dead_code, unreachable_code, clippy::diverging_sub_expression)]
+                #[allow(dead_code)]
                 fn __sagaflow_checks() {
                     #out
-                    fn state() -> #self_ty { ::std::unreachable!() }
-                    fn ctx() -> ::sagaflow::saga::StepContext { ::std::unreachable!() }
-                    #sends
                 }
                 #unique
             };
