@@ -28,6 +28,9 @@ struct Args {
     /// Store directory (emptied first); default: target/order-saga-store.
     #[arg(long)]
     store: Option<PathBuf>,
+    /// Print the saga as a Mermaid flowchart and exit.
+    #[arg(long)]
+    diagram: bool,
 }
 
 const PRODUCTS: u32 = 20;
@@ -54,6 +57,10 @@ async fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .init();
     let args = Args::parse();
+    if args.diagram {
+        print!("{}", OrderSaga::mermaid());
+        return ExitCode::SUCCESS;
+    }
     match run(args).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,

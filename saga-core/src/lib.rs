@@ -8,7 +8,8 @@
 //! - [`store`]: the atomic commit, the sled store with group commit, the memory store;
 //! - [`saga`]: how a saga is defined (steps, compensations, retries, timeouts);
 //! - [`engine`]: the runtime that drives sagas and participants through units of work;
-//! - [`clock`]: real and virtual time for durable timers.
+//! - [`clock`]: real and virtual time for durable timers;
+//! - [`testing`]: a harness to drive sagas and inspect their state in tests.
 //!
 //! Most users depend on the `sagaflow` facade crate, which re-exports this one.
 #![warn(missing_docs)]
@@ -21,6 +22,8 @@ mod error;
 pub mod message;
 pub mod saga;
 pub mod store;
+#[cfg(feature = "sled")]
+pub mod testing;
 
 #[doc(hidden)]
 pub mod __private {

@@ -164,20 +164,25 @@ impl HandlerContext {
         self.idempotency_key.clone().unwrap_or_else(|| self.input_id.to_string())
     }
 
-    fn emit<M: Message>(&mut self, message: &M) -> Result<(), HandlerError> {
-        let payload = self.codec.encode(message).map_err(HandlerError::permanent)?;
-        let position = u32::try_from(self.outgoing.len()).unwrap_or(u32::MAX);
-        self.outgoing.push(Envelope {
+    /// The envelope of a reply or event, the `position`-th caused by the input.
+    pub(crate) fn envelope<M: Message>(&self, message: &M, position: u32) -> Result<Envelope, HandlerError> {
+        Ok(Envelope {
             message_id: derive_id(self.input_id, position),
             name: M::NAME.to_owned(),
-            payload,
+            payload: self.codec.encode(message).map_err(HandlerError::permanent)?,
             created_at: self.now,
             correlation_id: self.correlation_id,
             causation_id: Some(self.input_id),
             reply_to: None,
             headers: [(headers::CONTENT_TYPE.to_owned(), self.codec.content_type().to_owned())].into_iter().collect(),
             attempt: 1,
-        });
+        })
+    }
+
+    fn emit<M: Message>(&mut self, message: &M) -> Result<(), HandlerError> {
+        let position = u32::try_from(self.outgoing.len()).unwrap_or(u32::MAX);
+        let envelope = self.envelope(message, position)?;
+        self.outgoing.push(envelope);
         Ok(())
     }
 
