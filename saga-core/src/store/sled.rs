@@ -90,19 +90,43 @@ impl std::fmt::Debug for SledKv {
     }
 }
 
+/// How long opening waits for the directory lock of a store that is being closed.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+fn is_lock_contention(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock)
+}
+
 fn io(e: sled::Error) -> StoreError {
     StoreError::Io(e.to_string())
 }
 
 impl SledKv {
     fn open(path: &Path, options: SledOptions) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
             .cache_capacity(options.cache_bytes)
             .flush_every_ms(Some(1000))
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|e| StoreError::Open { path: path.display().to_string(), reason: e.to_string() })?;
+            .mode(sled::Mode::HighThroughput);
+        // sled locks the directory. A store closed a moment ago in this process may still be
+        // held by sled's I/O threads finishing their last writes: wait briefly for them.
+        let deadline = Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(e) if is_lock_contention(&e) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => {
+                    let reason = if is_lock_contention(&e) {
+                        format!("{e}: another process, or a runtime of this one that is still running, uses it")
+                    } else {
+                        e.to_string()
+                    };
+                    return Err(StoreError::Open { path: path.display().to_string(), reason });
+                }
+            }
+        };
         let group = match options.durability {
             Durability::Group { max_delay, max_batch } => Some(GroupCommit::start(db.clone(), max_delay, max_batch)?),
             _ => None,
