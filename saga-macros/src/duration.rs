@@ -36,3 +36,11 @@ pub(crate) fn parse_millis(lit: &LitStr) -> syn::Result<u64> {
     }
     Ok(total)
 }
+
+/// A timeout: a duration longer than zero.
+pub(crate) fn parse_timeout(lit: &LitStr) -> syn::Result<u64> {
+    match parse_millis(lit)? {
+        0 => Err(syn::Error::new(lit.span(), "a timeout must be longer than zero: leave it out to wait forever")),
+        ms => Ok(ms),
+    }
+}

@@ -24,9 +24,9 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut parsed = HandlerArgs { name: None, scope: None, retry: None };
     let parser = syn::meta::parser(|meta| {
         if meta.path.is_ident("name") {
-            parsed.name = Some(meta.value()?.parse::<LitStr>()?.value());
+            parsed.name = Some(crate::name(&meta.value()?.parse::<LitStr>()?)?);
         } else if meta.path.is_ident("scope") {
-            parsed.scope = Some(meta.value()?.parse::<LitStr>()?.value());
+            parsed.scope = Some(crate::name(&meta.value()?.parse::<LitStr>()?)?);
         } else if meta.path.is_ident("retry") {
             parsed.retry = Some(meta.value()?.parse()?);
         } else {
@@ -102,7 +102,8 @@ fn generate(function: &ItemFn, args: &HandlerArgs) -> syn::Result<TokenStream> {
     }
     let ident = &sig.ident;
     let vis = &function.vis;
-    let attrs = &function.attrs;
+    // Documentation goes on the struct users see; every other attribute stays on the body.
+    let (docs, attrs): (Vec<_>, Vec<_>) = function.attrs.iter().partition(|a| a.path().is_ident("doc"));
     let block = &function.block;
     let inputs = &sig.inputs;
     let output = &sig.output;
@@ -130,13 +131,14 @@ fn generate(function: &ItemFn, args: &HandlerArgs) -> syn::Result<TokenStream> {
         ::sagaflow::__private::assert_message::<#message>();
     };
     Ok(quote! {
-        #(#attrs)*
+        #(#docs)*
         #[allow(non_camel_case_types)]
         #[derive(Debug, Clone, Copy, Default)]
         #vis struct #ident;
 
         impl #ident {
             /// The handler's body.
+            #(#attrs)*
             #vis async fn call(#inputs) #output #block
         }
 

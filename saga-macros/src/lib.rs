@@ -41,3 +41,15 @@ pub fn handler(args: TokenStream, item: TokenStream) -> TokenStream {
 pub(crate) fn errors(errors: Vec<syn::Error>) -> proc_macro2::TokenStream {
     errors.into_iter().map(|e| e.to_compile_error()).collect()
 }
+
+/// A name given in an attribute: not empty, no surrounding white space.
+pub(crate) fn name(lit: &syn::LitStr) -> syn::Result<String> {
+    let value = lit.value();
+    if value.trim().is_empty() {
+        return Err(syn::Error::new(lit.span(), "a name cannot be empty"));
+    }
+    if value.trim() != value {
+        return Err(syn::Error::new(lit.span(), "a name cannot start or end with white space"));
+    }
+    Ok(value)
+}

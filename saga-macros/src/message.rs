@@ -29,16 +29,20 @@ fn derive(input: &DeriveInput) -> Result<TokenStream, Vec<syn::Error>> {
     let ident = &input.ident;
     let mut name = ident.to_string();
     let mut correlation = Correlation::None;
+    let mut named = false;
     for attr in input.attrs.iter().filter(|a| a.path().is_ident("message")) {
         let parsed = attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("name") {
-                let lit: LitStr = meta.value()?.parse()?;
-                if lit.value().trim().is_empty() {
-                    return Err(syn::Error::new(lit.span(), "a message name cannot be empty"));
+                if named {
+                    return Err(meta.error("`name` is given twice"));
                 }
-                name = lit.value();
+                named = true;
+                name = crate::name(&meta.value()?.parse::<LitStr>()?)?;
                 Ok(())
             } else if meta.path.is_ident("correlation") {
+                if !matches!(correlation, Correlation::None) {
+                    return Err(meta.error("`correlation` is given twice"));
+                }
                 correlation = Correlation::Function(meta.value()?.parse()?);
                 Ok(())
             } else {
@@ -47,6 +51,16 @@ fn derive(input: &DeriveInput) -> Result<TokenStream, Vec<syn::Error>> {
         });
         if let Err(e) = parsed {
             errors.push(e);
+        }
+    }
+    if let Data::Enum(data) = &input.data {
+        for field in data.variants.iter().flat_map(|v| v.fields.iter()) {
+            if let Some(attr) = field.attrs.iter().find(|a| a.path().is_ident("correlation")) {
+                errors.push(syn::Error::new(
+                    attr.meta.span(),
+                    "#[correlation] marks a struct field; for an enum, use #[message(correlation = path)]",
+                ));
+            }
         }
     }
     if let Data::Struct(data) = &input.data {

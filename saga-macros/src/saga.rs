@@ -7,7 +7,7 @@ use quote::{ToTokens, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Expr, FnArg, Ident, ImplItem, ImplItemFn, ItemImpl, LitInt, LitStr, ReturnType, Signature, Type};
 
-use crate::duration::parse_millis;
+use crate::duration::parse_timeout;
 
 const SAGA_ATTRS: [&str; 5] = ["start", "step", "reply", "on", "compensation"];
 
@@ -47,7 +47,7 @@ fn parse_args(args: TokenStream, item: &ItemImpl) -> syn::Result<SagaArgs> {
     let mut out = SagaArgs { name: type_name(&item.self_ty), version: 1 };
     let parser = syn::meta::parser(|meta| {
         if meta.path.is_ident("name") {
-            out.name = meta.value()?.parse::<LitStr>()?.value();
+            out.name = crate::name(&meta.value()?.parse::<LitStr>()?)?;
             Ok(())
         } else if meta.path.is_ident("version") {
             out.version = meta.value()?.parse::<LitInt>()?.base10_parse()?;
@@ -122,6 +122,8 @@ struct Model {
     events: Vec<Event>,
     /// Every method of the impl by name, with its signature.
     methods: HashMap<String, Signature>,
+    /// Methods marked `#[compensation]` (optional, for readers), with the marker's span.
+    marked_compensations: Vec<(Ident, Span)>,
 }
 
 /// The type `T` of a parameter written `&T`.
@@ -196,6 +198,14 @@ impl Model {
             model.methods.insert(method.sig.ident.to_string(), method.sig.clone());
             let present: Vec<&str> =
                 SAGA_ATTRS.iter().copied().filter(|a| method.attrs.iter().any(|x| x.path().is_ident(a))).collect();
+            for role in &present {
+                if let Some(again) = method.attrs.iter().filter(|a| a.path().is_ident(role)).nth(1) {
+                    errors.push(syn::Error::new(
+                        again.meta.span(),
+                        format!("#[{role}] is given twice: merge them into one"),
+                    ));
+                }
+            }
             if present.len() > 1 {
                 errors.push(syn::Error::new(
                     method.sig.ident.span(),
@@ -216,7 +226,16 @@ impl Model {
             if let Some(attr) = take_attr(method, "on") {
                 model.read_event(method, &attr, errors);
             }
-            take_attr(method, "compensation");
+            if let Some(attr) = take_attr(method, "compensation") {
+                model.marked_compensations.push((method.sig.ident.clone(), attr.meta.span()));
+            }
+            method.attrs.retain(|a| !SAGA_ATTRS.iter().any(|role| a.path().is_ident(role)));
+        }
+        if !item.generics.params.is_empty() {
+            errors.push(syn::Error::new(
+                item.generics.span(),
+                "#[saga] does not support generic impls: a saga's state is one concrete type",
+            ));
         }
         if model.starts.is_empty() {
             errors.push(syn::Error::new(
@@ -229,6 +248,10 @@ impl Model {
     }
 
     fn read_start(&mut self, method: &ImplItemFn, attr: &syn::Attribute, errors: &mut Vec<syn::Error>) {
+        if let Err(e) = attr.meta.require_path_only() {
+            errors.push(syn::Error::new(e.span(), "#[start] takes no arguments: the message type is the parameter's"));
+            return;
+        }
         let sig = &method.sig;
         let ok =
             receiver(sig) == Recv::None && sig.inputs.len() == 1 && sig.asyncness.is_none() && returned(sig).is_some();
@@ -236,11 +259,7 @@ impl Model {
             (true, Some(message)) => self.starts.push(Start { method: sig.ident.clone(), message: message.clone() }),
             _ => errors.push(syn::Error::new(
                 sig.ident.span(),
-                format!(
-                    "a #[start] method is `fn {}(message: &StartMessage) -> Self`{}",
-                    sig.ident,
-                    if attr.meta.require_path_only().is_err() { " and #[start] takes no arguments" } else { "" }
-                ),
+                format!("a #[start] method is `fn {}(message: &StartMessage) -> Self`", sig.ident),
             )),
         }
     }
@@ -269,6 +288,9 @@ impl Model {
         if !matches!(attr.meta, syn::Meta::Path(_)) {
             let parsed = attr.parse_nested_meta(|meta| {
                 let set_kind = |spec: &mut StepSpec, kind| {
+                    if spec.kind == kind {
+                        return Err(meta.error("given twice"));
+                    }
                     if spec.kind != Kind::Compensatable {
                         return Err(meta.error("a step is either `pivot` or `retriable`, not both"));
                     }
@@ -284,10 +306,10 @@ impl Model {
                     spec.compensate = Some(meta.value()?.parse()?);
                     Ok(())
                 } else if meta.path.is_ident("timeout") {
-                    spec.timeout = Some(parse_millis(&meta.value()?.parse()?)?);
+                    spec.timeout = Some(parse_timeout(&meta.value()?.parse()?)?);
                     Ok(())
                 } else if meta.path.is_ident("compensation_timeout") {
-                    spec.compensation_timeout = Some(parse_millis(&meta.value()?.parse()?)?);
+                    spec.compensation_timeout = Some(parse_timeout(&meta.value()?.parse()?)?);
                     Ok(())
                 } else if meta.path.is_ident("retry") {
                     spec.retry = Some(meta.value()?.parse()?);
@@ -296,7 +318,7 @@ impl Model {
                     spec.compensation_retry = Some(meta.value()?.parse()?);
                     Ok(())
                 } else if meta.path.is_ident("name") {
-                    spec.name = meta.value()?.parse::<LitStr>()?.value();
+                    spec.name = crate::name(&meta.value()?.parse::<LitStr>()?)?;
                     Ok(())
                 } else {
                     Err(meta.error(
@@ -351,10 +373,14 @@ impl Model {
     }
 
     fn read_event(&mut self, method: &ImplItemFn, attr: &syn::Attribute, errors: &mut Vec<syn::Error>) {
+        if let Err(e) = attr.meta.require_path_only() {
+            errors.push(syn::Error::new(e.span(), "#[on] takes no arguments: the event type is the parameter's"));
+            return;
+        }
         let sig = &method.sig;
         let ok = receiver(sig) == Recv::RefMut && sig.inputs.len() == 2 && sig.asyncness.is_none();
         match (ok, sig.inputs.iter().nth(1).and_then(borrowed_param)) {
-            (true, Some(message)) if attr.meta.require_path_only().is_ok() => self.events.push(Event {
+            (true, Some(message)) => self.events.push(Event {
                 method: sig.ident.clone(),
                 message: message.clone(),
                 returns_outcome: returned(sig).is_some(),
@@ -441,7 +467,8 @@ impl Model {
         for reply in &self.replies {
             let target = reply.target.to_string();
             let is_step = self.steps.iter().any(|s| s.method == reply.target && s.shape == Shape::Send);
-            let is_compensation = self.compensation_of(&reply.target).is_some();
+            let is_compensation =
+                self.compensation_of(&reply.target).is_some() && self.shape_of(&reply.target) == Some(Shape::Send);
             if !is_step && !is_compensation {
                 errors.push(syn::Error::new(
                     reply.target.span(),
@@ -483,6 +510,26 @@ impl Model {
                 }
             }
         }
+        // A compensation undoes one step, and a #[compensation] marker names one.
+        let mut undone: HashMap<String, &Ident> = HashMap::new();
+        for step in &self.steps {
+            if let Some(c) = &step.compensate {
+                if let Some(first) = undone.insert(c.to_string(), &step.method) {
+                    errors.push(syn::Error::new(
+                        c.span(),
+                        format!("`{c}` already compensates step `{first}`: give each step its own compensation"),
+                    ));
+                }
+            }
+        }
+        for (marked, span) in &self.marked_compensations {
+            if self.compensation_of(marked).is_none() {
+                errors.push(syn::Error::new(
+                    *span,
+                    format!("no step names `{marked}` as its compensation: add `compensate = {marked}` to its #[step]"),
+                ));
+            }
+        }
         // One role per message type.
         let mut seen: HashMap<String, &Ident> = HashMap::new();
         let consumed = self
@@ -504,6 +551,10 @@ impl Model {
         }
     }
 
+    fn shape_of(&self, method: &Ident) -> Option<Shape> {
+        self.methods.get(&method.to_string()).and_then(|sig| step_shape(sig).ok()).map(|(shape, _)| shape)
+    }
+
     fn compensation_of(&self, method: &Ident) -> Option<&StepSpec> {
         self.steps.iter().find(|s| s.compensate.as_ref() == Some(method))
     }
@@ -519,7 +570,7 @@ impl Model {
         let millis = |ms: u64| quote!(::sagaflow::__private::Duration::from_millis(#ms));
         let starts = self.starts.iter().map(|s| {
             let m = &s.method;
-            quote!(.start_with(Self::#m))
+            quote_spanned!(m.span()=> .start_with(Self::#m))
         });
         let steps = self.steps.iter().map(|step| {
             let m = &step.method;
@@ -531,7 +582,7 @@ impl Model {
             for (failure, method) in [(false, quote!(on_success)), (true, quote!(on_failure))] {
                 if let Some(r) = self.reply(m, failure) {
                     let f = &r.method;
-                    chain.extend(quote!(.#method(Self::#f)));
+                    chain.extend(quote_spanned!(f.span()=> .#method(Self::#f)));
                 }
             }
             if let Some(ms) = step.timeout {
@@ -551,7 +602,7 @@ impl Model {
                 for (failure, method) in [(false, quote!(on_compensated)), (true, quote!(on_compensation_failed))] {
                     if let Some(r) = self.reply(c, failure) {
                         let f = &r.method;
-                        chain.extend(quote!(.#method(Self::#f)));
+                        chain.extend(quote_spanned!(f.span()=> .#method(Self::#f)));
                     }
                 }
             }
@@ -573,7 +624,7 @@ impl Model {
             let m = &e.method;
             let ty = &e.message;
             if e.returns_outcome {
-                quote!(.on_event(Self::#m))
+                quote_spanned!(m.span()=> .on_event(Self::#m))
             } else {
                 quote!(.on_event(|state: &mut Self, event: &#ty| {
                     Self::#m(state, event);
@@ -622,7 +673,16 @@ impl Model {
             .chain(self.replies.iter().map(|r| &r.message))
             .chain(self.events.iter().map(|e| &e.message))
             .collect();
-        for ty in messages.iter().copied().chain(self.steps.iter().filter_map(|s| s.command.as_ref())) {
+        let compensation_commands: Vec<Type> = self
+            .steps
+            .iter()
+            .filter_map(|s| s.compensate.as_ref())
+            .filter_map(|c| {
+                self.methods.get(&c.to_string()).and_then(|sig| step_shape(sig).ok()).and_then(|(_, ty)| ty)
+            })
+            .collect();
+        let commands = self.steps.iter().filter_map(|s| s.command.as_ref()).chain(&compensation_commands);
+        for ty in messages.iter().copied().chain(commands) {
             out.extend(quote_spanned! {ty.span()=>
                 ::sagaflow::__private::assert_message::<#ty>();
             });
