@@ -71,6 +71,10 @@ impl From<crate::store::StoreError> for Failure {
 pub(crate) trait Driver: Send + Sync + 'static {
     /// The saga's or participant's name (for logs and spans).
     fn name(&self) -> &str;
+    /// Whether this drives a saga (rather than a participant).
+    fn is_saga(&self) -> bool {
+        false
+    }
     /// The bus subscription it consumes.
     fn subscription(&self) -> String;
     /// The message names it consumes.

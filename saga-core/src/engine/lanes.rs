@@ -125,11 +125,14 @@ async fn run_unit(core: &Arc<Core>, work: Work) -> Completion {
     };
     let span = tracing::info_span!(
         "unit_of_work",
-        consumer = %driver.name(),
+        saga = tracing::field::Empty,
+        participant = tracing::field::Empty,
         instance = %lane_key,
-        message = %message,
+        step = tracing::field::Empty,
+        message_name = %message,
         message_id = %message_id,
     );
+    span.record(if driver.is_saga() { "saga" } else { "participant" }, driver.name());
     let attempt = delivery.as_ref().map_or(1, |d| d.envelope().attempt);
     let mut conflicts = 0;
     let outcome = loop {

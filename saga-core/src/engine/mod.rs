@@ -152,12 +152,7 @@ impl SagaRuntimeBuilder {
         let bus = self.bus.unwrap_or_else(|| Arc::new(InMemoryBus::new()));
         let (relay, relay_rx) = RelayHandle::new();
         let (lanes, lane_receivers) = Lanes::new(self.lanes);
-        let sagas = self
-            .drivers
-            .iter()
-            .filter(|d| d.subscription().starts_with("saga."))
-            .map(|d| (d.name().to_owned(), d.clone()))
-            .collect();
+        let sagas = self.drivers.iter().filter(|d| d.is_saga()).map(|d| (d.name().to_owned(), d.clone())).collect();
         let core = Arc::new(Core {
             store,
             bus,

@@ -45,6 +45,11 @@ impl<S: Saga> SagaDriver<S> {
         previous: Option<(u64, crate::store::StatusKind)>,
         cause: MessageRef,
     ) -> Result<(Commit, Option<TimerRecord>), Failure> {
+        if let SagaStatus::Running { step } | SagaStatus::Compensating { step } = t.record.status {
+            if let Some(s) = self.def.steps.get(step as usize) {
+                tracing::Span::current().record("step", s.name.as_str());
+            }
+        }
         let (commit, follow_up, events) = t
             .into_commit(previous, cause)
             .map_err(|e| Failure::DeadLetter(format!("cannot encode the state of saga {}: {e}", S::NAME)))?;
@@ -251,6 +256,10 @@ fn log_event(event: &HistoryEvent) {
 impl<S: Saga> Driver for SagaDriver<S> {
     fn name(&self) -> &str {
         S::NAME
+    }
+
+    fn is_saga(&self) -> bool {
+        true
     }
 
     fn subscription(&self) -> String {
