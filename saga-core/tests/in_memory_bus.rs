@@ -141,3 +141,7 @@ async fn typed_handlers_retry_transient_errors_and_dead_letter_what_does_not_dec
     assert_eq!(dead.len(), 1);
     assert!(dead[0].reason.contains("cannot decode"), "{}", dead[0].reason);
 }
+
+mod conformance {
+    saga_core::conformance_tests!(async { Some(saga_core::bus::InMemoryTarget::default()) });
+}

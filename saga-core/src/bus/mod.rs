@@ -10,13 +10,23 @@
 //! [`InMemoryBus`] is the default transport; broker adapters implement the same trait.
 //! [`EventBus`] layers the seed's typed and dynamic integration-event handlers on top.
 
+pub mod conformance;
 mod delivery;
 mod handlers;
 mod memory;
+#[cfg(feature = "nats")]
+mod nats;
+#[cfg(feature = "rabbitmq")]
+mod rabbitmq;
 
+pub use conformance::InMemoryTarget;
 pub use delivery::{Acker, Consumer, Delivery, DeliveryStream};
 pub use handlers::{DynamicEventHandler, EventBus, EventHandler, SubscriptionHandle};
 pub use memory::{DeadLetter, InMemoryBus};
+#[cfg(feature = "nats")]
+pub use nats::{NatsBus, NatsOptions, NatsTarget};
+#[cfg(feature = "rabbitmq")]
+pub use rabbitmq::{RabbitMqBus, RabbitMqOptions, RabbitMqTarget};
 
 use std::sync::Arc;
 
