@@ -25,10 +25,19 @@ pub trait ConformanceTarget: Send + Sync {
     /// What the transport parked as dead letters on `subscription`: (envelope, reason).
     async fn dead_letters(&self, bus: &Arc<dyn Bus>, subscription: &str) -> Vec<(Envelope, String)>;
 
+    /// Removes what a check left behind on the broker for `subscription` (dead-letter queues).
+    async fn clean_up(&self, _bus: &Arc<dyn Bus>, _subscription: &str) {}
+
     /// How long to wait for something that should arrive (brokers need more than memory).
     fn patience(&self) -> Duration {
         Duration::from_secs(5)
     }
+}
+
+/// Says on the terminal, past the test harness's output capture, that a suite was skipped.
+pub fn say_skipped(suite: &str, how: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "skipped: {suite} (set {how} to run it)");
 }
 
 /// A name no other run uses.
@@ -178,7 +187,9 @@ pub async fn dead_letters_keep_their_reason(t: &dyn ConformanceTarget) -> Result
     check(dead.len() == 1, format!("{} dead letters", dead.len()))?;
     check(dead[0].0.message_id == sent.message_id, "another message was dead-lettered")?;
     check(dead[0].1 == "payload is not an order", format!("reason {:?}", dead[0].1))?;
-    bus.unsubscribe(&sub).await.map_err(|e| e.to_string())
+    bus.unsubscribe(&sub).await.map_err(|e| e.to_string())?;
+    t.clean_up(&bus, &sub).await;
+    Ok(())
 }
 
 /// What a consumer held unsettled when it went away is delivered again.

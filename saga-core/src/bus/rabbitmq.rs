@@ -1,1 +1,530 @@
-//! RabbitMQ transport (being written).
+//! The RabbitMQ transport (lapin).
+//!
+//! Topology, all durable and declared idempotently:
+//!
+//! | what | name | purpose |
+//! | --- | --- | --- |
+//! | direct exchange | `sagaflow` (configurable) | every message, routing key = message name |
+//! | queue | the subscription's name | one per subscription, bound once per message name |
+//! | queues | `<subscription>.retry.<ms>` | delayed redelivery: a queue TTL, then dead-lettered back to the subscription's queue |
+//! | direct exchange | `sagaflow.dead` | dead letters, routing key = subscription |
+//! | queue | `<subscription>.dead` | the subscription's dead letters, each with its reason header |
+//!
+//! Guarantees: messages are persistent and `publish` returns only after the broker's publisher
+//! confirm, so the engine removes an outbox entry only once RabbitMQ holds the message.
+//! Deliveries are acked manually, after the engine's commit is durable; a channel or
+//! connection that dies with unacked deliveries has them requeued by the broker. A nack
+//! republishes the message (with its attempt count) to the retry queue whose TTL is the first
+//! at or above the delay, then acks the original: RabbitMQ without plugins cannot delay a
+//! message by an arbitrary time, and per-message TTLs would block behind each other in one
+//! queue. Dead-lettering republishes to the dead-letter exchange with the reason, then acks.
+//! Each consumer has its own channel with a prefetch limit. Connections recover on their own
+//! (lapin's auto-recovery, with backoff), redeclaring the topology and the consumers.
+//!
+//! Ordering: per queue, in publication order, except that nacked messages come back later.
+//! Credentials in the URL are never logged; `amqps://` URLs use TLS (rustls).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use uuid::Uuid;
+
+use super::{Acker, Bus, BusError, Consumer, Delivery, DeliveryStream};
+use crate::message::{Envelope, Timestamp, headers};
+
+const NAME: &str = "sagaflow-name";
+const CREATED_AT: &str = "sagaflow-created-at";
+const CAUSATION: &str = "sagaflow-causation-id";
+const ATTEMPT: &str = "sagaflow-attempt";
+const REASON: &str = "sagaflow-dead-reason";
+const USER_HEADER: &str = "sagaflow-h-";
+
+/// Retry queue delays, in milliseconds: a nack waits in the first one at or above its delay.
+const RETRY_BUCKETS_MS: [u64; 13] =
+    [50, 100, 250, 500, 1_000, 2_000, 5_000, 10_000, 30_000, 60_000, 300_000, 900_000, 3_600_000];
+
+/// How a [`RabbitMqBus`] connects and names things.
+///
+/// ```
+/// use saga_core::bus::RabbitMqOptions;
+/// let options = RabbitMqOptions::new("amqp://guest:guest@127.0.0.1:5672/%2f").exchange("orders").prefetch(32);
+/// assert_eq!(options.redacted_url(), "amqp://***@127.0.0.1:5672/%2f");
+/// ```
+#[derive(Clone)]
+pub struct RabbitMqOptions {
+    url: String,
+    exchange: String,
+    dead_letter_exchange: String,
+    prefetch: u16,
+}
+
+impl std::fmt::Debug for RabbitMqOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitMqOptions")
+            .field("url", &self.redacted_url())
+            .field("exchange", &self.exchange)
+            .field("prefetch", &self.prefetch)
+            .finish()
+    }
+}
+
+impl RabbitMqOptions {
+    /// Options for the broker at `url` (`amqp://` or `amqps://`).
+    pub fn new(url: impl Into<String>) -> Self {
+        RabbitMqOptions {
+            url: url.into(),
+            exchange: "sagaflow".into(),
+            dead_letter_exchange: "sagaflow.dead".into(),
+            prefetch: 64,
+        }
+    }
+
+    /// The exchange messages are published to (default `sagaflow`); the dead-letter exchange
+    /// is named after it (`<exchange>.dead`).
+    pub fn exchange(mut self, name: impl Into<String>) -> Self {
+        self.exchange = name.into();
+        self.dead_letter_exchange = format!("{}.dead", self.exchange);
+        self
+    }
+
+    /// How many unacked deliveries one consumer may hold (default 64).
+    pub fn prefetch(mut self, prefetch: u16) -> Self {
+        self.prefetch = prefetch.max(1);
+        self
+    }
+
+    /// The URL with its credentials hidden, for logs and errors.
+    pub fn redacted_url(&self) -> String {
+        match (self.url.find("://"), self.url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => format!("{}***{}", &self.url[..scheme + 3], &self.url[at..]),
+            _ => self.url.clone(),
+        }
+    }
+}
+
+fn transport(what: &str, e: impl std::fmt::Display) -> BusError {
+    BusError::Transport(format!("RabbitMQ {what}: {e}"))
+}
+
+struct Inner {
+    connection: Connection,
+    publisher: Channel,
+    options: RabbitMqOptions,
+}
+
+/// A [`Bus`] on RabbitMQ. Cloning shares the connection.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), saga_core::bus::BusError> {
+/// use saga_core::bus::{RabbitMqBus, RabbitMqOptions};
+/// let bus = RabbitMqBus::connect(RabbitMqOptions::new("amqp://guest:guest@127.0.0.1:5672/%2f")).await?;
+/// # let _ = bus; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RabbitMqBus {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RabbitMqBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitMqBus").field("options", &self.inner.options).finish()
+    }
+}
+
+impl RabbitMqBus {
+    /// Connects (with automatic recovery) and declares the exchanges.
+    pub async fn connect(options: RabbitMqOptions) -> Result<Self, BusError> {
+        let properties = ConnectionProperties::default().with_connection_name("sagaflow".into()).enable_auto_recover();
+        let connection = Connection::connect(&options.url, properties)
+            .await
+            .map_err(|e| transport(&format!("connection to {}", options.redacted_url()), e))?;
+        let publisher = connection.create_channel().await.map_err(|e| transport("channel", e))?;
+        publisher.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| transport("confirm mode", e))?;
+        for exchange in [&options.exchange, &options.dead_letter_exchange] {
+            publisher
+                .exchange_declare(
+                    exchange.as_str().into(),
+                    ExchangeKind::Direct,
+                    ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| transport(&format!("declaring exchange {exchange}"), e))?;
+        }
+        tracing::info!(url = %options.redacted_url(), exchange = %options.exchange, "connected to RabbitMQ");
+        Ok(RabbitMqBus { inner: Arc::new(Inner { connection, publisher, options }) })
+    }
+
+    /// Publishes with a publisher confirm, retrying once the connection has recovered.
+    async fn publish_to(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        envelope: &Envelope,
+        extra: FieldTable,
+    ) -> Result<(), BusError> {
+        let properties = properties(envelope, extra);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let sent = self
+                .inner
+                .publisher
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions::default(),
+                    &envelope.payload,
+                    properties.clone(),
+                )
+                .await;
+            let confirmed = match sent {
+                Ok(confirm) => confirm.await,
+                Err(e) => Err(e),
+            };
+            match confirmed {
+                Ok(c) if c.is_ack() => return Ok(()),
+                Ok(_) => return Err(transport("publish", "the broker refused the message (nack)")),
+                Err(e) if attempts < 5 => {
+                    tracing::warn!(error = %e, "RabbitMQ publish failed, waiting for the connection to recover");
+                    if self.inner.publisher.wait_for_recovery(e).await.is_err() {
+                        tokio::time::sleep(Duration::from_millis(200 * attempts)).await;
+                    }
+                }
+                Err(e) => return Err(transport("publish", e)),
+            }
+        }
+    }
+
+    async fn declare_subscription(
+        &self,
+        channel: &Channel,
+        subscription: &str,
+        names: &[&str],
+    ) -> Result<(), BusError> {
+        let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+        let dead = format!("{subscription}.dead");
+        for queue in [subscription, dead.as_str()] {
+            channel
+                .queue_declare(queue.into(), durable, FieldTable::default())
+                .await
+                .map_err(|e| transport(&format!("declaring queue {queue}"), e))?;
+        }
+        let options = &self.inner.options;
+        channel
+            .queue_bind(
+                dead.as_str().into(),
+                options.dead_letter_exchange.as_str().into(),
+                subscription.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| transport("binding the dead-letter queue", e))?;
+        for name in names {
+            channel
+                .queue_bind(
+                    subscription.into(),
+                    options.exchange.as_str().into(),
+                    (*name).into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| transport(&format!("binding {subscription} to {name}"), e))?;
+        }
+        Ok(())
+    }
+
+    /// The retry queue for `delay`, declared on first use.
+    async fn retry_queue(&self, subscription: &str, delay: Duration) -> Result<String, BusError> {
+        let wanted = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        let bucket = RETRY_BUCKETS_MS.iter().copied().find(|b| *b >= wanted).unwrap_or(RETRY_BUCKETS_MS[12]);
+        let queue = format!("{subscription}.retry.{bucket}");
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(bucket as i64));
+        arguments.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
+        arguments.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(subscription.into()));
+        // Unused retry queues go away on their own.
+        arguments.insert("x-expires".into(), AMQPValue::LongLongInt((bucket * 10 + 60_000) as i64));
+        self.inner
+            .publisher
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() },
+                arguments,
+            )
+            .await
+            .map_err(|e| transport(&format!("declaring retry queue {queue}"), e))?;
+        Ok(queue)
+    }
+
+    /// Reads (without removing) up to `limit` dead letters of a subscription: (envelope, reason).
+    pub async fn dead_letters(&self, subscription: &str, limit: usize) -> Result<Vec<(Envelope, String)>, BusError> {
+        let channel = self.inner.connection.create_channel().await.map_err(|e| transport("channel", e))?;
+        let queue = format!("{subscription}.dead");
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let got = channel
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+                .await
+                .map_err(|e| transport(&format!("reading {queue}"), e))?;
+            let Some(message) = got else { break };
+            let d = message.delivery;
+            let reason = header_str(d.properties.headers(), REASON).unwrap_or_default();
+            out.push((envelope(&d.routing_key.to_string(), &d.properties, d.data, d.redelivered), reason));
+        }
+        // Closing the channel hands the unacked messages back to the queue.
+        let _ = channel.close(200, "peeked".into()).await;
+        Ok(out)
+    }
+}
+
+fn header_str(headers: &Option<FieldTable>, key: &str) -> Option<String> {
+    match headers.as_ref()?.inner().get(key)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+fn header_u64(headers: &Option<FieldTable>, key: &str) -> Option<u64> {
+    match headers.as_ref()?.inner().get(key)? {
+        AMQPValue::LongLongInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::LongUInt(v) => Some(u64::from(*v)),
+        AMQPValue::LongInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::Timestamp(v) => Some(*v),
+        _ => None,
+    }
+}
+
+fn properties(e: &Envelope, mut table: FieldTable) -> BasicProperties {
+    table.insert(NAME.into(), AMQPValue::LongString(e.name.as_str().into()));
+    table.insert(CREATED_AT.into(), AMQPValue::LongLongInt(i64::try_from(e.created_at.0).unwrap_or(i64::MAX)));
+    table.insert(ATTEMPT.into(), AMQPValue::LongLongInt(i64::from(e.attempt)));
+    if let Some(c) = e.causation_id {
+        table.insert(CAUSATION.into(), AMQPValue::LongString(c.to_string().as_str().into()));
+    }
+    for (k, v) in &e.headers {
+        table.insert(format!("{USER_HEADER}{k}").into(), AMQPValue::LongString(v.as_str().into()));
+    }
+    let mut p = BasicProperties::default()
+        .with_message_id(e.message_id.to_string().into())
+        .with_type(ShortString::from(e.name.as_str()))
+        .with_delivery_mode(2)
+        .with_timestamp(e.created_at.0 / 1000)
+        .with_headers(table);
+    if let Some(ct) = e.header(headers::CONTENT_TYPE) {
+        p = p.with_content_type(ct.into());
+    }
+    if let Some(c) = e.correlation_id {
+        p = p.with_correlation_id(c.to_string().into());
+    }
+    if let Some(r) = &e.reply_to {
+        p = p.with_reply_to(r.as_str().into());
+    }
+    p
+}
+
+/// Rebuilds an envelope. A message from a foreign producer may lack our headers: its name is
+/// the routing key, and its id is derived from its body, so redeliveries still deduplicate.
+fn envelope(routing_key: &str, p: &BasicProperties, payload: Vec<u8>, redelivered: bool) -> Envelope {
+    let parse = |s: &Option<ShortString>| s.as_ref().and_then(|v| Uuid::parse_str(v.as_str()).ok());
+    let h = p.headers();
+    let message_id = parse(p.message_id()).unwrap_or_else(|| Uuid::new_v5(&Uuid::NAMESPACE_OID, &payload));
+    let name = header_str(h, NAME)
+        .or_else(|| p.kind().as_ref().map(|k| k.as_str().to_owned()))
+        .unwrap_or_else(|| routing_key.to_owned());
+    let mut user_headers = std::collections::BTreeMap::new();
+    if let Some(table) = h {
+        for (k, v) in table.inner() {
+            if let (Some(key), AMQPValue::LongString(value)) = (k.as_str().strip_prefix(USER_HEADER), v) {
+                user_headers.insert(key.to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned());
+            }
+        }
+    }
+    if let Some(ct) = p.content_type() {
+        user_headers.entry(headers::CONTENT_TYPE.to_owned()).or_insert_with(|| ct.as_str().to_owned());
+    }
+    let attempt = header_u64(h, ATTEMPT).and_then(|a| u32::try_from(a).ok()).unwrap_or(1);
+    Envelope {
+        message_id,
+        name,
+        payload,
+        created_at: Timestamp(header_u64(h, CREATED_AT).unwrap_or_else(|| p.timestamp().unwrap_or(0) * 1000)),
+        correlation_id: parse(p.correlation_id()),
+        causation_id: header_str(h, CAUSATION).and_then(|c| Uuid::parse_str(&c).ok()),
+        reply_to: p.reply_to().as_ref().map(|r| r.as_str().to_owned()),
+        headers: user_headers,
+        attempt: attempt.saturating_add(u32::from(redelivered)),
+    }
+}
+
+#[async_trait::async_trait]
+impl Bus for RabbitMqBus {
+    async fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
+        let exchange = self.inner.options.exchange.clone();
+        self.publish_to(&exchange, &envelope.name.clone(), &envelope, FieldTable::default()).await
+    }
+
+    async fn subscribe(&self, subscription: &str, names: &[&str]) -> Result<Consumer, BusError> {
+        let channel = self.inner.connection.create_channel().await.map_err(|e| transport("channel", e))?;
+        channel
+            .basic_qos(self.inner.options.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(|e| transport("prefetch", e))?;
+        self.declare_subscription(&channel, subscription, names).await?;
+        let consumer = channel
+            .basic_consume(subscription.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await
+            .map_err(|e| transport(&format!("consuming {subscription}"), e))?;
+        Ok(Consumer::new(
+            subscription,
+            Box::new(RabbitStream { bus: self.clone(), channel, consumer, subscription: subscription.to_owned() }),
+        ))
+    }
+
+    async fn unsubscribe(&self, subscription: &str) -> Result<(), BusError> {
+        self.inner
+            .publisher
+            .queue_delete(subscription.into(), QueueDeleteOptions::default())
+            .await
+            .map_err(|e| transport(&format!("deleting queue {subscription}"), e))?;
+        // Dead letters stay for an operator, unless there are none.
+        let dead = format!("{subscription}.dead");
+        let _ = self
+            .inner
+            .publisher
+            .queue_delete(dead.as_str().into(), QueueDeleteOptions { if_empty: true, ..QueueDeleteOptions::default() })
+            .await;
+        Ok(())
+    }
+}
+
+struct RabbitStream {
+    bus: RabbitMqBus,
+    channel: Channel,
+    consumer: lapin::Consumer,
+    subscription: String,
+}
+
+#[async_trait::async_trait]
+impl DeliveryStream for RabbitStream {
+    async fn next(&mut self) -> Option<Delivery> {
+        loop {
+            match self.consumer.next().await? {
+                Ok(d) => {
+                    let envelope = envelope(d.routing_key.as_str(), &d.properties, d.data, d.redelivered);
+                    let acker =
+                        RabbitAcker { bus: self.bus.clone(), acker: d.acker, subscription: self.subscription.clone() };
+                    return Some(Delivery::new(envelope, Box::new(acker)));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, subscription = %self.subscription, "RabbitMQ consumer error, waiting for recovery");
+                    if self.channel.wait_for_recovery(e).await.is_err() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct RabbitAcker {
+    bus: RabbitMqBus,
+    acker: lapin::Acker,
+    subscription: String,
+}
+
+impl RabbitAcker {
+    async fn ack(&self) -> Result<(), BusError> {
+        self.acker.ack(BasicAckOptions::default()).await.map(|_| ()).map_err(|e| transport("ack", e))
+    }
+}
+
+#[async_trait::async_trait]
+impl Acker for RabbitAcker {
+    async fn ack(self: Box<Self>) -> Result<(), BusError> {
+        RabbitAcker::ack(&self).await
+    }
+
+    async fn nack(self: Box<Self>, mut envelope: Envelope, delay: Duration) -> Result<(), BusError> {
+        envelope.attempt = envelope.attempt.saturating_add(1);
+        let queue = if delay.is_zero() {
+            self.subscription.clone()
+        } else {
+            self.bus.retry_queue(&self.subscription, delay).await?
+        };
+        // Publish the copy first: if the ack is then lost, the message is redelivered twice,
+        // which consumers deduplicate; the other order could lose it.
+        self.bus.publish_to("", &queue, &envelope, FieldTable::default()).await?;
+        RabbitAcker::ack(&self).await
+    }
+
+    async fn dead_letter(self: Box<Self>, envelope: Envelope, reason: String) -> Result<(), BusError> {
+        let mut extra = FieldTable::default();
+        extra.insert(REASON.into(), AMQPValue::LongString(LongString::from(reason.as_str())));
+        let exchange = self.bus.inner.options.dead_letter_exchange.clone();
+        self.bus.publish_to(&exchange, &self.subscription, &envelope, extra).await?;
+        RabbitAcker::ack(&self).await
+    }
+
+    fn abandon(self: Box<Self>, _envelope: Envelope) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = self.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await;
+            });
+        }
+    }
+}
+
+/// RabbitMQ as a conformance target, from `SAGA_TEST_AMQP_URL`.
+#[derive(Debug, Clone)]
+pub struct RabbitMqTarget {
+    bus: RabbitMqBus,
+}
+
+impl RabbitMqTarget {
+    /// Connects to `SAGA_TEST_AMQP_URL`, or returns `None` (saying so) when it is not set.
+    pub async fn from_env() -> Option<Self> {
+        let Ok(url) = std::env::var("SAGA_TEST_AMQP_URL") else {
+            super::conformance::say_skipped(
+                "RabbitMQ suite",
+                "SAGA_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f",
+            );
+            return None;
+        };
+        match RabbitMqBus::connect(RabbitMqOptions::new(url)).await {
+            Ok(bus) => Some(RabbitMqTarget { bus }),
+            Err(e) => panic!("SAGA_TEST_AMQP_URL is set but RabbitMQ is not reachable: {e}"),
+        }
+    }
+
+    /// The connected bus.
+    pub fn bus(&self) -> &RabbitMqBus {
+        &self.bus
+    }
+}
+
+#[async_trait::async_trait]
+impl super::conformance::ConformanceTarget for RabbitMqTarget {
+    async fn bus(&self) -> Arc<dyn Bus> {
+        Arc::new(self.bus.clone())
+    }
+
+    async fn dead_letters(&self, _: &Arc<dyn Bus>, subscription: &str) -> Vec<(Envelope, String)> {
+        self.bus.dead_letters(subscription, 100).await.unwrap_or_default()
+    }
+
+    async fn clean_up(&self, _: &Arc<dyn Bus>, subscription: &str) {
+        let dead = format!("{subscription}.dead");
+        let _ = self.bus.inner.publisher.queue_delete(dead.as_str().into(), QueueDeleteOptions::default()).await;
+    }
+}
