@@ -74,6 +74,11 @@ pub trait Bus: Send + Sync + 'static {
     /// Removes a subscription and its bindings; messages still queued on it are discarded.
     async fn unsubscribe(&self, subscription: &str) -> Result<(), BusError>;
 
+    /// Closes the connection gracefully (the runtime's `shutdown` calls it). Default: nothing.
+    async fn close(&self) -> Result<(), BusError> {
+        Ok(())
+    }
+
     /// Work this bus holds in flight, for transports that can tell (the in-memory one);
     /// the runtime's `settle` waits on it.
     fn activity(&self) -> Option<Arc<Activity>> {
@@ -91,6 +96,9 @@ impl<B: Bus + ?Sized> Bus for Arc<B> {
     }
     async fn unsubscribe(&self, subscription: &str) -> Result<(), BusError> {
         (**self).unsubscribe(subscription).await
+    }
+    async fn close(&self) -> Result<(), BusError> {
+        (**self).close().await
     }
     fn activity(&self) -> Option<Arc<Activity>> {
         (**self).activity()

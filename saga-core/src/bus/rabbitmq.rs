@@ -63,6 +63,7 @@ pub struct RabbitMqOptions {
     exchange: String,
     dead_letter_exchange: String,
     prefetch: u16,
+    namespace: Option<String>,
 }
 
 impl std::fmt::Debug for RabbitMqOptions {
@@ -83,6 +84,25 @@ impl RabbitMqOptions {
             exchange: "sagaflow".into(),
             dead_letter_exchange: "sagaflow.dead".into(),
             prefetch: 64,
+            namespace: None,
+        }
+    }
+
+    /// Puts every exchange and queue of this bus under `namespace` (`<namespace>.sagaflow`,
+    /// `<namespace>.<subscription>`), so that environments or test runs can share a broker.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        let namespace = namespace.into();
+        self.exchange = format!("{namespace}.{}", self.exchange);
+        self.dead_letter_exchange = format!("{}.dead", self.exchange);
+        self.namespace = Some(namespace);
+        self
+    }
+
+    /// The queue of a subscription.
+    fn queue(&self, subscription: &str) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{ns}.{subscription}"),
+            None => subscription.to_owned(),
         }
     }
 
@@ -269,7 +289,7 @@ impl RabbitMqBus {
     /// Reads (without removing) up to `limit` dead letters of a subscription: (envelope, reason).
     pub async fn dead_letters(&self, subscription: &str, limit: usize) -> Result<Vec<(Envelope, String)>, BusError> {
         let channel = self.inner.connection.create_channel().await.map_err(|e| transport("channel", e))?;
-        let queue = format!("{subscription}.dead");
+        let queue = format!("{}.dead", self.inner.options.queue(subscription));
         let mut out = Vec::new();
         while out.len() < limit {
             let got = channel
@@ -380,25 +400,32 @@ impl Bus for RabbitMqBus {
             .basic_qos(self.inner.options.prefetch, BasicQosOptions::default())
             .await
             .map_err(|e| transport("prefetch", e))?;
-        self.declare_subscription(&channel, subscription, names).await?;
+        let queue = self.inner.options.queue(subscription);
+        self.declare_subscription(&channel, &queue, names).await?;
         let consumer = channel
-            .basic_consume(subscription.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
             .await
-            .map_err(|e| transport(&format!("consuming {subscription}"), e))?;
-        Ok(Consumer::new(
-            subscription,
-            Box::new(RabbitStream { bus: self.clone(), channel, consumer, subscription: subscription.to_owned() }),
-        ))
+            .map_err(|e| transport(&format!("consuming {queue}"), e))?;
+        Ok(Consumer::new(subscription, Box::new(RabbitStream { bus: self.clone(), channel, consumer, queue })))
+    }
+
+    async fn close(&self) -> Result<(), BusError> {
+        // A connection that cannot close cleanly (it is reconnecting) is dropped anyway.
+        if let Err(e) = self.inner.connection.close(200, "sagaflow shutting down".into()).await {
+            tracing::debug!(error = %e, "RabbitMQ connection did not close cleanly");
+        }
+        Ok(())
     }
 
     async fn unsubscribe(&self, subscription: &str) -> Result<(), BusError> {
+        let queue = self.inner.options.queue(subscription);
         self.inner
             .publisher
-            .queue_delete(subscription.into(), QueueDeleteOptions::default())
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
             .await
-            .map_err(|e| transport(&format!("deleting queue {subscription}"), e))?;
+            .map_err(|e| transport(&format!("deleting queue {queue}"), e))?;
         // Dead letters stay for an operator, unless there are none.
-        let dead = format!("{subscription}.dead");
+        let dead = format!("{queue}.dead");
         let _ = self
             .inner
             .publisher
@@ -412,7 +439,7 @@ struct RabbitStream {
     bus: RabbitMqBus,
     channel: Channel,
     consumer: lapin::Consumer,
-    subscription: String,
+    queue: String,
 }
 
 #[async_trait::async_trait]
@@ -422,12 +449,11 @@ impl DeliveryStream for RabbitStream {
             match self.consumer.next().await? {
                 Ok(d) => {
                     let envelope = envelope(d.routing_key.as_str(), &d.properties, d.data, d.redelivered);
-                    let acker =
-                        RabbitAcker { bus: self.bus.clone(), acker: d.acker, subscription: self.subscription.clone() };
+                    let acker = RabbitAcker { bus: self.bus.clone(), acker: d.acker, queue: self.queue.clone() };
                     return Some(Delivery::new(envelope, Box::new(acker)));
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, subscription = %self.subscription, "RabbitMQ consumer error, waiting for recovery");
+                    tracing::warn!(error = %e, queue = %self.queue, "RabbitMQ consumer error, waiting for recovery");
                     if self.channel.wait_for_recovery(e).await.is_err() {
                         return None;
                     }
@@ -440,7 +466,8 @@ impl DeliveryStream for RabbitStream {
 struct RabbitAcker {
     bus: RabbitMqBus,
     acker: lapin::Acker,
-    subscription: String,
+    /// The subscription's queue.
+    queue: String,
 }
 
 impl RabbitAcker {
@@ -457,11 +484,7 @@ impl Acker for RabbitAcker {
 
     async fn nack(self: Box<Self>, mut envelope: Envelope, delay: Duration) -> Result<(), BusError> {
         envelope.attempt = envelope.attempt.saturating_add(1);
-        let queue = if delay.is_zero() {
-            self.subscription.clone()
-        } else {
-            self.bus.retry_queue(&self.subscription, delay).await?
-        };
+        let queue = if delay.is_zero() { self.queue.clone() } else { self.bus.retry_queue(&self.queue, delay).await? };
         // Publish the copy first: if the ack is then lost, the message is redelivered twice,
         // which consumers deduplicate; the other order could lose it.
         self.bus.publish_to("", &queue, &envelope, FieldTable::default()).await?;
@@ -472,7 +495,7 @@ impl Acker for RabbitAcker {
         let mut extra = FieldTable::default();
         extra.insert(REASON.into(), AMQPValue::LongString(LongString::from(reason.as_str())));
         let exchange = self.bus.inner.options.dead_letter_exchange.clone();
-        self.bus.publish_to(&exchange, &self.subscription, &envelope, extra).await?;
+        self.bus.publish_to(&exchange, &self.queue, &envelope, extra).await?;
         RabbitAcker::ack(&self).await
     }
 
@@ -524,7 +547,7 @@ impl super::conformance::ConformanceTarget for RabbitMqTarget {
     }
 
     async fn clean_up(&self, _: &Arc<dyn Bus>, subscription: &str) {
-        let dead = format!("{subscription}.dead");
+        let dead = format!("{}.dead", self.bus.inner.options.queue(subscription));
         let _ = self.bus.inner.publisher.queue_delete(dead.as_str().into(), QueueDeleteOptions::default()).await;
     }
 }

@@ -327,7 +327,8 @@ impl SagaRuntime {
         timers::fire_due(&self.core, self.core.clock.now(), None).await
     }
 
-    /// Stops consuming, lets the work in hand finish (up to `grace`), flushes the store.
+    /// Stops consuming, lets the work in hand finish (up to 10 s), flushes the store and closes
+    /// the bus.
     pub async fn shutdown(self) -> Result<(), Error> {
         self.shutdown_within(Duration::from_secs(10)).await
     }
@@ -354,6 +355,7 @@ impl SagaRuntime {
         }
         self.stop_tasks().await;
         self.core.store.flush().await?;
+        self.core.bus.close().await?;
         Ok(())
     }
 
