@@ -64,6 +64,7 @@ pub struct RabbitMqOptions {
     dead_letter_exchange: String,
     prefetch: u16,
     namespace: Option<String>,
+    eshop: bool,
 }
 
 impl std::fmt::Debug for RabbitMqOptions {
@@ -85,7 +86,24 @@ impl RabbitMqOptions {
             dead_letter_exchange: "sagaflow.dead".into(),
             prefetch: 64,
             namespace: None,
+            eshop: false,
         }
+    }
+
+    /// The eShopOnContainers wire format, so that a Rust service can join an eShop system:
+    /// the direct exchange `eshop_event_bus` (not durable, as eShop declares it), routing key
+    /// = event type name, and a JSON body carrying the event's `Id` and `CreationDate`. Give
+    /// the message types eShop's names and `#[serde(rename_all = "PascalCase")]`.
+    ///
+    /// ```
+    /// use saga_core::bus::RabbitMqOptions;
+    /// let options = RabbitMqOptions::eshop("amqp://guest:guest@127.0.0.1:5672/%2f");
+    /// # let _ = options;
+    /// ```
+    pub fn eshop(url: impl Into<String>) -> Self {
+        let mut options = Self::new(url).exchange("eshop_event_bus");
+        options.eshop = true;
+        options
     }
 
     /// Puts every exchange and queue of this bus under `namespace` (`<namespace>.sagaflow`,
@@ -167,12 +185,14 @@ impl RabbitMqBus {
             .map_err(|e| transport(&format!("connection to {}", options.redacted_url()), e))?;
         let publisher = connection.create_channel().await.map_err(|e| transport("channel", e))?;
         publisher.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| transport("confirm mode", e))?;
-        for exchange in [&options.exchange, &options.dead_letter_exchange] {
+        // eShop declares its exchange non-durable; declaring it otherwise would be refused.
+        let exchanges = [(&options.exchange, !options.eshop), (&options.dead_letter_exchange, true)];
+        for (exchange, durable) in exchanges {
             publisher
                 .exchange_declare(
                     exchange.as_str().into(),
                     ExchangeKind::Direct,
-                    ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() },
+                    ExchangeDeclareOptions { durable, ..ExchangeDeclareOptions::default() },
                     FieldTable::default(),
                 )
                 .await
@@ -389,7 +409,10 @@ fn envelope(routing_key: &str, p: &BasicProperties, payload: Vec<u8>, redelivere
 
 #[async_trait::async_trait]
 impl Bus for RabbitMqBus {
-    async fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
+    async fn publish(&self, mut envelope: Envelope) -> Result<(), BusError> {
+        if self.inner.options.eshop {
+            envelope.payload = eshop::body(&envelope)?;
+        }
         let exchange = self.inner.options.exchange.clone();
         self.publish_to(&exchange, &envelope.name.clone(), &envelope, FieldTable::default()).await
     }
@@ -448,7 +471,10 @@ impl DeliveryStream for RabbitStream {
         loop {
             match self.consumer.next().await? {
                 Ok(d) => {
-                    let envelope = envelope(d.routing_key.as_str(), &d.properties, d.data, d.redelivered);
+                    let mut envelope = envelope(d.routing_key.as_str(), &d.properties, d.data, d.redelivered);
+                    if self.bus.inner.options.eshop {
+                        eshop::adopt_metadata(&mut envelope, &d.properties);
+                    }
                     let acker = RabbitAcker { bus: self.bus.clone(), acker: d.acker, queue: self.queue.clone() };
                     return Some(Delivery::new(envelope, Box::new(acker)));
                 }
@@ -549,5 +575,53 @@ impl super::conformance::ConformanceTarget for RabbitMqTarget {
     async fn clean_up(&self, _: &Arc<dyn Bus>, subscription: &str) {
         let dead = format!("{}.dead", self.bus.inner.options.queue(subscription));
         let _ = self.bus.inner.publisher.queue_delete(dead.as_str().into(), QueueDeleteOptions::default()).await;
+    }
+}
+
+/// The eShopOnContainers wire format: `Id` and `CreationDate` inside the JSON body.
+mod eshop {
+    use lapin::BasicProperties;
+    use time::OffsetDateTime;
+    use time::format_description::well_known::Rfc3339;
+    use uuid::Uuid;
+
+    use super::{BusError, NAME, transport};
+    use crate::message::{Envelope, Timestamp};
+
+    /// The payload with `Id` and `CreationDate` set from the envelope.
+    pub(super) fn body(envelope: &Envelope) -> Result<Vec<u8>, BusError> {
+        let mut json: serde_json::Value = serde_json::from_slice(&envelope.payload)
+            .map_err(|e| transport("eShop format", format!("{} is not JSON: {e}", envelope.name)))?;
+        let Some(object) = json.as_object_mut() else {
+            return Err(transport("eShop format", format!("{} is not a JSON object", envelope.name)));
+        };
+        let nanos = i128::from(envelope.created_at.0) * 1_000_000;
+        let created = OffsetDateTime::from_unix_timestamp_nanos(nanos)
+            .ok()
+            .and_then(|t| t.format(&Rfc3339).ok())
+            .ok_or_else(|| transport("eShop format", "creation time out of range"))?;
+        object.insert("Id".into(), envelope.message_id.to_string().into());
+        object.insert("CreationDate".into(), created.into());
+        serde_json::to_vec(&json).map_err(|e| transport("eShop format", e))
+    }
+
+    /// Takes the message id and creation time from the body of a message an eShop service
+    /// published (it carries none of our headers).
+    pub(super) fn adopt_metadata(envelope: &mut Envelope, properties: &BasicProperties) {
+        let ours = properties.headers().as_ref().is_some_and(|h| h.inner().contains_key(NAME));
+        if ours {
+            return;
+        }
+        let Ok(json) = serde_json::from_slice::<serde_json::Value>(&envelope.payload) else { return };
+        if let Some(id) = json.get("Id").and_then(|v| v.as_str()).and_then(|s| Uuid::parse_str(s).ok()) {
+            envelope.message_id = id;
+        }
+        let created = json.get("CreationDate").and_then(|v| v.as_str()).and_then(|s| {
+            // .NET writes seven fractional digits and may leave out the offset (UTC is meant).
+            OffsetDateTime::parse(s, &Rfc3339).or_else(|_| OffsetDateTime::parse(&format!("{s}Z"), &Rfc3339)).ok()
+        });
+        if let Some(t) = created {
+            envelope.created_at = Timestamp(u64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0));
+        }
     }
 }
