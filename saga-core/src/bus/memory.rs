@@ -215,12 +215,14 @@ impl Bus for InMemoryBus {
         };
         queue.closed.store(true, Ordering::SeqCst);
         queue.closing.notify_waiters();
+        // Close first, then drain: a publish racing with us either lands before the close (and
+        // is drained and uncounted here) or fails to send (and uncounts itself).
         let mut rx = queue.rx.lock().await;
+        rx.close();
         let mut discarded = 0;
         while rx.try_recv().is_ok() {
             discarded += 1;
         }
-        rx.close();
         self.inner.activity.done(discarded);
         Ok(())
     }

@@ -12,6 +12,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
+use std::panic::AssertUnwindSafe;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -136,7 +138,13 @@ async fn run_unit(core: &Arc<Core>, work: Work) -> Completion {
     let attempt = delivery.as_ref().map_or(1, |d| d.envelope().attempt);
     let mut conflicts = 0;
     let outcome = loop {
-        match driver.process(core, lane_key, &input).instrument(span.clone()).await {
+        // A panic in user code (or ours) fails this unit, not the lane and every instance on it.
+        let unit = AssertUnwindSafe(driver.process(core, lane_key, &input)).catch_unwind();
+        let result = match unit.instrument(span.clone()).await {
+            Ok(result) => result,
+            Err(panic) => Err(Failure::Retry(format!("the unit of work panicked: {}", panic_message(&panic)))),
+        };
+        match result {
             Err(Failure::Conflict) if conflicts < CONFLICT_RETRIES => conflicts += 1,
             other => break other,
         }
@@ -193,10 +201,33 @@ async fn run_unit(core: &Arc<Core>, work: Work) -> Completion {
     completion
 }
 
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-text panic".to_owned())
+}
+
+/// Waits for a commit to become durable, retrying the flush a few times: the commit is already
+/// visible, so giving up on it would strand its outbox until a restart.
+async fn await_durable(core: &Core, durable: Durable) -> Result<(), crate::store::StoreError> {
+    let mut result = durable.await;
+    let mut backoff = Duration::from_millis(50);
+    for _ in 0..8 {
+        let Err(e) = &result else { break };
+        tracing::warn!(error = %e, ?backoff, "flush failed, retrying");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+        result = core.store.barrier().await;
+    }
+    result
+}
+
 async fn run_completions(core: Arc<Core>, mut rx: mpsc::Receiver<Completion>, follow_ups: mpsc::UnboundedSender<Work>) {
     while let Some(c) = rx.recv().await {
         let durable = match c.durable {
-            Some(d) => d.await,
+            Some(d) => await_durable(&core, d).await,
             None => Ok(()),
         };
         let outbox_len = c.outbox.len();
@@ -233,10 +264,10 @@ async fn run_completions(core: Arc<Core>, mut rx: mpsc::Receiver<Completion>, fo
         if let Some(key) = c.timer {
             if failed {
                 // Do not refire a failing timer in a tight loop.
-                let core = core.clone();
+                let timers = core.timers.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    core.timers.release(key);
+                    timers.release(key);
                 });
             } else {
                 core.timers.release(key);

@@ -55,7 +55,7 @@ pub(crate) struct Core {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) activity: Arc<Activity>,
     pub(crate) relay: RelayHandle,
-    pub(crate) timers: TimerService,
+    pub(crate) timers: Arc<TimerService>,
     pub(crate) sagas: HashMap<String, Arc<dyn Driver>>,
     pub(crate) lanes: Lanes,
 }
@@ -160,7 +160,7 @@ impl SagaRuntimeBuilder {
             clock: self.clock,
             activity: Activity::new(),
             relay,
-            timers: TimerService::default(),
+            timers: Arc::new(TimerService::default()),
             sagas,
             lanes,
         });

@@ -116,6 +116,7 @@ impl<A: Message, B: Message> HandlerOutput for Result<A, B> {
 
 /// What a participant's handler can do besides reading its input.
 pub struct HandlerContext {
+    consumer: Uuid,
     store: Arc<dyn Store>,
     codec: Arc<dyn Codec>,
     scope: String,
@@ -167,7 +168,7 @@ impl HandlerContext {
     /// The envelope of a reply or event, the `position`-th caused by the input.
     pub(crate) fn envelope<M: Message>(&self, message: &M, position: u32) -> Result<Envelope, HandlerError> {
         Ok(Envelope {
-            message_id: derive_id(self.input_id, position),
+            message_id: derive_id(self.consumer, self.input_id, position),
             name: M::NAME.to_owned(),
             payload: self.codec.encode(message).map_err(HandlerError::permanent)?,
             created_at: self.now,
@@ -202,7 +203,8 @@ impl HandlerContext {
             return self.codec.decode(bytes).map(Some).map_err(HandlerError::permanent);
         }
         let record = self.store.entity(&self.scope, key).await.map_err(store_error)?;
-        self.versions.insert(key.to_owned(), record.as_ref().map_or(0, |r| r.version));
+        // The first read's version is what a write must find unchanged.
+        self.versions.entry(key.to_owned()).or_insert(record.as_ref().map_or(0, |r| r.version));
         match record {
             Some(r) => self.codec.decode(&r.value).map(Some).map_err(HandlerError::permanent),
             None => Ok(None),
@@ -280,6 +282,7 @@ impl<H: Handler> Driver for ParticipantDriver<H> {
             .decode(&*core.codec)
             .map_err(|e| Failure::DeadLetter(format!("undecodable {}: {e}", envelope.name)))?;
         let mut ctx = HandlerContext {
+            consumer: self.consumer,
             store: core.store.clone(),
             codec: core.codec.clone(),
             scope: self.handler.scope().to_owned(),

@@ -40,6 +40,8 @@ impl RelayHandle {
 
 /// Publishes what an earlier run left in the outbox. Runs before any consumer starts.
 pub(crate) async fn drain_leftovers(core: &Core) -> Result<usize, crate::Error> {
+    // A store reopened in this process may hold commits that are applied but not yet flushed.
+    core.store.barrier().await?;
     let mut total = 0;
     loop {
         let entries = core.store.outbox(BATCH).await?;

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::Core;
 use super::driver::{Driver, Failure, Input, Routed, Unit};
-use super::transition::Transition;
+use super::transition::{LOCAL_LEASE, Transition};
 use crate::message::{Codec, CodecExt, Envelope};
 use crate::saga::{Action, DefinitionError, Route, Saga, SagaDefinition, StepContext, StepError, instance_id};
 use crate::store::{Commit, HistoryEvent, InstanceRecord, MessageRef, Phase, SagaStatus, TimerPurpose, TimerRecord};
@@ -161,7 +161,12 @@ impl<S: Saga> SagaDriver<S> {
         };
         let previous = Some((record.version, record.status.kind()));
         let now = core.clock.now();
-        let state = self.decode_state(&*core.codec, &record)?;
+        let state = match self.decode_state(&*core.codec, &record) {
+            Ok(state) => state,
+            // A timer cannot be dead-lettered: park the instance, or it would fire forever.
+            Err(Failure::DeadLetter(reason)) => return self.park(core, record, timer, reason, now).await,
+            Err(other) => return Err(other),
+        };
         if !self.step_exists(step) {
             let mut t = Transition::new(&self.def, &*core.codec, now, timer.key.timer_id, record, state);
             t.fail(format!("the definition has no step #{step}: was the saga changed while instances ran?"));
@@ -205,14 +210,46 @@ impl<S: Saga> SagaDriver<S> {
             idempotency_key: format!("{}/{step}/{phase:?}", record.id),
         };
         let run = run(state, ctx);
-        // Local code runs in real time, whatever the runtime's clock: it does real work.
-        Ok(match s.phase_timeout(phase) {
-            Some(limit) => match tokio::time::timeout(limit, run).await {
-                Ok(result) => (result, false),
-                Err(_) => (Err(StepError::Transient(format!("did not finish within {limit:?}"))), true),
-            },
-            None => (run.await, false),
+        // Local code runs in real time, whatever the runtime's clock: it does real work. It
+        // holds its lane while it runs, so it is always bounded (by the lease without a timeout).
+        let limit = s.phase_timeout(phase).unwrap_or(LOCAL_LEASE);
+        Ok(match tokio::time::timeout(limit, run).await {
+            Ok(result) => (result, false),
+            Err(_) => (Err(StepError::Transient(format!("did not finish within {limit:?}"))), true),
         })
+    }
+
+    /// Marks an instance `Failed` without touching its state (which may not decode).
+    async fn park(
+        &self,
+        core: &Core,
+        mut record: InstanceRecord,
+        timer: &TimerRecord,
+        reason: String,
+        now: crate::message::Timestamp,
+    ) -> Result<Unit, Failure> {
+        tracing::error!(instance = %record.id, %reason, "parking a saga instance");
+        let previous = Some((record.version, record.status.kind()));
+        let mut timers_remove = vec![timer.key];
+        timers_remove.extend(record.awaiting.take().and_then(|a| a.timer));
+        record.status = SagaStatus::Failed { reason };
+        record.version += 1;
+        record.updated_at = now;
+        let history = crate::store::HistoryEntry {
+            version: record.version,
+            at: now,
+            cause: Some(MessageRef { id: timer.key.timer_id, name: "timer".into() }),
+            events: vec![HistoryEvent::StatusChanged { to: record.status.clone() }],
+        };
+        let commit = Commit {
+            inbox: Some((record.id, timer.key.timer_id)),
+            instance: Some(crate::store::InstanceWrite { record, previous }),
+            timers_remove,
+            history: Some(history),
+            ..Commit::default()
+        };
+        let committed = core.store.commit(commit).await?;
+        Ok(Unit::Committed { committed, outbox: Vec::new(), follow_up: None, timers_added: false })
     }
 
     async fn drop_timer(&self, core: &Core, timer: &TimerRecord) -> Result<Unit, Failure> {

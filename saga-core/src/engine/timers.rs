@@ -58,13 +58,16 @@ pub(crate) async fn fire_due(core: &Arc<Core>, upto: Timestamp, only: Option<fn(
         let full = timers.len() == BATCH;
         after = timers.last().map(|t| t.key);
         for timer in timers {
-            if only.is_some_and(|keep| !keep(&timer)) || !core.timers.in_flight().insert(timer.key) {
+            if only.is_some_and(|keep| !keep(&timer)) {
                 continue;
             }
             let Some(driver) = core.sagas.get(&timer.saga).cloned() else {
-                tracing::warn!(saga = %timer.saga, "timer of a saga this runtime does not run");
+                tracing::debug!(saga = %timer.saga, "timer of a saga this runtime does not run");
                 continue;
             };
+            if !core.timers.in_flight().insert(timer.key) {
+                continue;
+            }
             fired += 1;
             let work = Work {
                 driver,

@@ -18,10 +18,10 @@ use crate::store::{
     TimerKey, TimerPurpose, TimerRecord,
 };
 
-/// How far ahead a local step's lease timer is set when the step has no timeout. Within a
-/// process the run holds its lane, so the timer only matters after a crash: on restart every
-/// lease timer fires at once (see `timers::run`), and otherwise when it comes due.
-const LOCAL_LEASE: Duration = Duration::from_secs(60);
+/// How far ahead a local step's lease timer is set, and how long its run may take, when the
+/// step has no timeout. Within a process the run holds its lane, so the timer only matters
+/// after a crash: on restart every lease timer fires at once (see `timers::run`).
+pub(crate) const LOCAL_LEASE: Duration = Duration::from_secs(60);
 
 /// Why an attempt failed; decides whether the step is retried and what is compensated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,7 +102,7 @@ impl<'a, S: Saga> Transition<'a, S> {
     }
 
     fn next_id(&mut self) -> Uuid {
-        let id = derive_id(self.cause, self.position);
+        let id = derive_id(self.record.id, self.cause, self.position);
         self.position += 1;
         id
     }

@@ -6,17 +6,24 @@ pub fn new_message_id() -> Uuid {
     Uuid::now_v7()
 }
 
-/// The id of the `position`-th message caused by `cause` (UUID v5 in the namespace of the cause).
+/// The id of the `position`-th message that `consumer` (a saga instance or a participant)
+/// sends because of message `cause` (UUID v5).
 ///
 /// Deterministic on purpose: when a unit of work is re-run after a crash it produces the same
 /// outgoing ids, so downstream consumers deduplicate what the first run may already have sent.
+/// The consumer is part of it because one message may cause work in several consumers, whose
+/// messages must not share ids (a participant would take the second for a duplicate).
 ///
 /// ```
 /// use saga_core::message::{derive_id, new_message_id};
-/// let cause = new_message_id();
-/// assert_eq!(derive_id(cause, 0), derive_id(cause, 0));
-/// assert_ne!(derive_id(cause, 0), derive_id(cause, 1));
+/// let (saga, other, cause) = (new_message_id(), new_message_id(), new_message_id());
+/// assert_eq!(derive_id(saga, cause, 0), derive_id(saga, cause, 0));
+/// assert_ne!(derive_id(saga, cause, 0), derive_id(saga, cause, 1));
+/// assert_ne!(derive_id(saga, cause, 0), derive_id(other, cause, 0));
 /// ```
-pub fn derive_id(cause: Uuid, position: u32) -> Uuid {
-    Uuid::new_v5(&cause, &position.to_be_bytes())
+pub fn derive_id(consumer: Uuid, cause: Uuid, position: u32) -> Uuid {
+    let mut name = [0u8; 20];
+    name[..16].copy_from_slice(cause.as_bytes());
+    name[16..].copy_from_slice(&position.to_be_bytes());
+    Uuid::new_v5(&consumer, &name)
 }

@@ -98,6 +98,6 @@ impl RetryPolicy {
         } else {
             capped
         };
-        Some(Duration::from_secs_f64(delay))
+        Some(Duration::try_from_secs_f64(delay).unwrap_or(self.max_delay))
     }
 }

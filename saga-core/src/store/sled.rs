@@ -76,10 +76,10 @@ pub struct SledKv {
     db: sled::Db,
     path: PathBuf,
     durability: Durability,
-    group: Option<GroupCommit>,
+    group: Option<Flusher>,
 }
 
-struct GroupCommit {
+struct Flusher {
     waiters: Option<mpsc::Sender<Waiter>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -127,22 +127,27 @@ impl SledKv {
                 }
             }
         };
-        let group = match options.durability {
-            Durability::Group { max_delay, max_batch } => Some(GroupCommit::start(db.clone(), max_delay, max_batch)?),
-            _ => None,
+        // Every flush goes through one thread: sled 0.34 can deadlock when flushes run
+        // concurrently (`flush_async` from many tasks), and a blocking flush must not hold a
+        // runtime worker. `Immediate` is the degenerate group of one.
+        let (max_delay, max_batch) = match options.durability {
+            Durability::Group { max_delay, max_batch } => (max_delay, max_batch),
+            Durability::Immediate => (Duration::ZERO, 1),
+            Durability::None => (Duration::ZERO, usize::MAX),
         };
+        let group = Some(Flusher::start(db.clone(), max_delay, max_batch)?);
         Ok(SledKv { db, path: path.to_path_buf(), durability: options.durability, group })
     }
 }
 
-impl GroupCommit {
+impl Flusher {
     fn start(db: sled::Db, max_delay: Duration, max_batch: usize) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel::<Waiter>();
         let thread = std::thread::Builder::new()
-            .name("sagaflow-group-commit".into())
+            .name("sagaflow-flush".into())
             .spawn(move || group_commit_loop(&db, &rx, max_delay, max_batch.max(1)))
-            .map_err(|e| StoreError::Io(format!("cannot start the group-commit thread: {e}")))?;
-        Ok(GroupCommit { waiters: Some(tx), thread: Some(thread) })
+            .map_err(|e| StoreError::Io(format!("cannot start the flush thread: {e}")))?;
+        Ok(Flusher { waiters: Some(tx), thread: Some(thread) })
     }
 }
 
@@ -230,27 +235,18 @@ impl OrderedKv for SledKv {
     fn durable(&self) -> Durable {
         match self.durability {
             Durability::None => futures::future::ready(Ok(())).boxed(),
-            Durability::Immediate => self.flush(),
-            Durability::Group { .. } => {
-                let (tx, rx) = oneshot::channel();
-                let sent =
-                    self.group.as_ref().and_then(|g| g.waiters.as_ref()).map(|w| w.send(tx).is_ok()).unwrap_or(false);
-                if !sent {
-                    return futures::future::ready(Err(StoreError::Io("the group-commit thread has stopped".into())))
-                        .boxed();
-                }
-                async move {
-                    rx.await
-                        .unwrap_or_else(|_| Err(StoreError::Io("the group-commit thread has stopped".into())))
-                }
-                .boxed()
-            }
+            Durability::Immediate | Durability::Group { .. } => self.flush(),
         }
     }
 
     fn flush(&self) -> BoxFuture<'static, Result<(), StoreError>> {
-        let db = self.db.clone();
-        async move { db.flush_async().await.map(|_| ()).map_err(io) }.boxed()
+        let stopped = || StoreError::Io("the flush thread has stopped".into());
+        let (tx, rx) = oneshot::channel();
+        let sent = self.group.as_ref().and_then(|g| g.waiters.as_ref()).is_some_and(|w| w.send(tx).is_ok());
+        if !sent {
+            return futures::future::ready(Err(stopped())).boxed();
+        }
+        async move { rx.await.unwrap_or_else(|_| Err(stopped())) }.boxed()
     }
 
     fn location(&self) -> String {
