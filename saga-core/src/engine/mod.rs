@@ -58,6 +58,7 @@ pub(crate) struct Core {
     pub(crate) timers: Arc<TimerService>,
     pub(crate) sagas: HashMap<String, Arc<dyn Driver>>,
     pub(crate) lanes: Lanes,
+    pub(crate) max_message_bytes: usize,
 }
 
 /// Configures and starts a [`SagaRuntime`].
@@ -67,6 +68,7 @@ pub struct SagaRuntimeBuilder {
     codec: Arc<dyn Codec>,
     clock: Arc<dyn Clock>,
     lanes: usize,
+    max_message_bytes: usize,
     drivers: Vec<Arc<dyn Driver>>,
     errors: Vec<String>,
 }
@@ -79,6 +81,7 @@ impl Default for SagaRuntimeBuilder {
             codec: Arc::new(JsonCodec),
             clock: Arc::new(SystemClock),
             lanes: 16,
+            max_message_bytes: 4 * 1024 * 1024,
             drivers: Vec::new(),
             errors: Vec::new(),
         }
@@ -113,6 +116,13 @@ impl SagaRuntimeBuilder {
     /// How many lanes run units of work in parallel (default 16).
     pub fn lanes(mut self, lanes: usize) -> Self {
         self.lanes = lanes.max(1);
+        self
+    }
+
+    /// The largest payload accepted (default 4 MiB); larger deliveries are dead-lettered
+    /// before they are decoded.
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
         self
     }
 
@@ -163,6 +173,7 @@ impl SagaRuntimeBuilder {
             timers: Arc::new(TimerService::default()),
             sagas,
             lanes,
+            max_message_bytes: self.max_message_bytes,
         });
         // Subscribe before anything is published, so that no message (ours or a leftover)
         // goes to a name nobody is bound to yet.
@@ -191,7 +202,13 @@ impl SagaRuntimeBuilder {
 async fn consume(core: Arc<Core>, driver: Arc<dyn Driver>, mut consumer: Consumer) {
     while let Some(delivery) = consumer.next().await {
         let guard = core.activity.guard();
-        match driver.route(&*core.codec, delivery.envelope()) {
+        let size = delivery.envelope().payload.len();
+        let routed = if size > core.max_message_bytes {
+            Err(format!("payload of {size} bytes exceeds the limit of {} bytes", core.max_message_bytes))
+        } else {
+            driver.route(&*core.codec, delivery.envelope())
+        };
+        match routed {
             Ok(routed) => {
                 core.lanes
                     .dispatch(Work {

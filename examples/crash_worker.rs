@@ -1,0 +1,160 @@
+//! The reliability suite's worker: the whole order workload in one process (the order saga
+//! and its catalog, payment and shipping participants) on a sled store and RabbitMQ, so that a
+//! test can SIGKILL it at any moment, start it again on the same directory, and check that
+//! nothing was lost or done twice.
+//!
+//! ```text
+//! crash_worker run DIR NAMESPACE ORDERS     seeds stock and submits orders once (idempotent across
+//!                                           restarts), then works until killed or done
+//! crash_worker check DIR ORDERS             exits 0 if every order is terminal and the books balance
+//! ```
+
+#[path = "order_saga/domain.rs"]
+#[allow(dead_code)]
+mod domain;
+#[path = "order_saga/services.rs"]
+#[allow(dead_code)]
+mod services;
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use sagaflow::bus::{Bus, RabbitMqBus, RabbitMqOptions};
+use sagaflow::message::{Envelope, JsonCodec};
+use sagaflow::prelude::*;
+use sagaflow::store::Store;
+use uuid::Uuid;
+
+use domain::*;
+use services::*;
+
+const PRODUCTS: u32 = 8;
+const UNITS: u32 = 10_000;
+
+fn order(n: u32) -> OrderSubmitted {
+    let buyer = if n % 10 == 3 { format!("declined-{n}") } else { format!("buyer-{n}") };
+    let items = vec![OrderItem { product_id: 1 + n % PRODUCTS, units: 1 + n % 3 }];
+    OrderSubmitted { order_id: Uuid::from_u128(7_000_000 + u128::from(n)), buyer, items, total_cents: 1_000 }
+}
+
+async fn run(dir: &Path, namespace: &str, orders: u32) -> Result<(), Box<dyn std::error::Error>> {
+    let url = std::env::var("SAGA_TEST_AMQP_URL")?;
+    let bus = RabbitMqBus::connect(RabbitMqOptions::new(url).namespace(namespace)).await?;
+    let store = SledStore::open(dir.join("store"))?;
+    let runtime = register(SagaRuntime::builder().store(store).bus(bus.clone())).build().await?;
+    // Submitting again after a crash is harmless: the messages keep their ids, so the catalog's
+    // inbox drops a second delivery of the stock, and a second start finds its instance.
+    let marker = dir.join("submitted");
+    if !marker.exists() {
+        let fixed = |n: u128, mut e: Envelope| {
+            e.message_id = Uuid::from_u128(n);
+            e
+        };
+        for product_id in 1..=PRODUCTS {
+            let e = Envelope::encode(&JsonCodec, &StockAdded { product_id, units: UNITS })?;
+            bus.publish(fixed(u128::from(product_id), e)).await?;
+        }
+        for n in 0..orders {
+            bus.publish(fixed(1_000 + u128::from(n), Envelope::encode(&JsonCodec, &order(n))?)).await?;
+        }
+        std::fs::write(&marker, b"")?;
+    }
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let store = runtime.store();
+        let open = store.instances_with_status(StatusKind::Running, usize::MAX).await?.len()
+            + store.instances_with_status(StatusKind::Compensating, usize::MAX).await?.len();
+        let done = store.instances_with_status(StatusKind::Completed, usize::MAX).await?.len()
+            + store.instances_with_status(StatusKind::Compensated, usize::MAX).await?.len();
+        if open == 0 && done >= orders as usize {
+            break;
+        }
+    }
+    runtime.shutdown().await?;
+    Ok(())
+}
+
+async fn record<T: serde::de::DeserializeOwned>(store: &dyn Store, scope: &str, key: &str) -> Option<T> {
+    serde_json::from_slice(&store.entity(scope, key).await.ok()??.value).ok()
+}
+
+async fn check(dir: &Path, orders: u32) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let store = SledStore::open(dir.join("store"))?;
+    let mut problems = Vec::new();
+    let ids = |k| store.instances_with_status(k, usize::MAX);
+    let completed = ids(StatusKind::Completed).await?;
+    let compensated = ids(StatusKind::Compensated).await?;
+    let open = ids(StatusKind::Running).await?.len() + ids(StatusKind::Compensating).await?.len();
+    let failed = ids(StatusKind::Failed).await?.len();
+    if open + failed > 0 || completed.len() + compensated.len() != orders as usize {
+        problems.push(format!(
+            "not all terminal: {} completed, {} compensated, {failed} failed, {open} open of {orders}",
+            completed.len(),
+            compensated.len()
+        ));
+    }
+    let declined = (0..orders).filter(|n| n % 10 == 3).count();
+    if compensated.len() != declined {
+        problems.push(format!("{} compensated, expected the {declined} declined", compensated.len()));
+    }
+    let mut on_shelves = 0u64;
+    for p in 1..=PRODUCTS {
+        on_shelves += u64::from(record::<u32>(&store, "catalog", &stock_key(p)).await.unwrap_or(0));
+    }
+    let mut reserved = 0u64;
+    for id in &completed {
+        let Some(instance) = store.instance(*id).await? else { continue };
+        let o: OrderSaga = serde_json::from_slice(&instance.state)?;
+        match record::<Reservation>(&store, "catalog", &reservation_key(o.order_id)).await {
+            Some(r) if !r.released => reserved += r.items.iter().map(|i| u64::from(i.units)).sum::<u64>(),
+            _ => problems.push(format!("order {} completed without a held reservation", o.order_id)),
+        }
+        if record::<Charge>(&store, "payment.charge", &format!("charge/{}", o.order_id)).await.is_none() {
+            problems.push(format!("order {} completed without a charge", o.order_id));
+        }
+        if record::<u32>(&store, "shipping.ship", &format!("shipment/{}", o.order_id)).await.is_none() {
+            problems.push(format!("order {} completed without a shipment", o.order_id));
+        }
+    }
+    let delivered = u64::from(PRODUCTS * UNITS);
+    if on_shelves + reserved != delivered {
+        problems.push(format!("stock: {on_shelves} on shelves + {reserved} reserved != {delivered} delivered"));
+    }
+    if !store.outbox(10).await?.is_empty() {
+        problems.push("the outbox is not empty".into());
+    }
+    if let Some(t) = store.next_timer(sagaflow::message::Timestamp(0)).await? {
+        problems.push(format!("a timer is left: {t:?}"));
+    }
+    Ok(problems)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let result = match args.get(1).map(String::as_str) {
+        Some("run") if args.len() == 5 => match args[4].parse() {
+            Ok(orders) => run(Path::new(&args[2]), &args[3], orders).await.map(|()| Vec::new()),
+            Err(e) => Err(e.into()),
+        },
+        Some("check") if args.len() == 4 => match args[3].parse() {
+            Ok(orders) => check(Path::new(&args[2]), orders).await,
+            Err(e) => Err(e.into()),
+        },
+        _ => Err("usage: crash_worker run DIR NAMESPACE ORDERS | crash_worker check DIR ORDERS".into()),
+    };
+    match result {
+        Ok(problems) if problems.is_empty() => ExitCode::SUCCESS,
+        Ok(problems) => {
+            for p in problems {
+                eprintln!("{p}");
+            }
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
