@@ -131,3 +131,16 @@ async fn a_rabbitmq_restart_during_1000_sagas_loses_and_duplicates_nothing() {
     };
     run_orders(bus, 1000, restart).await;
 }
+
+#[cfg(feature = "nats")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_order_saga_runs_across_nats_jetstream() {
+    use sagaflow::bus::{NatsBus, NatsOptions};
+    let Ok(url) = std::env::var("SAGA_TEST_NATS_URL") else {
+        sagaflow::bus::conformance::say_skipped("order saga on NATS", "SAGA_TEST_NATS_URL");
+        return;
+    };
+    let run = Uuid::now_v7().simple().to_string();
+    let options = NatsOptions::new(url).prefix(format!("orders-{run}")).stream(format!("ORDERS_{run}"));
+    run_orders(NatsBus::connect(options).await.unwrap(), 200, |_| async {}).await;
+}

@@ -1,0 +1,280 @@
+//! The order saga across processes: the orchestrator and the catalog, payment and shipping
+//! services each run as their own process with their own sled store, talking over RabbitMQ
+//! (or NATS JetStream with `--bus nats`). `run.sh` beside this file starts them, pushes
+//! orders, kills the payment service mid-run, restarts it, and prints the summary.
+//!
+//! ```text
+//! cargo run --example order_distributed --features rabbitmq -- orchestrator --dir DIR
+//! cargo run --example order_distributed --features rabbitmq -- service catalog --dir DIR
+//! cargo run --example order_distributed --features rabbitmq -- push --orders 300
+//! cargo run --example order_distributed --features rabbitmq -- summary --dir DIR --orders 300
+//! ```
+
+#[path = "../order_saga/domain.rs"]
+#[allow(dead_code)]
+mod domain;
+#[path = "../order_saga/services.rs"]
+#[allow(dead_code)]
+mod services;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use sagaflow::bus::{Bus, EventBus, RabbitMqBus, RabbitMqOptions};
+use sagaflow::engine::SagaRuntimeBuilder;
+use sagaflow::prelude::*;
+use sagaflow::store::Store;
+use uuid::Uuid;
+
+use domain::*;
+use services::*;
+
+#[derive(Parser)]
+#[command(about = "The order saga across processes on a real broker")]
+struct Args {
+    /// The broker.
+    #[arg(long, value_enum, default_value_t = Broker::Rabbitmq, global = true)]
+    bus: Broker,
+    #[command(subcommand)]
+    role: Role,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Broker {
+    Rabbitmq,
+    Nats,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Service {
+    Catalog,
+    Payment,
+    Shipping,
+}
+
+#[derive(Subcommand)]
+enum Role {
+    /// Runs the order saga, writing progress to DIR/orchestrator.status.
+    Orchestrator {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Runs one participant service.
+    Service {
+        #[arg(value_enum)]
+        service: Service,
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Delivers stock and submits orders.
+    Push {
+        #[arg(long, default_value_t = 300)]
+        orders: u32,
+    },
+    /// Reads every store (the processes must be stopped) and prints the summary.
+    Summary {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 300)]
+        orders: u32,
+    },
+}
+
+const PRODUCTS: u32 = 20;
+const UNITS_PER_PRODUCT: u32 = 80;
+
+async fn connect(broker: Broker) -> Result<Arc<dyn Bus>, Box<dyn std::error::Error>> {
+    Ok(match broker {
+        Broker::Rabbitmq => {
+            let url = std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+            Arc::new(RabbitMqBus::connect(RabbitMqOptions::new(url).namespace("order-demo")).await?)
+        }
+        #[cfg(feature = "nats")]
+        Broker::Nats => {
+            use sagaflow::bus::{NatsBus, NatsOptions};
+            let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+            Arc::new(NatsBus::connect(NatsOptions::new(url).prefix("order-demo").stream("ORDER_DEMO")).await?)
+        }
+        #[cfg(not(feature = "nats"))]
+        Broker::Nats => return Err("this build has no NATS transport: build with --features nats".into()),
+    })
+}
+
+fn store(dir: &Path, name: &str) -> Result<SledStore, Box<dyn std::error::Error>> {
+    std::fs::create_dir_all(dir)?;
+    Ok(SledStore::open(dir.join(name))?)
+}
+
+fn participants(builder: SagaRuntimeBuilder, service: Service) -> SagaRuntimeBuilder {
+    match service {
+        Service::Catalog => builder.handler(restock).handler(reserve_stock).handler(release_stock),
+        Service::Payment => builder.handler(charge_payment),
+        Service::Shipping => builder.handler(ship_order),
+    }
+}
+
+fn service_name(service: Service) -> &'static str {
+    match service {
+        Service::Catalog => "catalog",
+        Service::Payment => "payment",
+        Service::Shipping => "shipping",
+    }
+}
+
+/// Runs until SIGTERM or Ctrl-C, then shuts down gracefully.
+async fn until_stopped(runtime: SagaRuntime, mut tick: impl FnMut() -> Option<tokio::task::JoinHandle<()>>) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot listen for SIGTERM: {e}");
+            return;
+        }
+    };
+    let mut every = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = every.tick() => { if let Some(t) = tick() { let _ = t.await; } }
+        }
+    }
+    if let Err(e) = runtime.shutdown().await {
+        eprintln!("shutdown: {e}");
+    }
+}
+
+async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
+    match args.role {
+        Role::Orchestrator { dir } => {
+            let runtime = SagaRuntime::builder()
+                .store(store(&dir, "orchestrator")?)
+                .bus(connect(args.bus).await?)
+                .saga::<OrderSaga>()
+                .build()
+                .await?;
+            let status_file = dir.join("orchestrator.status");
+            let store = runtime.store();
+            until_stopped(runtime, || {
+                let (store, status_file) = (store.clone(), status_file.clone());
+                Some(tokio::spawn(async move {
+                    let count = |k| {
+                        let store = store.clone();
+                        async move { store.instances_with_status(k, usize::MAX).await.map(|v| v.len()).unwrap_or(0) }
+                    };
+                    let line = format!(
+                        "completed={} compensated={} failed={} open={}\n",
+                        count(StatusKind::Completed).await,
+                        count(StatusKind::Compensated).await,
+                        count(StatusKind::Failed).await,
+                        count(StatusKind::Running).await + count(StatusKind::Compensating).await,
+                    );
+                    let _ = std::fs::write(&status_file, line);
+                }))
+            })
+            .await;
+            Ok(true)
+        }
+        Role::Service { service, dir } => {
+            let builder =
+                SagaRuntime::builder().store(store(&dir, service_name(service))?).bus(connect(args.bus).await?);
+            let runtime = participants(builder, service).build().await?;
+            until_stopped(runtime, || None).await;
+            Ok(true)
+        }
+        Role::Push { orders } => {
+            let bus = connect(args.bus).await?;
+            let events = EventBus::new(bus.clone());
+            for product_id in 1..=PRODUCTS {
+                events.publish(&StockAdded { product_id, units: UNITS_PER_PRODUCT }).await?;
+            }
+            for n in 0..orders {
+                events.publish(&order(n)).await?;
+            }
+            bus.close().await?;
+            Ok(true)
+        }
+        Role::Summary { dir, orders } => summary(&dir, orders).await,
+    }
+}
+
+/// The n-th order, as in the embedded example.
+fn order(n: u32) -> OrderSubmitted {
+    let mix = n.wrapping_mul(2_654_435_761);
+    let items = (0..1 + mix % 3)
+        .map(|i| OrderItem { product_id: 1 + (mix >> (4 + i * 5)) % PRODUCTS, units: 1 + (mix >> (9 + i * 3)) % 5 })
+        .collect();
+    let buyer = if n % 10 == 7 { format!("declined-{n}") } else { format!("buyer-{n}") };
+    OrderSubmitted {
+        order_id: Uuid::from_u128(0x0_5a6a_0000_0000_0000_0000_0000_0000 + u128::from(n)),
+        buyer,
+        items,
+        total_cents: u64::from(1_000 + mix % 9_000),
+    }
+}
+
+async fn record<T: serde::de::DeserializeOwned>(store: &dyn Store, scope: &str, key: &str) -> Option<T> {
+    let r = store.entity(scope, key).await.ok()??;
+    serde_json::from_slice(&r.value).ok()
+}
+
+async fn summary(dir: &Path, orders: u32) -> Result<bool, Box<dyn std::error::Error>> {
+    let orchestrator = store(dir, "orchestrator")?;
+    let (catalog, payment, shipping) = (store(dir, "catalog")?, store(dir, "payment")?, store(dir, "shipping")?);
+    let ids = |k| orchestrator.instances_with_status(k, usize::MAX);
+    let (completed, compensated) = (ids(StatusKind::Completed).await?, ids(StatusKind::Compensated).await?);
+    let failed = ids(StatusKind::Failed).await?.len();
+    let open = ids(StatusKind::Running).await?.len() + ids(StatusKind::Compensating).await?.len();
+    let mut on_shelves = 0u64;
+    for product in 1..=PRODUCTS {
+        on_shelves += u64::from(record::<u32>(&catalog, "catalog", &stock_key(product)).await.unwrap_or(0));
+    }
+    let (mut reserved, mut charges, mut shipments) = (0u64, 0usize, 0usize);
+    for id in &completed {
+        let Some(instance) = orchestrator.instance(*id).await? else { continue };
+        let state: OrderSaga = serde_json::from_slice(&instance.state)?;
+        if let Some(r) = record::<Reservation>(&catalog, "catalog", &reservation_key(state.order_id)).await {
+            reserved += if r.released { 0 } else { r.items.iter().map(|i| u64::from(i.units)).sum::<u64>() };
+        }
+        charges += usize::from(
+            record::<Charge>(&payment, "payment.charge", &format!("charge/{}", state.order_id)).await.is_some(),
+        );
+        shipments += usize::from(
+            record::<u32>(&shipping, "shipping.ship", &format!("shipment/{}", state.order_id)).await.is_some(),
+        );
+    }
+    let delivered = u64::from(PRODUCTS * UNITS_PER_PRODUCT);
+    let mark = |ok: bool| if ok { "ok" } else { "MISMATCH" };
+    let (stock_ok, pay_ok, ship_ok) =
+        (on_shelves + reserved == delivered, charges == completed.len(), shipments == completed.len());
+    let all_done = open == 0 && completed.len() + compensated.len() + failed == orders as usize;
+    println!("order saga across processes: {orders} orders, stores in {}", dir.display());
+    println!("  completed     {:>6}", completed.len());
+    println!("  compensated   {:>6}", compensated.len());
+    println!("  failed        {failed:>6}");
+    println!("  still running {open:>6}");
+    println!(
+        "  stock         {delivered} delivered = {on_shelves} on shelves + {reserved} reserved for completed orders: {}",
+        mark(stock_ok)
+    );
+    println!("  payments      {charges} charges for {} completed orders: {}", completed.len(), mark(pay_ok));
+    println!("  shipments     {shipments} shipments for {} completed orders: {}", completed.len(), mark(ship_ok));
+    Ok(all_done && stock_ok && pay_ok && ship_ok)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .init();
+    match run(Args::parse()).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
