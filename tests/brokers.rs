@@ -141,6 +141,9 @@ async fn the_order_saga_runs_across_nats_jetstream() {
         return;
     };
     let run = Uuid::now_v7().simple().to_string();
-    let options = NatsOptions::new(url).prefix(format!("orders-{run}")).stream(format!("ORDERS_{run}"));
+    let options = NatsOptions::new(url)
+        .prefix(format!("orders-{run}"))
+        .stream(format!("ORDERS_{run}"))
+        .dead_letter_stream(format!("ORDERS_{run}_DEAD"));
     run_orders(NatsBus::connect(options).await.unwrap(), 200, |_| async {}).await;
 }

@@ -70,7 +70,9 @@
 //! `nats://user:password@host` or `nats://token@host` for credentials, `tls://` for TLS), the
 //! subject prefix and stream names (so several environments share a server), `ack_wait`
 //! (longer than the slowest handler), `max_deliver`, the prefetch per consumer, and stream
-//! limits.
+//! limits. Consumer settings (`ack_wait`, `max_ack_pending`, `inactive_threshold`) are applied
+//! to a subscription's durables whenever it is subscribed, so a redeployment with new values
+//! takes effect, and processes sharing a subscription should agree on them.
 //!
 //! # Wire format
 //!
@@ -463,8 +465,26 @@ impl NatsOptions {
     }
 }
 
-/// A [`Bus`] on NATS JetStream; see the [module documentation](self) for the topology and the
-/// guarantees.
+/// A [`Bus`] on NATS JetStream (feature `nats`).
+///
+/// Topology, with the default [`NatsOptions`] (all created or brought in line on connect and
+/// subscribe, all file-backed):
+///
+/// | what | name | purpose |
+/// | --- | --- | --- |
+/// | stream | `SAGAFLOW` | captures `sagaflow.msg.>`, interest retention: a message stays until every subscription bound to its name acked it |
+/// | subject | `sagaflow.msg.<name>` | one per message name; `[A-Za-z0-9_-]` and inner dots kept, other bytes `%XX` |
+/// | durable pull consumer | `<subscription>_<hash>_<name>_<hash>` | one per subscription and bound name, explicit acks; a subscription's consumers compete on it |
+/// | stream | `SAGAFLOW_DEAD` | captures `sagaflow.dead.>` |
+/// | subject | `sagaflow.dead.<subscription>` | a subscription's dead letters, with a `sagaflow-dead-reason` header |
+///
+/// Guarantees: `publish` returns once JetStream stored the message (`Nats-Msg-Id` = message id,
+/// so a retried publish is deduplicated); deliveries are acked (confirmed) after the engine's
+/// commit, and what is not acked within `ack_wait` is delivered again (at least once); a nack
+/// is a `-NAK` with its delay; a dead letter is stored, confirmed, before the original is
+/// terminated; a message delivered `max_deliver` times is dead-lettered; a message with
+/// unreadable sagaflow headers is dead-lettered by the transport. async-nats reconnects on its
+/// own and consumers resume. Order is not guaranteed (redeliveries, competing consumers).
 ///
 /// Cloning gives another handle on the same connection.
 ///
@@ -678,7 +698,11 @@ fn log_event(url: &str, event: async_nats::Event) {
             tracing::warn!(server = %url, subscription_id = sid, "NATS slow consumer: messages were dropped by the client")
         }
         Event::ServerError(e) => tracing::warn!(server = %url, error = %e, "NATS server error"),
-        Event::ClientError(e) => tracing::warn!(server = %url, error = %e, "NATS client error"),
+        // Every failed reconnection attempt reports one; the disconnection was logged already.
+        Event::ClientError(async_nats::ClientError::Other(e)) => {
+            tracing::debug!(server = %url, error = %e, "NATS reconnection attempt failed")
+        }
+        Event::ClientError(e) => tracing::error!(server = %url, error = %e, "NATS client error"),
     }
 }
 
@@ -969,6 +993,9 @@ fn exhausted(max_deliver: u32) -> String {
 impl Bus for NatsBus {
     async fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
         let inner = &self.inner;
+        if *inner.closed.borrow() {
+            return Err(BusError::Closed);
+        }
         let subject = inner.msg_subject(&envelope.name)?;
         let mut headers = envelope_headers(&envelope)
             .map_err(|e| BusError::Transport(format!("cannot publish message {}: {e}", envelope.message_id)))?;
