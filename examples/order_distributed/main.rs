@@ -16,6 +16,8 @@ mod domain;
 #[path = "../order_saga/services.rs"]
 #[allow(dead_code)]
 mod services;
+#[path = "../order_saga/workload.rs"]
+mod workload;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -27,10 +29,10 @@ use sagaflow::bus::{Bus, EventBus, RabbitMqBus, RabbitMqOptions};
 use sagaflow::engine::SagaRuntimeBuilder;
 use sagaflow::prelude::*;
 use sagaflow::store::Store;
-use uuid::Uuid;
 
 use domain::*;
 use services::*;
+use workload::*;
 
 #[derive(Parser)]
 #[command(about = "The order saga across processes on a real broker")]
@@ -82,9 +84,6 @@ enum Role {
         orders: u32,
     },
 }
-
-const PRODUCTS: u32 = 20;
-const UNITS_PER_PRODUCT: u32 = 80;
 
 async fn connect(broker: Broker) -> Result<Arc<dyn Bus>, Box<dyn std::error::Error>> {
     Ok(match broker {
@@ -200,21 +199,6 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     }
 }
 
-/// The n-th order, as in the embedded example.
-fn order(n: u32) -> OrderSubmitted {
-    let mix = n.wrapping_mul(2_654_435_761);
-    let items = (0..1 + mix % 3)
-        .map(|i| OrderItem { product_id: 1 + (mix >> (4 + i * 5)) % PRODUCTS, units: 1 + (mix >> (9 + i * 3)) % 5 })
-        .collect();
-    let buyer = if n % 10 == 7 { format!("declined-{n}") } else { format!("buyer-{n}") };
-    OrderSubmitted {
-        order_id: Uuid::from_u128(0x0_5a6a_0000_0000_0000_0000_0000_0000 + u128::from(n)),
-        buyer,
-        items,
-        total_cents: u64::from(1_000 + mix % 9_000),
-    }
-}
-
 async fn record<T: serde::de::DeserializeOwned>(store: &dyn Store, scope: &str, key: &str) -> Option<T> {
     let r = store.entity(scope, key).await.ok()??;
     serde_json::from_slice(&r.value).ok()
@@ -245,23 +229,19 @@ async fn summary(dir: &Path, orders: u32) -> Result<bool, Box<dyn std::error::Er
             record::<u32>(&shipping, "shipping.ship", &format!("shipment/{}", state.order_id)).await.is_some(),
         );
     }
-    let delivered = u64::from(PRODUCTS * UNITS_PER_PRODUCT);
-    let mark = |ok: bool| if ok { "ok" } else { "MISMATCH" };
-    let (stock_ok, pay_ok, ship_ok) =
-        (on_shelves + reserved == delivered, charges == completed.len(), shipments == completed.len());
-    let all_done = open == 0 && completed.len() + compensated.len() + failed == orders as usize;
     println!("order saga across processes: {orders} orders, stores in {}", dir.display());
-    println!("  completed     {:>6}", completed.len());
-    println!("  compensated   {:>6}", compensated.len());
-    println!("  failed        {failed:>6}");
-    println!("  still running {open:>6}");
-    println!(
-        "  stock         {delivered} delivered = {on_shelves} on shelves + {reserved} reserved for completed orders: {}",
-        mark(stock_ok)
-    );
-    println!("  payments      {charges} charges for {} completed orders: {}", completed.len(), mark(pay_ok));
-    println!("  shipments     {shipments} shipments for {} completed orders: {}", completed.len(), mark(ship_ok));
-    Ok(all_done && stock_ok && pay_ok && ship_ok)
+    let books = Books {
+        completed: completed.len(),
+        compensated: compensated.len(),
+        failed,
+        open,
+        on_shelves,
+        reserved,
+        charges,
+        shipments,
+        ..Books::default()
+    };
+    Ok(books.print(orders))
 }
 
 #[tokio::main]

@@ -35,11 +35,14 @@ pids+=("$(start orchestrator --dir "$dir")")
 for s in catalog shipping; do pids+=("$(start service "$s" --dir "$dir")"); done
 payment=$(start service payment --dir "$dir")
 sleep 2
-"$bin" --bus "$broker" push --orders "$orders"
-echo "pushed $orders orders; killing the payment service mid-run"
-sleep 1
-echo "at the kill: $(cat "$dir/orchestrator.status" 2>/dev/null)"
+# Kill the payment service while orders are still being pushed and handled.
+"$bin" --bus "$broker" push --orders "$orders" &
+push=$!
+sleep 0.5
+echo "killing the payment service mid-run; at the kill: $(cat "$dir/orchestrator.status" 2>/dev/null)"
 kill -9 "$payment"
+wait "$push"
+echo "pushed $orders orders"
 sleep 2
 payment=$(start service payment --dir "$dir")
 pids+=("$payment")

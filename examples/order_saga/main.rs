@@ -7,6 +7,7 @@
 
 mod domain;
 mod services;
+mod workload;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +19,7 @@ use uuid::Uuid;
 
 use domain::*;
 use services::*;
+use workload::*;
 
 #[derive(Parser)]
 #[command(about = "Run the order saga on a sled store and print a summary")]
@@ -31,24 +33,6 @@ struct Args {
     /// Print the saga as a Mermaid flowchart and exit.
     #[arg(long)]
     diagram: bool,
-}
-
-const PRODUCTS: u32 = 20;
-const UNITS_PER_PRODUCT: u32 = 80;
-
-/// The n-th order: 1 to 3 lines, a declined card for every tenth buyer.
-fn order(n: u32) -> OrderSubmitted {
-    let mix = n.wrapping_mul(2_654_435_761);
-    let items = (0..1 + mix % 3)
-        .map(|i| OrderItem { product_id: 1 + (mix >> (4 + i * 5)) % PRODUCTS, units: 1 + (mix >> (9 + i * 3)) % 5 })
-        .collect();
-    let buyer = if n % 10 == 7 { format!("declined-{n}") } else { format!("buyer-{n}") };
-    OrderSubmitted {
-        order_id: Uuid::from_u128(0x0_5a6a_0000_0000_0000_0000_0000_0000 + u128::from(n)),
-        buyer,
-        items,
-        total_cents: u64::from(1_000 + mix % 9_000),
-    }
 }
 
 #[tokio::main]
@@ -154,28 +138,23 @@ async fn summary(
             runtime.record::<u32>("shipping.ship", &format!("shipment/{}", state.order_id)).await?.is_some(),
         );
     }
-    let delivered = u64::from(PRODUCTS * UNITS_PER_PRODUCT);
-    let mark = |ok: bool| if ok { "ok" } else { "MISMATCH" };
-    let stock_ok = on_shelves + reserved == delivered;
-    let pay_ok = charges == completed.len();
-    let ship_ok = shipments == completed.len();
-    let all_done = open == 0 && completed.len() + compensated.len() + failed == orders as usize;
-
     println!("order saga: {orders} orders on the sled store at {}", dir.display());
-    println!("  completed     {:>6}", completed.len());
-    println!("  compensated   {:>6}  (out of stock {out_of_stock}, payment declined {declined})", compensated.len());
-    println!("  failed        {failed:>6}");
-    println!("  still running {open:>6}");
-    println!(
-        "  stock         {delivered} delivered = {on_shelves} on shelves + {reserved} reserved for completed orders: {}",
-        mark(stock_ok)
-    );
-    println!("  payments      {charges} charges for {} completed orders: {}", completed.len(), mark(pay_ok));
-    println!("  shipments     {shipments} shipments for {} completed orders: {}", completed.len(), mark(ship_ok));
+    let books = Books {
+        completed: completed.len(),
+        compensated: compensated.len(),
+        compensated_detail: format!("  (out of stock {out_of_stock}, payment declined {declined})"),
+        failed,
+        open,
+        on_shelves,
+        reserved,
+        charges,
+        shipments,
+    };
+    let ok = books.print(orders);
     println!(
         "  took {:.2} s ({:.0} orders/s)",
         elapsed.as_secs_f64(),
         f64::from(orders) / elapsed.as_secs_f64().max(1e-9)
     );
-    Ok(all_done && stock_ok && pay_ok && ship_ok)
+    Ok(ok)
 }
