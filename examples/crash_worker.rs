@@ -8,6 +8,8 @@
 //!                                           restarts), then works until killed or done
 //! crash_worker check DIR ORDERS             exits 0 if every order is terminal and the books balance
 //! ```
+//!
+//! Built with the `failpoints` feature, it also aborts at the crash point `FAILPOINTS` names.
 
 #[path = "order_saga/domain.rs"]
 #[allow(dead_code)]
@@ -132,6 +134,9 @@ async fn check(dir: &Path, orders: u32) -> Result<Vec<String>, Box<dyn std::erro
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // With the `failpoints` feature, `FAILPOINTS=name=...` arms the engine's crash points.
+    #[cfg(feature = "failpoints")]
+    let _armed = sagaflow::crash_points::arm_from_env();
     let args: Vec<String> = std::env::args().collect();
     let result = match args.get(1).map(String::as_str) {
         Some("run") if args.len() == 5 => match args[4].parse() {

@@ -1,72 +1,203 @@
-//! Process crashes: the order workload in one process on sled and RabbitMQ, killed with
-//! SIGKILL at random moments and restarted on the same directory, must end with every order
-//! terminal and every effect applied exactly once. Set `SAGA_TEST_AMQP_URL` to run it;
-//! `SAGA_CRASH_ROUNDS` (default 6) and `SAGA_CRASH_ORDERS` (default 400) make it longer.
+//! Process crashes: the order workload in one process on sled and RabbitMQ, killed and
+//! restarted on the same directory, must end with every order terminal and every effect
+//! applied exactly once. Two ways to die:
+//!
+//! - SIGKILL at random moments (`SAGA_CRASH_ROUNDS` kills, default 6, over
+//!   `SAGA_CRASH_ORDERS` orders, default 400);
+//! - an abort at a named crash point (feature `failpoints`): round `r` arms point
+//!   `r % points` to fire after a random number of hits, `SAGA_CRASH_POINT_ROUNDS` rounds
+//!   (default 14, two per point) over epochs of `SAGA_CRASH_POINT_ORDERS` orders (default
+//!   200); when an epoch's orders are all done its store is checked and a new epoch begins.
+//!
+//! Set `SAGA_TEST_AMQP_URL` to run them.
 #![cfg(feature = "rabbitmq")]
 
-use std::process::{Command, Stdio};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// Builds the worker example and returns its path.
-fn worker() -> std::path::PathBuf {
+/// Builds the worker example with `features` and returns its path.
+fn worker(features: &str) -> PathBuf {
     let root = env!("CARGO_MANIFEST_DIR");
     let status = Command::new(env!("CARGO"))
-        .args(["build", "-q", "--example", "crash_worker", "--features", "rabbitmq"])
+        .args(["build", "-q", "--example", "crash_worker", "--features", features])
         .current_dir(root)
         .status()
         .expect("cargo runs");
     assert!(status.success(), "building the crash worker failed");
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| format!("{root}/target"));
-    std::path::Path::new(&target).join("debug/examples/crash_worker")
+    Path::new(&target).join("debug/examples/crash_worker")
+}
+
+/// A deterministic pseudo-random sequence (the kill moments and crash-point delays).
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n.max(1)
+    }
+}
+
+/// One store directory and bus namespace, worked on by successive worker processes.
+struct Epoch {
+    worker: PathBuf,
+    dir: tempfile::TempDir,
+    namespace: String,
+    orders: u64,
+}
+
+impl Epoch {
+    fn new(worker: &Path, orders: u64) -> Self {
+        Epoch {
+            worker: worker.to_owned(),
+            dir: tempfile::tempdir().expect("a temporary directory"),
+            namespace: format!("crash-{}", uuid::Uuid::now_v7().simple()),
+            orders,
+        }
+    }
+
+    fn start(&self, failpoints: Option<&str>, stderr: Stdio) -> Child {
+        let mut cmd = Command::new(&self.worker);
+        cmd.args(["run", self.dir.path().to_str().expect("a UTF-8 path"), &self.namespace, &self.orders.to_string()]);
+        if let Some(f) = failpoints {
+            cmd.env("FAILPOINTS", f);
+        }
+        cmd.stderr(stderr).spawn().expect("the worker starts")
+    }
+
+    /// Waits up to `limit` for `child` to exit.
+    fn wait(child: &mut Child, limit: Duration) -> ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("the worker can be waited for") {
+                return status;
+            }
+            if started.elapsed() > limit {
+                let _ = child.kill();
+                panic!("the worker did not finish within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs the worker without faults to the end, then checks the invariants.
+    fn finish_and_check(&self, crashes: u64) {
+        let mut last = self.start(None, Stdio::inherit());
+        assert!(Self::wait(&mut last, Duration::from_secs(300)).success(), "the last run failed");
+        self.check(crashes);
+    }
+
+    fn check(&self, crashes: u64) {
+        let check = Command::new(&self.worker)
+            .args(["check", self.dir.path().to_str().expect("a UTF-8 path"), &self.orders.to_string()])
+            .output()
+            .expect("the checker runs");
+        let problems = String::from_utf8_lossy(&check.stderr);
+        assert!(check.status.success(), "after {crashes} crashes:\n{problems}");
+    }
+}
+
+fn broker_is_configured(suite: &str) -> bool {
+    let configured = std::env::var("SAGA_TEST_AMQP_URL").is_ok();
+    if !configured {
+        sagaflow::bus::conformance::say_skipped(suite, "SAGA_TEST_AMQP_URL");
+    }
+    configured
 }
 
 #[test]
 fn sigkill_at_random_moments_loses_nothing_and_repeats_nothing() {
-    if std::env::var("SAGA_TEST_AMQP_URL").is_err() {
-        sagaflow::bus::conformance::say_skipped("process crash test", "SAGA_TEST_AMQP_URL");
+    if !broker_is_configured("process crash test (SIGKILL)") {
         return;
     }
     let (rounds, orders) = (env_or("SAGA_CRASH_ROUNDS", 6), env_or("SAGA_CRASH_ORDERS", 400));
-    let worker = worker();
-    let dir = tempfile::tempdir().unwrap();
-    let namespace = format!("crash-{}", uuid::Uuid::now_v7().simple());
-    let run = || {
-        Command::new(&worker)
-            .args(["run", dir.path().to_str().unwrap(), &namespace, &orders.to_string()])
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap()
-    };
-    // A deterministic spread of kill moments, from right after start to well into the work.
-    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let epoch = Epoch::new(&worker("rabbitmq"), orders);
+    let mut random = Lcg(0x9E37_79B9_7F4A_7C15);
     let mut crashes = 0;
     for _ in 0..rounds {
-        let mut child = run();
-        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-        std::thread::sleep(Duration::from_millis(150 + (seed >> 33) % 1_500));
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap(); // SIGKILL
+        let mut child = epoch.start(None, Stdio::inherit());
+        // A spread of kill moments, from right after start to well into the work.
+        std::thread::sleep(Duration::from_millis(150 + random.below(1_500)));
+        if child.try_wait().expect("the worker can be waited for").is_none() {
+            child.kill().expect("SIGKILL");
             crashes += 1;
         }
-        child.wait().unwrap();
+        child.wait().expect("the worker can be waited for");
     }
-    let started = Instant::now();
-    let mut last = run();
-    loop {
-        if let Some(status) = last.try_wait().unwrap() {
-            assert!(status.success(), "the last run failed");
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(300), "the last run did not finish in 5 minutes");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let check =
-        Command::new(&worker).args(["check", dir.path().to_str().unwrap(), &orders.to_string()]).output().unwrap();
-    let problems = String::from_utf8_lossy(&check.stderr);
-    assert!(check.status.success(), "after {crashes} crashes:\n{problems}");
+    epoch.finish_and_check(crashes);
     eprintln!("{orders} orders, {crashes} SIGKILLs, every order terminal, books balance");
+}
+
+#[cfg(feature = "failpoints")]
+/// How many hits of each point a round lets pass at most before it aborts: about a tenth of
+/// an epoch's work, so that every round makes progress and most rounds crash.
+fn max_hits_before_crash(point: &str, orders: u64) -> u64 {
+    let per_order_tenths = match point {
+        // Retry timers (one ship retry in five orders) and compensations (one order in ten).
+        "timers.before_fire" | "saga.during_compensation" => 2,
+        "relay.after_publish_before_outbox_removal" => 10,
+        "saga.before_commit" | "participant.before_commit" => 40,
+        _ => 80,
+    };
+    (orders * per_order_tenths / 100).max(2)
+}
+
+#[cfg(feature = "failpoints")]
+#[test]
+fn an_abort_at_every_crash_point_loses_nothing_and_repeats_nothing() {
+    use sagaflow::crash_points::ALL;
+    if !broker_is_configured("process crash test (crash points)") {
+        return;
+    }
+    let (rounds, orders) = (env_or("SAGA_CRASH_POINT_ROUNDS", 14), env_or("SAGA_CRASH_POINT_ORDERS", 200));
+    let worker = worker("rabbitmq failpoints");
+    let mut random = Lcg(0x2545_F491_4F6C_DD1D);
+    let mut hits = vec![0u64; ALL.len()];
+    let (mut epochs, mut epoch_crashes, mut runs) = (1, 0, 0);
+    let mut epoch = Epoch::new(&worker, orders);
+    let started = Instant::now();
+    for round in 0..rounds {
+        let point = ALL[round as usize % ALL.len()];
+        let after = random.below(max_hits_before_crash(point, orders));
+        let actions = if after == 0 { "1*return".to_owned() } else { format!("{after}*off->1*return") };
+        let mut child = epoch.start(Some(&format!("{point}={actions}")), Stdio::piped());
+        let mut stderr = child.stderr.take().expect("a piped stderr");
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        let status = Epoch::wait(&mut child, Duration::from_secs(300));
+        let text = reader.join().expect("the stderr reader");
+        runs += 1;
+        if let Some(i) = ALL.iter().position(|p| text.contains(&format!("sagaflow crash point hit: {p}\n"))) {
+            assert!(!status.success(), "the worker reported a crash at {} but exited cleanly", ALL[i]);
+            hits[i] += 1;
+            epoch_crashes += 1;
+        } else {
+            assert!(status.success(), "the worker failed without reaching its crash point:\n{text}");
+            // The epoch's work is done: check it and start the next.
+            epoch.check(epoch_crashes);
+            epoch = Epoch::new(&worker, orders);
+            epochs += 1;
+            epoch_crashes = 0;
+        }
+    }
+    epoch.finish_and_check(epoch_crashes);
+    let crashes: u64 = hits.iter().sum();
+    let per_point: Vec<String> = ALL.iter().zip(&hits).map(|(p, n)| format!("  {p}: {n}")).collect();
+    eprintln!(
+        "{runs} runs, {crashes} aborts at crash points, {epochs} epochs of {orders} orders ({} orders), {:.0?}; \
+         every order terminal, books balance, 0 lost, 0 duplicated\n{}",
+        epochs * orders,
+        started.elapsed(),
+        per_point.join("\n")
+    );
+    assert!(hits.iter().all(|&n| n > 0) || rounds < ALL.len() as u64, "some crash points were never hit: {hits:?}");
 }

@@ -17,6 +17,7 @@
 pub mod activity;
 pub mod bus;
 pub mod clock;
+pub mod crash_points;
 pub mod engine;
 mod error;
 pub mod message;

@@ -28,6 +28,9 @@ use crate::store::{Durable, OutboxEntry};
 /// message is redelivered later.
 const CONFLICT_RETRIES: u32 = 16;
 
+/// How long a timer whose unit of work failed waits before it may fire again.
+const FAILED_TIMER_PAUSE: Duration = Duration::from_secs(1);
+
 /// One unit of work waiting for its lane.
 pub(crate) struct Work {
     pub(crate) driver: Arc<dyn Driver>,
@@ -233,6 +236,7 @@ async fn run_completions(core: Arc<Core>, mut rx: mpsc::Receiver<Completion>, fo
         let outbox_len = c.outbox.len();
         let settle = match durable {
             Ok(()) => {
+                crate::crash_points::crash_point!("lane.after_flush_before_ack");
                 core.relay.send(c.outbox);
                 if c.timers_added {
                     core.timers.poke();
@@ -264,11 +268,7 @@ async fn run_completions(core: Arc<Core>, mut rx: mpsc::Receiver<Completion>, fo
         if let Some(key) = c.timer {
             if failed {
                 // Do not refire a failing timer in a tight loop.
-                let timers = core.timers.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    timers.release(key);
-                });
+                core.timers.hold(key, core.clock.now().plus(FAILED_TIMER_PAUSE));
             } else {
                 core.timers.release(key);
             }

@@ -344,6 +344,12 @@ impl SagaRuntime {
         timers::fire_due(&self.core, self.core.clock.now(), None).await
     }
 
+    /// When the earliest timer held back after a failed unit may fire again (the test
+    /// harness advances virtual time to it).
+    pub(crate) fn next_held_timer(&self) -> Option<crate::message::Timestamp> {
+        self.core.timers.next_release()
+    }
+
     /// Stops consuming, lets the work in hand finish (up to 10 s), flushes the store and closes
     /// the bus.
     pub async fn shutdown(self) -> Result<(), Error> {

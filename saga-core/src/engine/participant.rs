@@ -318,6 +318,7 @@ impl<H: Handler> Driver for ParticipantDriver<H> {
             outbox: outbox.clone(),
             ..Commit::default()
         };
+        crate::crash_points::crash_point!("participant.before_commit");
         match core.store.commit(commit).await {
             Ok(committed) => Ok(Unit::Committed { committed, outbox, follow_up: None, timers_added: false }),
             Err(StoreError::Duplicate { message_id, .. }) => {

@@ -92,6 +92,7 @@ async fn publish(core: &Core, entries: Vec<OutboxEntry>) {
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
+    crate::crash_points::crash_point!("relay.after_publish_before_outbox_removal");
     if let Err(e) = core.store.remove_outbox(&published).await {
         // Left in the store, they are published again on the next start and deduplicated.
         tracing::warn!(error = %e, "could not remove published outbox entries");

@@ -135,6 +135,10 @@ impl<S: Saga> SagaDriver<S> {
         let (commit, follow_up) = self.commit_transition(t, previous, cause)?;
         let outbox = commit.outbox.clone();
         let timers_added = !commit.timers_add.is_empty();
+        crate::crash_points::crash_point!("saga.before_commit");
+        if commit.instance.as_ref().is_some_and(|w| w.record.status.kind() == crate::store::StatusKind::Compensating) {
+            crate::crash_points::crash_point!("saga.during_compensation");
+        }
         match core.store.commit(commit).await {
             Ok(committed) => Ok(Unit::Committed { committed, outbox, follow_up, timers_added }),
             Err(crate::store::StoreError::Duplicate { message_id, .. }) => {

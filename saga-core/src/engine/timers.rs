@@ -4,9 +4,12 @@
 //! that scheduled them, so they survive restarts. A fired timer enters the same unit of work as
 //! a message (its id is the message id, so firing twice is deduplicated), and the unit removes
 //! it. Timers handed to a lane and not yet finished are remembered in memory so that the task
-//! does not hand them out twice.
+//! does not hand them out twice. A timer whose unit failed stays remembered, held back until a
+//! pause has passed on the runtime's clock, so that it is not refired in a tight loop; the hold
+//! is a time, not a sleeping task, so that virtual time in tests releases it deterministically.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,18 +25,46 @@ const BATCH: usize = 512;
 /// Shared between the timer task, the lanes and the runtime.
 #[derive(Default)]
 pub(crate) struct TimerService {
-    in_flight: Mutex<HashSet<TimerKey>>,
+    /// `None`: in a lane; `Some(t)`: its unit failed, it may fire again from `t`.
+    in_flight: Mutex<HashMap<TimerKey, Option<Timestamp>>>,
     wake: Notify,
 }
 
 impl TimerService {
-    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<TimerKey>> {
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<TimerKey, Option<Timestamp>>> {
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A lane finished with a timer (its commit removed it, or it failed and may be retried).
+    /// Claims a timer for a lane; false if it is in a lane or held back.
+    fn claim(&self, key: TimerKey) -> bool {
+        match self.in_flight().entry(key) {
+            Entry::Occupied(_) => false,
+            Entry::Vacant(slot) => {
+                slot.insert(None);
+                true
+            }
+        }
+    }
+
+    /// Forgets holds that have ended (also of timers a later commit removed).
+    fn end_holds(&self, now: Timestamp) {
+        self.in_flight().retain(|_, hold| hold.is_none_or(|until| until > now));
+    }
+
+    /// When the earliest held-back timer may fire again.
+    pub(crate) fn next_release(&self) -> Option<Timestamp> {
+        self.in_flight().values().flatten().min().copied()
+    }
+
+    /// A lane finished with a timer: its commit removed it.
     pub(crate) fn release(&self, key: TimerKey) {
         self.in_flight().remove(&key);
+        self.wake.notify_one();
+    }
+
+    /// A lane failed a timer's unit: it may fire again from `until`.
+    pub(crate) fn hold(&self, key: TimerKey, until: Timestamp) {
+        self.in_flight().insert(key, Some(until));
         self.wake.notify_one();
     }
 
@@ -47,6 +78,7 @@ impl TimerService {
 pub(crate) async fn fire_due(core: &Arc<Core>, upto: Timestamp, only: Option<fn(&TimerRecord) -> bool>) -> usize {
     let mut fired = 0;
     let mut after = None;
+    core.timers.end_holds(core.clock.now());
     loop {
         let timers = match core.store.timers_due(upto, after, BATCH).await {
             Ok(t) => t,
@@ -65,10 +97,11 @@ pub(crate) async fn fire_due(core: &Arc<Core>, upto: Timestamp, only: Option<fn(
                 tracing::debug!(saga = %timer.saga, "timer of a saga this runtime does not run");
                 continue;
             };
-            if !core.timers.in_flight().insert(timer.key) {
+            if !core.timers.claim(timer.key) {
                 continue;
             }
             fired += 1;
+            crate::crash_points::crash_point!("timers.before_fire");
             let work = Work {
                 driver,
                 lane_key: timer.key.instance_id,
@@ -102,13 +135,15 @@ pub(crate) async fn run(core: Arc<Core>) {
         let now = core.clock.now();
         fire_due(&core, now, None).await;
         match core.store.next_timer(now).await {
-            Ok(Some(next)) => {
-                tokio::select! {
-                    _ = core.clock.sleep_until(next.due) => {}
-                    _ = &mut wake => {}
+            Ok(next) => match next.map(|t| t.due).into_iter().chain(core.timers.next_release()).min() {
+                Some(due) => {
+                    tokio::select! {
+                        _ = core.clock.sleep_until(due) => {}
+                        _ = &mut wake => {}
+                    }
                 }
-            }
-            Ok(None) => wake.await,
+                None => wake.await,
+            },
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the timer index; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;

@@ -246,6 +246,7 @@ impl<B: OrderedKv> Store for KvStore<B> {
     async fn commit(&self, commit: Commit) -> Result<Committed, StoreError> {
         let (batch, outbox_seqs) = self.prepare(commit)?;
         self.kv.apply(&batch)?.map_err(StoreError::from)?;
+        crate::crash_points::crash_point!("store.after_commit_before_flush");
         Ok(Committed { durable: self.kv.durable(), outbox_seqs })
     }
 

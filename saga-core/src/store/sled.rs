@@ -90,11 +90,15 @@ impl std::fmt::Debug for SledKv {
     }
 }
 
-/// How long opening waits for the directory lock of a store that is being closed.
-const LOCK_WAIT: Duration = Duration::from_secs(2);
+/// How long opening waits for the directory lock of a store that is being closed: sled's
+/// background flusher lets go of it only when it next wakes (its flush interval, one second
+/// here), later on a loaded machine.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
 
 fn is_lock_contention(e: &sled::Error) -> bool {
-    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock)
+    // sled reports a held lock as an `Other` I/O error whose text carries the OS error.
+    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock
+        || io.to_string().starts_with("could not acquire lock"))
 }
 
 fn io(e: sled::Error) -> StoreError {

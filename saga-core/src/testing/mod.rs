@@ -245,14 +245,18 @@ impl TestRuntime {
         count
     }
 
-    async fn next_due(&self) -> Option<Timestamp> {
+    /// The next moment something comes due: a timer, a delayed reply, or a timer held back
+    /// after a failed unit. `include_now` counts timers due at the current instant.
+    async fn next_due(&self, include_now: bool) -> Option<Timestamp> {
         let now = self.clock.now();
-        let timer = match self.runtime().store().next_timer(Timestamp(now.0.saturating_sub(1))).await {
+        let after = if include_now { Timestamp(now.0.saturating_sub(1)) } else { now };
+        let timer = match self.runtime().store().next_timer(after).await {
             Ok(t) => t.map(|k| k.due),
             Err(e) => panic!("reading timers failed: {e}"),
         };
         let reply = self.delayed.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(at, _)| *at).min();
-        timer.into_iter().chain(reply).min()
+        let held = self.runtime().next_held_timer();
+        timer.into_iter().chain(reply).chain(held).min()
     }
 
     /// Moves virtual time forward by `by`, stopping at every timer or delayed reply that comes
@@ -261,9 +265,12 @@ impl TestRuntime {
         let target = self.clock.now().plus(by);
         self.settle().await;
         let mut stalls = 0;
+        // The instant at which firing found nothing left to fire: a timer still due then is
+        // held back after a failure, and time may move on to its release.
+        let mut idle_at = None;
         loop {
             let now = self.clock.now();
-            let step_to = match self.next_due().await {
+            let step_to = match self.next_due(idle_at != Some(now)).await {
                 Some(due) if due <= target => due.max(now),
                 _ => target,
             };
@@ -276,9 +283,10 @@ impl TestRuntime {
                 tokio::task::yield_now().await;
             }
             self.clock.advance(Duration::from_millis(step_to.0 - now.0));
-            self.runtime().fire_due_timers().await;
+            let fired = self.runtime().fire_due_timers().await;
             self.settle().await;
-            if step_to >= target && self.next_due().await.is_none_or(|due| due > target) {
+            idle_at = (fired == 0).then_some(step_to);
+            if step_to >= target && self.next_due(idle_at.is_none()).await.is_none_or(|due| due > target) {
                 return;
             }
         }
