@@ -45,11 +45,13 @@ pub type Durable = BoxFuture<'static, Result<(), StoreError>>;
 pub enum Durability {
     /// Flush (fsync) after every commit; the simplest and slowest safe choice.
     Immediate,
-    /// Group commit: commits share one flush, taken when `max_batch` commits wait or
-    /// `max_delay` has passed since the first. Acks still wait for the flush, so this is as
-    /// safe as `Immediate` and close to the disk's throughput.
+    /// Group commit: commits share one flush. A flush starts as soon as the previous one is
+    /// done and covers every commit that arrived meanwhile (up to `max_batch`), after waiting
+    /// at most `max_delay` for more. Acks still wait for the flush, so this is as safe as
+    /// `Immediate` and close to the disk's throughput.
     Group {
-        /// The longest a commit waits for company before its flush starts.
+        /// The longest a commit waits for company before its flush starts (0: none; the
+        /// commits that arrive during a flush share the next one anyway).
         max_delay: Duration,
         /// The most commits one flush covers.
         max_batch: usize,
@@ -60,9 +62,10 @@ pub enum Durability {
 }
 
 impl Default for Durability {
-    /// `Group { max_delay: 2 ms, max_batch: 512 }`.
+    /// `Group { max_delay: 0, max_batch: 512 }`: batches form from the commits that arrive
+    /// while a flush runs, so a quiet system pays one flush of latency, not a waiting period.
     fn default() -> Self {
-        Durability::Group { max_delay: Duration::from_millis(2), max_batch: 512 }
+        Durability::Group { max_delay: Duration::ZERO, max_batch: 512 }
     }
 }
 

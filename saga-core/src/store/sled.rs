@@ -155,12 +155,15 @@ impl Flusher {
     }
 }
 
-/// Collects waiters until `max_batch` or `max_delay` after the first, flushes once, and
+/// Takes the waiters that queued up during the last flush, collects more until `max_batch` or
+/// `max_delay` after the first, flushes once, and
 /// answers them all. Every waiter was registered after its commit was applied, so the flush
 /// (which starts after the waiter was received) covers that commit.
 fn group_commit_loop(db: &sled::Db, rx: &mpsc::Receiver<Waiter>, max_delay: Duration, max_batch: usize) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
+        // The commits that arrived during the previous flush join at once.
+        batch.extend(rx.try_iter().take(max_batch.saturating_sub(1)));
         let deadline = Instant::now() + max_delay;
         while batch.len() < max_batch {
             let left = deadline.saturating_duration_since(Instant::now());
