@@ -21,8 +21,13 @@ fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// Builds the worker example with `features` and returns its path.
-fn worker(features: &str) -> PathBuf {
+/// Builds the worker example with `features` and returns a copy of it that is this test's own.
+///
+/// Builds of the same example with other features write the same path, and the tests of this
+/// file run in parallel: building and copying under one lock keeps each test's worker its own.
+fn worker(features: &str) -> (tempfile::TempDir, PathBuf) {
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let root = env!("CARGO_MANIFEST_DIR");
     let status = Command::new(env!("CARGO"))
         .args(["build", "-q", "--example", "crash_worker", "--features", features])
@@ -31,7 +36,11 @@ fn worker(features: &str) -> PathBuf {
         .expect("cargo runs");
     assert!(status.success(), "building the crash worker failed");
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| format!("{root}/target"));
-    Path::new(&target).join("debug/examples/crash_worker")
+    let built = Path::new(&target).join("debug/examples/crash_worker");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let copy = dir.path().join("crash_worker");
+    std::fs::copy(&built, &copy).expect("the worker can be copied");
+    (dir, copy)
 }
 
 /// A deterministic pseudo-random sequence (the kill moments and crash-point delays).
@@ -117,7 +126,8 @@ fn sigkill_at_random_moments_loses_nothing_and_repeats_nothing() {
         return;
     }
     let (rounds, orders) = (env_or("SAGA_CRASH_ROUNDS", 6), env_or("SAGA_CRASH_ORDERS", 400));
-    let epoch = Epoch::new(&worker("rabbitmq"), orders);
+    let (_bin, worker) = worker("rabbitmq");
+    let epoch = Epoch::new(&worker, orders);
     let mut random = Lcg(0x9E37_79B9_7F4A_7C15);
     let mut crashes = 0;
     for _ in 0..rounds {
@@ -156,7 +166,7 @@ fn an_abort_at_every_crash_point_loses_nothing_and_repeats_nothing() {
         return;
     }
     let (rounds, orders) = (env_or("SAGA_CRASH_POINT_ROUNDS", 14), env_or("SAGA_CRASH_POINT_ORDERS", 200));
-    let worker = worker("rabbitmq failpoints");
+    let (_bin, worker) = worker("rabbitmq failpoints");
     let mut random = Lcg(0x2545_F491_4F6C_DD1D);
     let mut hits = vec![0u64; ALL.len()];
     let (mut epochs, mut epoch_crashes, mut runs) = (1, 0, 0);

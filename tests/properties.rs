@@ -199,7 +199,7 @@ fn tally(orders: &[Order], f: &Faults) {
     t.on_sled += u32::from(f.sled);
     if t.cases == cases() {
         eprintln!(
-            "{} cases, {} orders: {} with every delivery duplicated, {} reordered, {} failed commits, \
+            "{} cases, {} orders: {} with every delivery duplicated, {} reordered, {} commit failures asked for, \
              {} restarts mid-flight, {} on sled; every case ended like its clean run",
             t.cases, t.orders, t.duplicated, t.reordered, t.failed_commits, t.restarts, t.on_sled
         );

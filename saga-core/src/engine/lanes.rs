@@ -55,6 +55,8 @@ struct Completion {
     follow_up: Option<Work>,
     timer: Option<crate::store::TimerKey>,
     timers_added: bool,
+    /// The unit wrote a commit (not skipped, not failed).
+    committed: bool,
     _guard: ActivityGuard,
 }
 
@@ -161,11 +163,13 @@ async fn run_unit(core: &Arc<Core>, work: Work) -> Completion {
         follow_up: None,
         timer,
         timers_added: false,
+        committed: false,
         _guard: guard,
     };
     match outcome {
         Ok(Unit::Committed { committed, outbox, follow_up, timers_added }) => {
             core.activity.add(outbox.len());
+            completion.committed = true;
             completion.timers_added = timers_added;
             completion.outbox = committed
                 .outbox_seqs
@@ -236,7 +240,9 @@ async fn run_completions(core: Arc<Core>, mut rx: mpsc::Receiver<Completion>, fo
         let outbox_len = c.outbox.len();
         let settle = match durable {
             Ok(()) => {
-                crate::crash_points::crash_point!("lane.after_flush_before_ack");
+                if c.committed {
+                    crate::crash_points::crash_point!("lane.after_flush_before_ack");
+                }
                 core.relay.send(c.outbox);
                 if c.timers_added {
                     core.timers.poke();

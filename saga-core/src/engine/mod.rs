@@ -350,6 +350,13 @@ impl SagaRuntime {
         self.core.timers.next_release()
     }
 
+    /// Whether every timer due by now is held back after a failed unit (so none is waiting to
+    /// be fired at this instant).
+    pub(crate) async fn only_held_timers_due(&self) -> Result<bool, Error> {
+        let due = self.core.store.timers_due(self.core.clock.now(), None, 512).await?;
+        Ok(due.iter().all(|t| self.core.timers.is_held(&t.key)))
+    }
+
     /// Stops consuming, lets the work in hand finish (up to 10 s), flushes the store and closes
     /// the bus.
     pub async fn shutdown(self) -> Result<(), Error> {

@@ -51,6 +51,11 @@ impl TimerService {
         self.in_flight().retain(|_, hold| hold.is_none_or(|until| until > now));
     }
 
+    /// Whether a timer is held back after a failed unit.
+    pub(crate) fn is_held(&self, key: &TimerKey) -> bool {
+        matches!(self.in_flight().get(key), Some(Some(_)))
+    }
+
     /// When the earliest held-back timer may fire again.
     pub(crate) fn next_release(&self) -> Option<Timestamp> {
         self.in_flight().values().flatten().min().copied()

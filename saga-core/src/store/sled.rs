@@ -98,7 +98,7 @@ const LOCK_WAIT: Duration = Duration::from_secs(5);
 fn is_lock_contention(e: &sled::Error) -> bool {
     // sled reports a held lock as an `Other` I/O error whose text carries the OS error.
     matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock
-        || io.to_string().starts_with("could not acquire lock"))
+        || (io.to_string().starts_with("could not acquire lock") && io.to_string().contains("WouldBlock")))
 }
 
 fn io(e: sled::Error) -> StoreError {

@@ -245,6 +245,13 @@ impl TestRuntime {
         count
     }
 
+    async fn only_held_timers_due(&self) -> bool {
+        match self.runtime().only_held_timers_due().await {
+            Ok(held) => held,
+            Err(e) => panic!("reading due timers failed: {e}"),
+        }
+    }
+
     /// The next moment something comes due: a timer, a delayed reply, or a timer held back
     /// after a failed unit. `include_now` counts timers due at the current instant.
     async fn next_due(&self, include_now: bool) -> Option<Timestamp> {
@@ -265,12 +272,10 @@ impl TestRuntime {
         let target = self.clock.now().plus(by);
         self.settle().await;
         let mut stalls = 0;
-        // The instant at which firing found nothing left to fire: a timer still due then is
-        // held back after a failure, and time may move on to its release.
-        let mut idle_at = None;
         loop {
             let now = self.clock.now();
-            let step_to = match self.next_due(idle_at != Some(now)).await {
+            // A timer still due now but held back after a failure waits for its release time.
+            let step_to = match self.next_due(!self.only_held_timers_due().await).await {
                 Some(due) if due <= target => due.max(now),
                 _ => target,
             };
@@ -283,10 +288,11 @@ impl TestRuntime {
                 tokio::task::yield_now().await;
             }
             self.clock.advance(Duration::from_millis(step_to.0 - now.0));
-            let fired = self.runtime().fire_due_timers().await;
+            self.runtime().fire_due_timers().await;
             self.settle().await;
-            idle_at = (fired == 0).then_some(step_to);
-            if step_to >= target && self.next_due(idle_at.is_none()).await.is_none_or(|due| due > target) {
+            if step_to >= target
+                && self.next_due(!self.only_held_timers_due().await).await.is_none_or(|due| due > target)
+            {
                 return;
             }
         }
