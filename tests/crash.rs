@@ -144,18 +144,18 @@ fn sigkill_at_random_moments_loses_nothing_and_repeats_nothing() {
     eprintln!("{orders} orders, {crashes} SIGKILLs, every order terminal, books balance");
 }
 
-#[cfg(feature = "failpoints")]
 /// How many hits of each point a round lets pass at most before it aborts: about a tenth of
 /// an epoch's work, so that every round makes progress and most rounds crash.
+#[cfg(feature = "failpoints")]
 fn max_hits_before_crash(point: &str, orders: u64) -> u64 {
-    let per_order_tenths = match point {
+    let per_hundred_orders = match point {
         // Retry timers (one ship retry in five orders) and compensations (one order in ten).
         "timers.before_fire" | "saga.during_compensation" => 2,
         "relay.after_publish_before_outbox_removal" => 10,
         "saga.before_commit" | "participant.before_commit" => 40,
         _ => 80,
     };
-    (orders * per_order_tenths / 100).max(2)
+    (orders * per_hundred_orders / 100).max(2)
 }
 
 #[cfg(feature = "failpoints")]

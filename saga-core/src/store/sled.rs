@@ -97,8 +97,10 @@ const LOCK_WAIT: Duration = Duration::from_secs(5);
 
 fn is_lock_contention(e: &sled::Error) -> bool {
     // sled reports a held lock as an `Other` I/O error whose text carries the OS error.
-    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock
-        || (io.to_string().starts_with("could not acquire lock") && io.to_string().contains("WouldBlock")))
+    let sled::Error::Io(io) = e else { return false };
+    let text = io.to_string();
+    io.kind() == std::io::ErrorKind::WouldBlock
+        || (text.starts_with("could not acquire lock") && text.contains("WouldBlock"))
 }
 
 fn io(e: sled::Error) -> StoreError {
@@ -156,8 +158,7 @@ impl Flusher {
 }
 
 /// Takes the waiters that queued up during the last flush, collects more until `max_batch` or
-/// `max_delay` after the first, flushes once, and
-/// answers them all. Every waiter was registered after its commit was applied, so the flush
+/// `max_delay` after the first, flushes once, and answers them all. Every waiter was registered after its commit was applied, so the flush
 /// (which starts after the waiter was received) covers that commit.
 fn group_commit_loop(db: &sled::Db, rx: &mpsc::Receiver<Waiter>, max_delay: Duration, max_batch: usize) {
     while let Ok(first) = rx.recv() {

@@ -253,10 +253,11 @@ impl TestRuntime {
     }
 
     /// The next moment something comes due: a timer, a delayed reply, or a timer held back
-    /// after a failed unit. `include_now` counts timers due at the current instant.
-    async fn next_due(&self, include_now: bool) -> Option<Timestamp> {
+    /// after a failed unit. Timers due now count unless all of them are held back (they wait
+    /// for their release time instead).
+    async fn next_due(&self) -> Option<Timestamp> {
         let now = self.clock.now();
-        let after = if include_now { Timestamp(now.0.saturating_sub(1)) } else { now };
+        let after = if self.only_held_timers_due().await { now } else { Timestamp(now.0.saturating_sub(1)) };
         let timer = match self.runtime().store().next_timer(after).await {
             Ok(t) => t.map(|k| k.due),
             Err(e) => panic!("reading timers failed: {e}"),
@@ -274,8 +275,7 @@ impl TestRuntime {
         let mut stalls = 0;
         loop {
             let now = self.clock.now();
-            // A timer still due now but held back after a failure waits for its release time.
-            let step_to = match self.next_due(!self.only_held_timers_due().await).await {
+            let step_to = match self.next_due().await {
                 Some(due) if due <= target => due.max(now),
                 _ => target,
             };
@@ -290,9 +290,7 @@ impl TestRuntime {
             self.clock.advance(Duration::from_millis(step_to.0 - now.0));
             self.runtime().fire_due_timers().await;
             self.settle().await;
-            if step_to >= target
-                && self.next_due(!self.only_held_timers_due().await).await.is_none_or(|due| due > target)
-            {
+            if step_to >= target && self.next_due().await.is_none_or(|due| due > target) {
                 return;
             }
         }
