@@ -1,11 +1,12 @@
 //! The baselines each configuration is measured against, run in the same process right after it.
 //!
 //! - **raw sled**: sled opened with the store's own configuration, doing the same number of
-//!   transactions as the configuration committed, each with the same number of reads, writes
-//!   and deletes of the same key and value sizes (the commit shapes are recorded from the real
-//!   engine on a [`ShapeKv`]), with the same flush pattern: none, a flush per commit on one
-//!   thread, or a flusher thread that groups exactly as the store's does (`max_batch` waiters
-//!   or `max_delay` after the first). No engine, no bus, no encoding: the durable path's limit.
+//!   commits as the configuration did, each with the same number of reads, writes and deletes
+//!   of the same key and value sizes (the commit shapes are recorded from the real engine on a
+//!   [`ShapeKv`]) as single-key operations, with the same flush pattern: none, a flush per
+//!   commit on one thread, or a flusher thread that groups exactly as the store's does
+//!   (`max_batch` waiters or `max_delay` after the first). No engine, no bus, no encoding, no
+//!   write-ahead record: the durable path's limit.
 //! - **tokio channel hops**: the same number of messages as the in-memory configuration put on
 //!   its bus, each one an mpsc hop between tasks, with the same number of sagas in flight: the
 //!   in-memory path's limit.
@@ -157,7 +158,7 @@ pub fn sled_config(dir: &Path) -> sled::Config {
         .mode(sled::Mode::HighThroughput)
 }
 
-/// Applies `commits` transactions shaped like `shapes` (cycled) under `pattern`; returns the
+/// Applies `commits` commits shaped like `shapes` (cycled) under `pattern`; returns the
 /// time until the last one is applied and, where flushed, durable.
 pub fn raw_sled(dir: &Path, shapes: &[Shape], commits: u64, pattern: FlushPattern) -> Duration {
     assert!(!shapes.is_empty(), "no commit shapes were recorded");
@@ -194,23 +195,18 @@ pub fn raw_sled(dir: &Path, shapes: &[Shape], commits: u64, pattern: FlushPatter
                     let mut writes: Vec<(Vec<u8>, Option<usize>)> =
                         shape.deletes.iter().map(|&(p, l)| (keys.delete(p, l), None)).collect();
                     writes.extend(shape.puts.iter().map(|&(p, l, v)| (keys.put(p, l), Some(v as usize))));
-                    db.transaction(|tx| {
-                        for k in &reads {
-                            tx.get(k.as_slice())?;
+                    // Single-key reads and writes, as the store applies a commit, minus its
+                    // write-ahead record and lock: the same bytes, without the atomicity.
+                    for k in &reads {
+                        db.get(k.as_slice()).expect("a raw sled read");
+                    }
+                    for (k, v) in &writes {
+                        match v {
+                            Some(len) => db.insert(k.as_slice(), &value[..*len]).map(drop),
+                            None => db.remove(k.as_slice()).map(drop),
                         }
-                        for (k, v) in &writes {
-                            match v {
-                                Some(len) => {
-                                    tx.insert(k.as_slice(), &value[..*len])?;
-                                }
-                                None => {
-                                    tx.remove(k.as_slice())?;
-                                }
-                            }
-                        }
-                        Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-                    })
-                    .expect("a raw sled transaction");
+                        .expect("a raw sled write");
+                    }
                     match pattern {
                         FlushPattern::PerCommit => {
                             db.flush().expect("a raw sled flush");

@@ -28,6 +28,8 @@ pub const ALL: &[&str] = &[
     "saga.during_compensation",
     // A participant's handler ran (its effects are in the commit), nothing is written.
     "participant.before_commit",
+    // sled: a commit's write-ahead record and its first write are applied, the rest are not.
+    "sled.during_apply",
     // The commit is applied to the store but its flush has not been asked for.
     "store.after_commit_before_flush",
     // The commit is durable; the delivery is not acked and the outbox not handed to the relay.
@@ -78,6 +80,7 @@ mod tests {
             include_str!("engine/saga_driver.rs"),
             include_str!("engine/participant.rs"),
             include_str!("store/kv.rs"),
+            include_str!("store/sled.rs"),
             include_str!("engine/lanes.rs"),
             include_str!("engine/relay.rs"),
         ];

@@ -48,7 +48,7 @@ enum Check {
 }
 
 /// One write of a batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Write {
     /// Insert or replace.
     Put(Vec<u8>, Vec<u8>),
@@ -60,7 +60,9 @@ pub enum Write {
 ///
 /// An engine applies a batch by running [`Batch::check`] and then every write **in order**
 /// (a status index entry is removed before its successor is put, which may be the same key),
-/// all inside one transaction. The check reads the first eight bytes of versioned values.
+/// with no other batch in between, and so that a crash keeps all of its writes or none (a
+/// transaction, or a write-ahead record as [`SledKv`](super::SledKv) does). The check reads the
+/// first eight bytes of versioned values.
 #[derive(Default)]
 pub struct Batch {
     checks: Vec<Check>,
@@ -97,11 +99,11 @@ impl Batch {
         &self.writes
     }
 
-    fn put(&mut self, k: Vec<u8>, v: Vec<u8>) {
+    pub(crate) fn put(&mut self, k: Vec<u8>, v: Vec<u8>) {
         self.writes.push(Write::Put(k, v));
     }
 
-    fn delete(&mut self, k: Vec<u8>) {
+    pub(crate) fn delete(&mut self, k: Vec<u8>) {
         self.writes.push(Write::Delete(k));
     }
 }

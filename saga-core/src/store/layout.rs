@@ -13,9 +13,10 @@
 //! | `t` | due (u64 BE), instance id, timer id | timer: the due-time index |
 //! | `h` | instance id, version (u64 BE) | history entry |
 //! | `e` | scope length (u16 BE), scope, key | version (u64 BE) ++ value: participant records |
+//! | `w` | sequence (u64 BE) | a batch's writes while they are applied (sled's write-ahead record) |
 //!
-//! Versions sit in front of instance and entity values so that the optimistic check inside a
-//! transaction reads eight bytes and decodes nothing.
+//! Versions sit in front of instance and entity values so that the optimistic check of a
+//! commit reads eight bytes and decodes nothing.
 
 use serde::{Serialize, de::DeserializeOwned};
 use uuid::Uuid;
@@ -31,6 +32,7 @@ pub(crate) const OUTBOX: u8 = b'o';
 pub(crate) const TIMER: u8 = b't';
 pub(crate) const HISTORY: u8 = b'h';
 pub(crate) const ENTITY: u8 = b'e';
+pub(crate) const WRITE_AHEAD: u8 = b'w';
 
 pub(crate) fn instance(id: Uuid) -> Vec<u8> {
     let mut k = Vec::with_capacity(17);
@@ -62,6 +64,13 @@ pub(crate) fn inbox(consumer: Uuid, message_id: Uuid) -> Vec<u8> {
 pub(crate) fn outbox(seq: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(9);
     k.push(OUTBOX);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub(crate) fn write_ahead(seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(WRITE_AHEAD);
     k.extend_from_slice(&seq.to_be_bytes());
     k
 }
