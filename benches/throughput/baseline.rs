@@ -63,19 +63,19 @@ impl OrderedKv for ShapeKv {
     fn last_key(&self, from: &[u8], to: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.last_key(from, to)
     }
-    fn apply(&self, batch: &Batch) -> Result<Result<(), Rejection>, StoreError> {
+    fn apply(&self, batch: Batch) -> Result<Result<(), Rejection>, StoreError> {
         let mut shape = Shape::default();
         let _ = batch.check(|k| {
             shape.checks.push((k.first().copied().unwrap_or(0), k.len() as u16));
             self.inner.get(k).map(|v| v.map(|v| leading_version(&v)))
         })?;
-        let verdict = self.inner.apply(batch)?;
         for w in batch.writes() {
             match w {
                 Write::Put(k, v) => shape.puts.push((k.first().copied().unwrap_or(0), k.len() as u16, v.len() as u32)),
                 Write::Delete(k) => shape.deletes.push((k.first().copied().unwrap_or(0), k.len() as u16)),
             }
         }
+        let verdict = self.inner.apply(batch)?;
         // The format marker written when the store opens is not a commit.
         let marker = shape.puts.iter().any(|p| p.0 == b'm');
         if verdict.is_ok() && !marker && !(shape.puts.is_empty() && shape.deletes.is_empty()) {

@@ -36,7 +36,6 @@ pub(crate) enum Unit {
     /// It committed; ack after `committed.durable`, then relay the outbox.
     Committed {
         committed: Committed,
-        outbox: Vec<Envelope>,
         follow_up: Option<TimerRecord>,
         /// Whether the commit scheduled timers (the timer task must look again).
         timers_added: bool,

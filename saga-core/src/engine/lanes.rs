@@ -167,16 +167,11 @@ async fn run_unit(core: &Arc<Core>, work: Work) -> Completion {
         _guard: guard,
     };
     match outcome {
-        Ok(Unit::Committed { committed, outbox, follow_up, timers_added }) => {
-            core.activity.add(outbox.len());
+        Ok(Unit::Committed { committed, follow_up, timers_added }) => {
+            core.activity.add(committed.outbox.len());
             completion.committed = true;
             completion.timers_added = timers_added;
-            completion.outbox = committed
-                .outbox_seqs
-                .into_iter()
-                .zip(outbox)
-                .map(|(seq, envelope)| OutboxEntry { seq, envelope })
-                .collect();
+            completion.outbox = committed.outbox;
             completion.durable = Some(committed.durable);
             completion.follow_up = follow_up.map(|t| Work {
                 driver: driver.clone(),

@@ -311,16 +311,15 @@ impl<H: Handler> Driver for ParticipantDriver<H> {
                 value,
             })
             .collect();
-        let outbox = ctx.outgoing;
         let commit = Commit {
             inbox: Some((self.consumer, envelope.message_id)),
             entities,
-            outbox: outbox.clone(),
+            outbox: ctx.outgoing,
             ..Commit::default()
         };
         crate::crash_points::crash_point!("participant.before_commit");
         match core.store.commit(commit).await {
-            Ok(committed) => Ok(Unit::Committed { committed, outbox, follow_up: None, timers_added: false }),
+            Ok(committed) => Ok(Unit::Committed { committed, follow_up: None, timers_added: false }),
             Err(StoreError::Duplicate { message_id, .. }) => {
                 Ok(Unit::Skipped(format!("{message_id} already processed")))
             }

@@ -133,14 +133,13 @@ impl<S: Saga> SagaDriver<S> {
         cause: MessageRef,
     ) -> Result<Unit, Failure> {
         let (commit, follow_up) = self.commit_transition(t, previous, cause)?;
-        let outbox = commit.outbox.clone();
         let timers_added = !commit.timers_add.is_empty();
         crate::crash_points::crash_point!("saga.before_commit");
         if commit.instance.as_ref().is_some_and(|w| w.record.status.kind() == crate::store::StatusKind::Compensating) {
             crate::crash_points::crash_point!("saga.during_compensation");
         }
         match core.store.commit(commit).await {
-            Ok(committed) => Ok(Unit::Committed { committed, outbox, follow_up, timers_added }),
+            Ok(committed) => Ok(Unit::Committed { committed, follow_up, timers_added }),
             Err(crate::store::StoreError::Duplicate { message_id, .. }) => {
                 Ok(Unit::Skipped(format!("{message_id} already processed")))
             }
@@ -253,12 +252,12 @@ impl<S: Saga> SagaDriver<S> {
             ..Commit::default()
         };
         let committed = core.store.commit(commit).await?;
-        Ok(Unit::Committed { committed, outbox: Vec::new(), follow_up: None, timers_added: false })
+        Ok(Unit::Committed { committed, follow_up: None, timers_added: false })
     }
 
     async fn drop_timer(&self, core: &Core, timer: &TimerRecord) -> Result<Unit, Failure> {
         let committed = core.store.commit(Commit { timers_remove: vec![timer.key], ..Commit::default() }).await?;
-        Ok(Unit::Committed { committed, outbox: Vec::new(), follow_up: None, timers_added: false })
+        Ok(Unit::Committed { committed, follow_up: None, timers_added: false })
     }
 }
 

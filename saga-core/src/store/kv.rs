@@ -44,7 +44,22 @@ impl From<Rejection> for StoreError {
 
 enum Check {
     Absent { key: Vec<u8>, rejection: Rejection },
-    Version { key: Vec<u8>, expected: u64, what: String },
+    Version { key: Vec<u8>, expected: u64, what: Subject },
+}
+
+/// What a versioned record is, formatted only when a check fails (the hot path never does).
+enum Subject {
+    Instance(Uuid),
+    Entity { scope: String, key: String },
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subject::Instance(id) => write!(f, "saga instance {id}"),
+            Subject::Entity { scope, key } => write!(f, "record {key:?} of {scope:?}"),
+        }
+    }
 }
 
 /// One write of a batch.
@@ -86,7 +101,7 @@ impl Batch {
                 Check::Version { key, expected, what } => {
                     let found = version_of(key)?.unwrap_or(0);
                     if found != *expected {
-                        return Ok(Err(Rejection::Conflict { what: what.clone(), expected: *expected, found }));
+                        return Ok(Err(Rejection::Conflict { what: what.to_string(), expected: *expected, found }));
                     }
                 }
             }
@@ -97,6 +112,11 @@ impl Batch {
     /// The writes, to apply in this order.
     pub fn writes(&self) -> &[Write] {
         &self.writes
+    }
+
+    /// The writes, owned, to apply in this order.
+    pub fn into_writes(self) -> Vec<Write> {
+        self.writes
     }
 
     pub(crate) fn put(&mut self, k: Vec<u8>, v: Vec<u8>) {
@@ -125,7 +145,7 @@ pub trait OrderedKv: Send + Sync + 'static {
     /// The greatest key in `[from, to)`.
     fn last_key(&self, from: &[u8], to: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Applies a batch atomically if its checks hold.
-    fn apply(&self, batch: &Batch) -> Result<Result<(), Rejection>, StoreError>;
+    fn apply(&self, batch: Batch) -> Result<Result<(), Rejection>, StoreError>;
     /// Removes keys (not necessarily atomically).
     fn remove(&self, keys: &[Vec<u8>]) -> Result<(), StoreError>;
     /// A future that resolves when everything applied so far is durable under the engine's
@@ -178,7 +198,7 @@ impl<B: OrderedKv> KvStore<B> {
                 }
                 let mut batch = Batch::default();
                 batch.put(key::META_FORMAT.to_vec(), FORMAT_VERSION.to_be_bytes().to_vec());
-                kv.apply(&batch)?.map_err(StoreError::from)?;
+                kv.apply(batch)?.map_err(StoreError::from)?;
             }
         }
         let outbox = [key::OUTBOX];
@@ -194,7 +214,7 @@ impl<B: OrderedKv> KvStore<B> {
         &self.kv
     }
 
-    fn prepare(&self, commit: Commit) -> Result<(Batch, Vec<u64>), StoreError> {
+    fn prepare(&self, commit: &Commit) -> Result<(Batch, Vec<u64>), StoreError> {
         let mut b = Batch::default();
         let mut seqs = Vec::with_capacity(commit.outbox.len());
         if let Some((consumer, message_id)) = commit.inbox {
@@ -206,7 +226,7 @@ impl<B: OrderedKv> KvStore<B> {
             let id = w.record.id;
             let k = key::instance(id);
             let (expected, old_kind) = w.previous.map_or((0, None), |(v, kind)| (v, Some(kind)));
-            b.checks.push(Check::Version { key: k.clone(), expected, what: format!("saga instance {id}") });
+            b.checks.push(Check::Version { key: k.clone(), expected, what: Subject::Instance(id) });
             if let Some(kind) = old_kind {
                 b.delete(key::status(kind, id));
             }
@@ -221,7 +241,7 @@ impl<B: OrderedKv> KvStore<B> {
             b.checks.push(Check::Version {
                 key: k.clone(),
                 expected: e.expected_version,
-                what: format!("record {:?} of {:?}", e.key, e.scope),
+                what: Subject::Entity { scope: e.scope.clone(), key: e.key.clone() },
             });
             b.put(k, key::versioned(e.expected_version + 1, &e.value));
         }
@@ -246,10 +266,11 @@ impl<B: OrderedKv> KvStore<B> {
 #[async_trait::async_trait]
 impl<B: OrderedKv> Store for KvStore<B> {
     async fn commit(&self, commit: Commit) -> Result<Committed, StoreError> {
-        let (batch, outbox_seqs) = self.prepare(commit)?;
-        self.kv.apply(&batch)?.map_err(StoreError::from)?;
+        let (batch, seqs) = self.prepare(&commit)?;
+        self.kv.apply(batch)?.map_err(StoreError::from)?;
         crate::crash_points::crash_point!("store.after_commit_before_flush");
-        Ok(Committed { durable: self.kv.durable(), outbox_seqs })
+        let outbox = seqs.into_iter().zip(commit.outbox).map(|(seq, envelope)| OutboxEntry { seq, envelope }).collect();
+        Ok(Committed { durable: self.kv.durable(), outbox })
     }
 
     fn barrier(&self) -> Durable {

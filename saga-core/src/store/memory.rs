@@ -69,14 +69,14 @@ impl OrderedKv for MemoryKv {
             .map(|(k, _)| k.clone()))
     }
 
-    fn apply(&self, batch: &Batch) -> Result<Result<(), Rejection>, StoreError> {
+    fn apply(&self, batch: Batch) -> Result<Result<(), Rejection>, StoreError> {
         let mut map = self.map();
         let verdict = batch.check(|k| Ok::<_, StoreError>(map.get(k).map(|v| leading_version(v))))?;
         if verdict.is_ok() {
-            for write in batch.writes() {
+            for write in batch.into_writes() {
                 match write {
-                    Write::Put(k, v) => map.insert(k.clone(), v.clone()),
-                    Write::Delete(k) => map.remove(k),
+                    Write::Put(k, v) => map.insert(k, v),
+                    Write::Delete(k) => map.remove(&k),
                 };
             }
         }

@@ -181,13 +181,15 @@ pub struct Commit {
 pub struct Committed {
     /// Resolves once the commit is durable; ack the delivery after it.
     pub durable: Durable,
-    /// The outbox positions given to the commit's messages, in order.
-    pub outbox_seqs: Vec<u64>,
+    /// The commit's outbox messages with the positions the store gave them, in order: hand
+    /// them to the relay once `durable` resolved.
+    pub outbox: Vec<OutboxEntry>,
 }
 
 impl std::fmt::Debug for Committed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Committed").field("outbox_seqs", &self.outbox_seqs).finish_non_exhaustive()
+        let seqs: Vec<u64> = self.outbox.iter().map(|e| e.seq).collect();
+        f.debug_struct("Committed").field("outbox_seqs", &seqs).finish_non_exhaustive()
     }
 }
 

@@ -283,7 +283,7 @@ impl OrderedKv for SledKv {
         }
     }
 
-    fn apply(&self, batch: &Batch) -> Result<Result<(), Rejection>, StoreError> {
+    fn apply(&self, batch: Batch) -> Result<Result<(), Rejection>, StoreError> {
         let mut writer = self.writer();
         if let Some(reason) = &writer.broken {
             return Err(StoreError::Io(format!(
@@ -385,7 +385,7 @@ mod tests {
         let mut batch = Batch::default();
         batch.put(b"xa".to_vec(), b"1".to_vec());
         batch.put(b"xb".to_vec(), b"2".to_vec());
-        kv.apply(&batch).unwrap().unwrap();
+        kv.apply(batch).unwrap().unwrap();
         assert_eq!(kv.get(b"xb").unwrap(), Some(b"2".to_vec()));
         assert!(kv.scan(&[key::WRITE_AHEAD], &[key::WRITE_AHEAD + 1], 10).unwrap().is_empty());
     }
