@@ -3,10 +3,11 @@
 //! - **raw sled**: sled opened with the store's own configuration, doing the same number of
 //!   commits as the configuration did, each with the same number of reads, writes and deletes
 //!   of the same key and value sizes (the commit shapes are recorded from the real engine on a
-//!   [`ShapeKv`]) as single-key operations, with the same flush pattern: none, a flush per
+//!   [`ShapeKv`]), applied atomically the way the store does it (a write-ahead record, then
+//!   single-key operations, under one lock), with the same flush pattern: none, a flush per
 //!   commit on one thread, or a flusher thread that groups exactly as the store's does
-//!   (`max_batch` waiters or `max_delay` after the first). No engine, no bus, no encoding, no
-//!   write-ahead record: the durable path's limit.
+//!   (`max_batch` waiters or `max_delay` after the first). No engine, no bus, no encoding: the
+//!   durable path's limit.
 //! - **tokio channel hops**: the same number of messages as the in-memory configuration put on
 //!   its bus, each one an mpsc hop between tasks, with the same number of sagas in flight: the
 //!   in-memory path's limit.
@@ -122,7 +123,7 @@ impl KeyMaker {
         self.counter += 1;
         let n = (self.thread << 56) | self.counter;
         let body = match prefix {
-            b'o' | b't' => n.to_be_bytes(),
+            b'o' | b't' | b'w' => n.to_be_bytes(),
             _ => n.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes(),
         };
         let mut k = Vec::with_capacity(usize::from(len));
@@ -166,6 +167,8 @@ pub fn raw_sled(dir: &Path, shapes: &[Shape], commits: u64, pattern: FlushPatter
     let deleted: HashSet<u8> = shapes.iter().flat_map(|s| s.deletes.iter().map(|d| d.0)).collect();
     let max_value = shapes.iter().flat_map(|s| s.puts.iter().map(|p| p.2)).max().unwrap_or(0) as usize;
     let value = vec![0x5au8; max_value];
+    let record_value = vec![0x5au8; 64 * 1024];
+    let lock = Mutex::new(());
     let appliers = match pattern {
         FlushPattern::PerCommit => 1,
         _ => std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -183,6 +186,7 @@ pub fn raw_sled(dir: &Path, shapes: &[Shape], commits: u64, pattern: FlushPatter
         };
         for t in 0..appliers {
             let (db, next, deleted, value, waiters) = (&db, &next, &deleted, &value, waiters.clone());
+            let (record_value, lock) = (&record_value, &lock);
             scope.spawn(move || {
                 let mut keys = KeyMaker::new(t as u64, deleted);
                 loop {
@@ -195,11 +199,17 @@ pub fn raw_sled(dir: &Path, shapes: &[Shape], commits: u64, pattern: FlushPatter
                     let mut writes: Vec<(Vec<u8>, Option<usize>)> =
                         shape.deletes.iter().map(|&(p, l)| (keys.delete(p, l), None)).collect();
                     writes.extend(shape.puts.iter().map(|&(p, l, v)| (keys.put(p, l), Some(v as usize))));
-                    // Single-key reads and writes, as the store applies a commit, minus its
-                    // write-ahead record and lock: the same bytes, without the atomicity.
+                    // As the store applies a commit (`saga-core/src/store/sled.rs`): under one
+                    // lock, the checks' reads, a write-ahead record holding the writes, the
+                    // writes as single-key operations, the record's removal.
+                    let record_len: usize = writes.iter().map(|(k, v)| k.len() + v.unwrap_or(0) + 4).sum();
+                    let record = keys.fresh(b'w', 9);
+                    let serial = lock.lock().unwrap_or_else(|e| e.into_inner());
                     for k in &reads {
                         db.get(k.as_slice()).expect("a raw sled read");
                     }
+                    db.insert(record.as_slice(), &record_value[..record_len.min(record_value.len())])
+                        .expect("a raw sled write-ahead record");
                     for (k, v) in &writes {
                         match v {
                             Some(len) => db.insert(k.as_slice(), &value[..*len]).map(drop),
@@ -207,6 +217,8 @@ pub fn raw_sled(dir: &Path, shapes: &[Shape], commits: u64, pattern: FlushPatter
                         }
                         .expect("a raw sled write");
                     }
+                    db.remove(record.as_slice()).expect("a raw sled removal");
+                    drop(serial);
                     match pattern {
                         FlushPattern::PerCommit => {
                             db.flush().expect("a raw sled flush");

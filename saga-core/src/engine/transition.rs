@@ -90,7 +90,10 @@ impl<'a, S: Saga> Transition<'a, S> {
             events: self.events.clone(),
         };
         let commit = Commit {
-            inbox: Some((self.record.id, cause.id)),
+            // A starting commit needs no inbox entry: a second copy of its message finds the
+            // instance it creates (and the version check, expecting none, refuses a concurrent
+            // copy). One random-keyed write fewer per saga, and one key fewer per parked saga.
+            inbox: previous.map(|_| (self.record.id, cause.id)),
             instance: Some(InstanceWrite { record: self.record, previous }),
             entities: Vec::new(),
             outbox: self.outbox,
