@@ -6,7 +6,7 @@
 //!   `SAGA_CRASH_ORDERS` orders, default 400);
 //! - an abort at a named crash point (feature `failpoints`): round `r` arms point
 //!   `r % points` to fire after a random number of hits, `SAGA_CRASH_POINT_ROUNDS` rounds
-//!   (default 14, two per point) over epochs of `SAGA_CRASH_POINT_ORDERS` orders (default
+//!   (default 16, two per point) over epochs of `SAGA_CRASH_POINT_ORDERS` orders (default
 //!   200); when an epoch's orders are all done its store is checked and a new epoch begins.
 //!
 //! Set `SAGA_TEST_AMQP_URL` to run them.
@@ -165,7 +165,7 @@ fn an_abort_at_every_crash_point_loses_nothing_and_repeats_nothing() {
     if !broker_is_configured("process crash test (crash points)") {
         return;
     }
-    let (rounds, orders) = (env_or("SAGA_CRASH_POINT_ROUNDS", 14), env_or("SAGA_CRASH_POINT_ORDERS", 200));
+    let (rounds, orders) = (env_or("SAGA_CRASH_POINT_ROUNDS", 16), env_or("SAGA_CRASH_POINT_ORDERS", 200));
     let (_bin, worker) = worker("rabbitmq failpoints");
     let mut random = Lcg(0x2545_F491_4F6C_DD1D);
     let mut hits = vec![0u64; ALL.len()];

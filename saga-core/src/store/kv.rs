@@ -227,10 +227,15 @@ impl<B: OrderedKv> KvStore<B> {
             let k = key::instance(id);
             let (expected, old_kind) = w.previous.map_or((0, None), |(v, kind)| (v, Some(kind)));
             b.checks.push(Check::Version { key: k.clone(), expected, what: Subject::Instance(id) });
-            if let Some(kind) = old_kind {
-                b.delete(key::status(kind, id));
+            // Most transitions keep the status (a step follows a step): then the index entry
+            // stays as it is, two random-key writes saved.
+            let new_kind = w.record.status.kind();
+            if old_kind != Some(new_kind) {
+                if let Some(kind) = old_kind {
+                    b.delete(key::status(kind, id));
+                }
+                b.put(key::status(new_kind, id), Vec::new());
             }
-            b.put(key::status(w.record.status.kind(), id), Vec::new());
             b.put(k, key::versioned(w.record.version, &key::encode("instance", &w.record)?));
             if let Some(h) = &commit.history {
                 b.put(key::history(id, h.version), key::encode("history", h)?);
