@@ -103,7 +103,7 @@ impl Plan {
             rabbitmq: 3_000,
             scale_small: 1_000,
             scale_large: 1_000_000,
-            scale_sagas: 5_000,
+            scale_sagas: 20_000,
             recovery: 100_000,
             budget_s: 560.0,
             scale_reserve_s: 45.0,

@@ -172,8 +172,22 @@ fn a_store_of_a_newer_format_is_refused_with_a_clear_error() {
         db.flush().unwrap();
     }
     let err = SledStore::open(dir.path()).unwrap_err();
-    assert!(matches!(err, StoreError::UnsupportedFormat { found: 99, supported: 1, .. }), "{err}");
+    assert!(matches!(err, StoreError::UnsupportedFormat { found: 99, supported: 2, .. }), "{err}");
     assert!(err.to_string().contains("run a newer sagaflow"), "{err}");
+}
+
+#[test]
+fn a_store_of_an_older_format_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(SledStore::open(dir.path()).unwrap());
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.insert(b"mformat", &1u32.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    let err = SledStore::open(dir.path()).unwrap_err();
+    assert!(matches!(err, StoreError::UnsupportedFormat { found: 1, supported: 2, .. }), "{err}");
+    assert!(err.to_string().contains("the release that wrote it"), "{err}");
 }
 
 #[test]

@@ -181,7 +181,7 @@ impl<B: OrderedKv> KvStore<B> {
                         key: key::hex(key::META_FORMAT),
                         reason: format!("{} bytes instead of 4", bytes.len()),
                     })?;
-                if found > FORMAT_VERSION || found == 0 {
+                if found != FORMAT_VERSION {
                     return Err(StoreError::UnsupportedFormat {
                         path: kv.location(),
                         found,

@@ -34,8 +34,9 @@ use uuid::Uuid;
 
 use crate::message::{Envelope, Timestamp};
 
-/// The on-disk format this build writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The on-disk format this build writes and reads (2: an instance's history and inbox moved
+/// under its record's prefix).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// A future that resolves once a commit is durable under the store's [`Durability`].
 pub type Durable = BoxFuture<'static, Result<(), StoreError>>;
@@ -82,16 +83,16 @@ pub enum StoreError {
         /// The engine's error.
         reason: String,
     },
-    /// The store was written by a newer (or unknown) format.
+    /// The store was written in another (or an unknown) format.
     #[error(
-        "the store at {path} has format version {found}; this build reads up to version {supported}: run a newer sagaflow, or open a store this version wrote"
+        "the store at {path} has format version {found}; this build reads version {supported} only: run a newer sagaflow for a newer format, finish the store's sagas with the release that wrote it for an older one, or open a store this version wrote"
     )]
     UnsupportedFormat {
         /// The directory.
         path: String,
         /// The version found on disk.
         found: u32,
-        /// The newest version this build reads.
+        /// The version this build reads.
         supported: u32,
     },
     /// A stored record does not decode.
