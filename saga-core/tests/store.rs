@@ -162,30 +162,28 @@ async fn a_group_commit_resolves_every_waiter_of_a_batch() {
     assert_eq!(store.outbox(1000).await.unwrap().len(), 200);
 }
 
-#[test]
-fn a_store_of_a_newer_format_is_refused_with_a_clear_error() {
+/// Opens a store whose format marker was overwritten with `version`.
+fn open_store_of_format(version: u32) -> StoreError {
     let dir = tempfile::tempdir().unwrap();
     drop(SledStore::open(dir.path()).unwrap());
     {
         let db = sled::open(dir.path()).unwrap();
-        db.insert(b"mformat", &99u32.to_be_bytes()).unwrap();
+        db.insert(b"mformat", &version.to_be_bytes()).unwrap();
         db.flush().unwrap();
     }
-    let err = SledStore::open(dir.path()).unwrap_err();
+    SledStore::open(dir.path()).unwrap_err()
+}
+
+#[test]
+fn a_store_of_a_newer_format_is_refused_with_a_clear_error() {
+    let err = open_store_of_format(99);
     assert!(matches!(err, StoreError::UnsupportedFormat { found: 99, supported: 2, .. }), "{err}");
     assert!(err.to_string().contains("run a newer sagaflow"), "{err}");
 }
 
 #[test]
 fn a_store_of_an_older_format_is_refused_with_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    drop(SledStore::open(dir.path()).unwrap());
-    {
-        let db = sled::open(dir.path()).unwrap();
-        db.insert(b"mformat", &1u32.to_be_bytes()).unwrap();
-        db.flush().unwrap();
-    }
-    let err = SledStore::open(dir.path()).unwrap_err();
+    let err = open_store_of_format(1);
     assert!(matches!(err, StoreError::UnsupportedFormat { found: 1, supported: 2, .. }), "{err}");
     assert!(err.to_string().contains("the release that wrote it"), "{err}");
 }
