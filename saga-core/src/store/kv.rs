@@ -63,6 +63,9 @@ impl std::fmt::Display for Subject {
 }
 
 /// One write of a batch.
+///
+/// Its serde form is stored: [`SledKv`](super::SledKv) keeps a batch's writes as a
+/// write-ahead record while it applies them, so changing this enum changes the store format.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Write {
     /// Insert or replace.
