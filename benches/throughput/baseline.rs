@@ -169,6 +169,7 @@ pub fn raw_sled(dir: &Path, shapes: &[Shape], commits: u64, pattern: FlushPatter
     let value = vec![0x5au8; max_value];
     let record_value = vec![0x5au8; 64 * 1024];
     let lock = Mutex::new(());
+    let log = std::fs::File::open(dir.join("db")).expect("open the raw sled baseline's log file");
     let appliers = match pattern {
         FlushPattern::PerCommit => 1,
         _ => std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -180,13 +181,14 @@ pub fn raw_sled(dir: &Path, shapes: &[Shape], commits: u64, pattern: FlushPatter
         let flusher = match pattern {
             FlushPattern::Group { max_delay, max_batch } => {
                 let db = db.clone();
-                Some(scope.spawn(move || group_flusher(&db, &flusher_rx, max_delay, max_batch)))
+                let log = &log;
+                Some(scope.spawn(move || group_flusher(&db, log, &flusher_rx, max_delay, max_batch)))
             }
             _ => None,
         };
         for t in 0..appliers {
             let (db, next, deleted, value, waiters) = (&db, &next, &deleted, &value, waiters.clone());
-            let (record_value, lock) = (&record_value, &lock);
+            let (record_value, lock, log) = (&record_value, &lock, &log);
             scope.spawn(move || {
                 let mut keys = KeyMaker::new(t as u64, deleted);
                 loop {
@@ -203,7 +205,7 @@ pub fn raw_sled(dir: &Path, shapes: &[Shape], commits: u64, pattern: FlushPatter
                     // lock, the checks' reads, a write-ahead record holding the writes, the
                     // writes as single-key operations, the record's removal.
                     let record_len: usize = writes.iter().map(|(k, v)| k.len() + v.unwrap_or(0) + 4).sum();
-                    let record = keys.fresh(b'w', 9);
+                    let record = keys.fresh(b'w', 13);
                     let serial = lock.lock().unwrap_or_else(|e| e.into_inner());
                     for k in &reads {
                         db.get(k.as_slice()).expect("a raw sled read");
@@ -220,9 +222,7 @@ pub fn raw_sled(dir: &Path, shapes: &[Shape], commits: u64, pattern: FlushPatter
                     db.remove(record.as_slice()).expect("a raw sled removal");
                     drop(serial);
                     match pattern {
-                        FlushPattern::PerCommit => {
-                            db.flush().expect("a raw sled flush");
-                        }
+                        FlushPattern::PerCommit => sync(db, log),
                         FlushPattern::Group { .. } => {
                             let _ = waiters.send(());
                         }
@@ -239,7 +239,7 @@ pub fn raw_sled(dir: &Path, shapes: &[Shape], commits: u64, pattern: FlushPatter
     started.elapsed()
 }
 
-fn group_flusher(db: &sled::Db, rx: &mpsc::Receiver<()>, max_delay: Duration, max_batch: usize) {
+fn group_flusher(db: &sled::Db, log: &std::fs::File, rx: &mpsc::Receiver<()>, max_delay: Duration, max_batch: usize) {
     while rx.recv().is_ok() {
         // As the engine's flusher: what arrived during the last flush joins at once.
         let mut n = 1 + rx.try_iter().take(max_batch.saturating_sub(1)).count();
@@ -250,8 +250,14 @@ fn group_flusher(db: &sled::Db, rx: &mpsc::Receiver<()>, max_delay: Duration, ma
                 Err(_) => break,
             }
         }
-        db.flush().expect("a raw sled flush");
+        sync(db, log);
     }
+}
+
+/// A flush as the store makes one: sled's flush, then an fdatasync of its log file.
+fn sync(db: &sled::Db, log: &std::fs::File) {
+    db.flush().expect("a raw sled flush");
+    log.sync_data().expect("a raw sled log sync");
 }
 
 /// Moves `sagas × hops` messages through tokio mpsc channels between two tasks (the saga and

@@ -149,6 +149,11 @@ pub trait OrderedKv: Send + Sync + 'static {
     fn last_key(&self, from: &[u8], to: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Applies a batch atomically if its checks hold.
     fn apply(&self, batch: Batch) -> Result<Result<(), Rejection>, StoreError>;
+    /// Finishes what a crash interrupted (a half-applied batch), before the store is used.
+    /// [`KvStore::on`] calls it once, after the format check. The default does nothing.
+    fn recover(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Removes keys (not necessarily atomically).
     fn remove(&self, keys: &[Vec<u8>]) -> Result<(), StoreError>;
     /// A future that resolves when everything applied so far is durable under the engine's
@@ -204,6 +209,7 @@ impl<B: OrderedKv> KvStore<B> {
                 kv.apply(batch)?.map_err(StoreError::from)?;
             }
         }
+        kv.recover()?;
         let outbox = [key::OUTBOX];
         let next = match kv.last_key(&outbox, &key::prefix_end(&outbox))? {
             Some(k) => key::u64_at("outbox", &k, 1)? + 1,

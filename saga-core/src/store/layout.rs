@@ -13,7 +13,7 @@
 //! | `o` | sequence (u64 BE) | envelope: the outbox, in publication order |
 //! | `t` | due (u64 BE), instance id, timer id | timer: the due-time index |
 //! | `e` | scope length (u16 BE), scope, key | version (u64 BE) ++ value: participant records |
-//! | `w` | sequence (u64 BE) | a batch's writes while they are applied (sled's write-ahead record) |
+//! | `w` | sequence (u64 BE), chunk (u32 BE) | chunk count (u32 BE) ++ a chunk of a batch's encoded writes while they are applied (sled's write-ahead record) |
 //!
 //! An instance's record, history and inbox share the prefix `i` + id, so a transition's writes
 //! land in one region of the tree instead of three random ones: with more instances than the
@@ -73,10 +73,11 @@ pub(crate) fn outbox(seq: u64) -> Vec<u8> {
     k
 }
 
-pub(crate) fn write_ahead(seq: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(9);
+pub(crate) fn write_ahead(seq: u64, chunk: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(13);
     k.push(WRITE_AHEAD);
     k.extend_from_slice(&seq.to_be_bytes());
+    k.extend_from_slice(&chunk.to_be_bytes());
     k
 }
 

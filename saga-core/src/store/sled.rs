@@ -16,24 +16,39 @@
 //! single insert. A commit is instead applied as a redo log on top of single-key writes:
 //!
 //! 1. under one writer lock, check the batch against the current values;
-//! 2. insert the batch's writes, encoded, as one write-ahead record (`w` + sequence): a
-//!    single insert is atomic in sled;
+//! 2. insert the batch's writes, encoded, as a write-ahead record (`w` + sequence + chunk):
+//!    chunks of at most 32 KiB, because sled stores larger values in blob files that it
+//!    never syncs, and a lost blob is skipped on recovery;
 //! 3. apply the writes in order as plain inserts and removes;
-//! 4. remove the write-ahead record.
+//! 4. remove the record.
 //!
 //! This holds because sled recovers a **prefix** of its log (it cuts recovery at the first
 //! torn or missing buffer, so no write survives a crash unless everything logged before it
 //! does), and the writer lock keeps each commit's steps together in the log. After a crash
-//! either the record's removal survived, and with it every write before it, or the record
-//! survived and [`SledKv`] replays it on open before anything reads the store: a commit's
-//! writes survive together or not at all, and replay is idempotent because the writes are
-//! puts and removes applied in their order. A batch of one write needs no record. Readers
-//! outside the lock may see another instance's commit half applied; the engine never reads
-//! across instances in one unit (one lane per instance, and shared participant records are
-//! single keys with a version checked under the lock).
+//! either the record's removal survived, and with it every write before it, or the whole
+//! record survived and [`KvStore`] has it replayed on open (after checking the format marker)
+//! before anything reads the store; a record with chunks missing was cut before its first
+//! write and is discarded. So a commit's writes survive together or not at all, and replay is
+//! idempotent because the writes are puts and removes applied in their order. A batch of one
+//! write needs no record.
+//!
+//! A commit that fails or panics after its checks may be half applied in memory: the store
+//! then refuses every later write until it is reopened (which replays the record), because a
+//! later commit over the half-applied one would be overwritten by that replay.
+//!
+//! Readers outside the lock may see another unit's commit half applied. The engine's own
+//! reads are safe: an instance is read only by its lane, and a participant record it saves is
+//! version-checked under the lock. A participant handler that loads a record it does not save
+//! can see such a half state (sled transactions excluded it).
+//!
+//! sled's `flush` writes its log buffers with `sync_file_range`, which neither flushes the
+//! disk's write cache nor the file's metadata; the flush thread therefore also `fdatasync`s
+//! sled's log file before it answers any waiter. Values over about 128 KiB (sled's blob
+//! threshold) still go to blob files that sled writes without a sync: keep saga state and
+//! participant records small.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -102,6 +117,7 @@ pub struct SledKv {
     durability: Durability,
     group: Option<Flusher>,
     writer: Mutex<Writer>,
+    log: Arc<LogFile>,
 }
 
 /// What the writer lock guards: see the module docs.
@@ -110,6 +126,10 @@ struct Writer {
     /// Set when a commit failed half applied: nothing more is written until a reopen replays it.
     broken: Option<String>,
 }
+
+/// The largest chunk of a write-ahead record: well under sled's blob threshold (a quarter of
+/// its 512 KiB segments), so that every chunk stays in sled's log.
+const RECORD_CHUNK: usize = 32 * 1024;
 
 struct Flusher {
     waiters: Option<mpsc::Sender<Waiter>>,
@@ -173,19 +193,62 @@ impl SledKv {
             Durability::Immediate => (Duration::ZERO, 1),
             Durability::None => (Duration::ZERO, usize::MAX),
         };
-        replay_write_ahead(&db).map_err(|e| match e {
-            StoreError::Io(reason) => StoreError::Open { path: path.display().to_string(), reason },
-            other => other,
-        })?;
-        let group = Some(Flusher::start(db.clone(), max_delay, max_batch)?);
+        let log = Arc::new(LogFile::open(path)?);
+        let group = Some(Flusher::start(db.clone(), log.clone(), max_delay, max_batch)?);
         let writer = Mutex::new(Writer { next_record: 1, broken: None });
-        Ok(SledKv { db, path: path.to_path_buf(), durability: options.durability, group, writer })
+        Ok(SledKv { db, path: path.to_path_buf(), durability: options.durability, group, writer, log })
     }
 
     fn writer(&self) -> std::sync::MutexGuard<'_, Writer> {
-        // The guarded fields are plain values set in one statement: a poisoned lock still
-        // guards consistent ones.
-        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+        // A commit panicked while it held the lock, maybe half applied: treat it as a failed
+        // one (see the module docs).
+        self.writer.lock().unwrap_or_else(|poisoned| {
+            let mut writer = poisoned.into_inner();
+            writer.broken.get_or_insert_with(|| "a commit panicked while it was being applied".into());
+            writer
+        })
+    }
+
+    /// Check passed: writes the record, the writes, and removes the record.
+    fn apply_with_record(&self, seq: u64, writes: &[Write]) -> Result<(), StoreError> {
+        let encoded = key::encode("write-ahead record", &writes)?;
+        let chunks: Vec<&[u8]> = encoded.chunks(RECORD_CHUNK).collect();
+        let count = u32::try_from(chunks.len())
+            .map_err(|_| StoreError::Encode { what: "write-ahead record", reason: "too many chunks".into() })?;
+        let keys: Vec<Vec<u8>> = (0..count).map(|i| key::write_ahead(seq, i)).collect();
+        for (k, chunk) in keys.iter().zip(&chunks) {
+            let mut value = Vec::with_capacity(4 + chunk.len());
+            value.extend_from_slice(&count.to_be_bytes());
+            value.extend_from_slice(chunk);
+            self.db.insert(k.as_slice(), value).map_err(io)?;
+        }
+        let (first, rest) = writes.split_at(1);
+        apply_writes(&self.db, first).map_err(io)?;
+        crate::crash_points::crash_point!("sled.during_apply");
+        apply_writes(&self.db, rest).map_err(io)?;
+        for k in &keys {
+            self.db.remove(k.as_slice()).map_err(io)?;
+        }
+        Ok(())
+    }
+}
+
+/// sled's log file, synced after each of sled's flushes (see the module docs).
+struct LogFile(std::fs::File);
+
+impl LogFile {
+    fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join("db");
+        std::fs::File::open(&path).map(LogFile).map_err(|e| StoreError::Open {
+            path: dir.display().to_string(),
+            reason: format!("cannot open sled's log file {} to sync it: {e}", path.display()),
+        })
+    }
+
+    /// sled's flush, then a real sync of what it wrote.
+    fn flush(&self, db: &sled::Db) -> Result<(), StoreError> {
+        db.flush().map_err(io)?;
+        self.0.sync_data().map_err(|e| StoreError::Io(format!("cannot sync sled's log file: {e}")))
     }
 }
 
@@ -201,30 +264,72 @@ fn apply_writes(db: &sled::Db, writes: &[Write]) -> sled::Result<()> {
 }
 
 /// Re-applies the commits a crash left with their write-ahead record (see the module docs),
-/// oldest first, and makes that durable before the store is used.
-fn replay_write_ahead(db: &sled::Db) -> Result<(), StoreError> {
+/// oldest first, discards records cut before their first write, and makes that durable.
+fn replay_write_ahead(db: &sled::Db, log: &LogFile) -> Result<(), StoreError> {
     let prefix = [key::WRITE_AHEAD];
-    let mut replayed = 0usize;
+    let mut records: Vec<(u64, Vec<KeyValue>)> = Vec::new();
     for entry in db.range(prefix.to_vec()..key::prefix_end(&prefix)) {
         let (k, v) = entry.map_err(io)?;
-        let writes: Vec<Write> = key::decode("write-ahead record", &k, &v)?;
-        apply_writes(db, &writes).map_err(io)?;
-        db.remove(&k).map_err(io)?;
-        replayed += 1;
+        let seq = key::u64_at("write-ahead record", &k, 1)?;
+        match records.last_mut() {
+            Some((last, chunks)) if *last == seq => chunks.push((k.to_vec(), v.to_vec())),
+            _ => records.push((seq, vec![(k.to_vec(), v.to_vec())])),
+        }
     }
-    if replayed > 0 {
-        db.flush().map_err(io)?;
-        tracing::info!(commits = replayed, "replayed commits that a crash interrupted");
+    let (mut replayed, mut discarded) = (0usize, 0usize);
+    for (_, chunks) in &records {
+        match reassemble(chunks)? {
+            Some(writes) => {
+                apply_writes(db, &writes).map_err(io)?;
+                replayed += 1;
+            }
+            None => discarded += 1,
+        }
+        for (k, _) in chunks {
+            db.remove(k.as_slice()).map_err(io)?;
+        }
+    }
+    if !records.is_empty() {
+        log.flush(db)?;
+        tracing::info!(replayed, discarded, "finished the commits that a crash interrupted");
     }
     Ok(())
 }
 
+/// A record's writes from its chunks (in key order), or `None` if chunks are missing.
+fn reassemble(chunks: &[KeyValue]) -> Result<Option<Vec<Write>>, StoreError> {
+    let corrupt = |k: &[u8], reason: &str| StoreError::Corrupt {
+        what: "write-ahead record",
+        key: key::hex(k),
+        reason: reason.to_owned(),
+    };
+    let mut bytes = Vec::new();
+    for (i, (k, v)) in chunks.iter().enumerate() {
+        let index = k.get(9..13).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_be_bytes);
+        let (count, body) = match v.split_first_chunk::<4>() {
+            Some((count, body)) => (u32::from_be_bytes(*count), body),
+            None => return Err(corrupt(k, "a chunk without its count")),
+        };
+        if index != u32::try_from(i).ok() || count as usize != chunks.len() {
+            // The crash came while the chunks were being written: nothing was applied yet.
+            return Ok(None);
+        }
+        bytes.extend_from_slice(body);
+    }
+    let Some((first, _)) = chunks.first() else { return Ok(None) };
+    match postcard::take_from_bytes::<Vec<Write>>(&bytes) {
+        Ok((writes, [])) => Ok(Some(writes)),
+        Ok(_) => Err(corrupt(first, "bytes left over after the writes")),
+        Err(e) => Err(corrupt(first, &e.to_string())),
+    }
+}
+
 impl Flusher {
-    fn start(db: sled::Db, max_delay: Duration, max_batch: usize) -> Result<Self, StoreError> {
+    fn start(db: sled::Db, log: Arc<LogFile>, max_delay: Duration, max_batch: usize) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel::<Waiter>();
         let thread = std::thread::Builder::new()
             .name("sagaflow-flush".into())
-            .spawn(move || group_commit_loop(&db, &rx, max_delay, max_batch.max(1)))
+            .spawn(move || group_commit_loop(&db, &log, &rx, max_delay, max_batch.max(1)))
             .map_err(|e| StoreError::Io(format!("cannot start the flush thread: {e}")))?;
         Ok(Flusher { waiters: Some(tx), thread: Some(thread) })
     }
@@ -233,7 +338,7 @@ impl Flusher {
 /// Takes the waiters that queued up during the last flush, collects more until `max_batch` or
 /// `max_delay` after the first, flushes once, and answers them all. Every waiter was registered after its commit was applied, so the flush
 /// (which starts after the waiter was received) covers that commit.
-fn group_commit_loop(db: &sled::Db, rx: &mpsc::Receiver<Waiter>, max_delay: Duration, max_batch: usize) {
+fn group_commit_loop(db: &sled::Db, log: &LogFile, rx: &mpsc::Receiver<Waiter>, max_delay: Duration, max_batch: usize) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         // The commits that arrived during the previous flush join at once.
@@ -246,7 +351,7 @@ fn group_commit_loop(db: &sled::Db, rx: &mpsc::Receiver<Waiter>, max_delay: Dura
                 Err(_) => break,
             }
         }
-        let result = db.flush().map(|_| ()).map_err(io);
+        let result = log.flush(db);
         for w in batch {
             // The committer may have gone away (its runtime was dropped): nothing to tell.
             let _ = w.send(result.clone());
@@ -294,29 +399,24 @@ impl OrderedKv for SledKv {
         if let Err(rejection) = verdict {
             return Ok(Err(rejection));
         }
-        let writes = batch.writes();
+        let writes = batch.into_writes();
         if writes.len() <= 1 {
             // A single insert or remove is atomic on its own.
-            apply_writes(&self.db, writes).map_err(io)?;
+            apply_writes(&self.db, &writes).map_err(io)?;
             return Ok(Ok(()));
         }
-        let record = key::write_ahead(writer.next_record);
+        let seq = writer.next_record;
         writer.next_record += 1;
-        // Nothing is applied until the record is in: a failure here leaves no trace.
-        self.db.insert(record.as_slice(), key::encode("write-ahead record", &writes)?).map_err(io)?;
-        let (first, rest) = writes.split_at(1);
-        let applied = apply_writes(&self.db, first)
-            .and_then(|()| {
-                crate::crash_points::crash_point!("sled.during_apply");
-                apply_writes(&self.db, rest)
-            })
-            .and_then(|()| self.db.remove(record.as_slice()).map(drop));
-        if let Err(e) = applied {
+        if let Err(e) = self.apply_with_record(seq, &writes) {
             let reason = format!("a commit failed half applied in {}: {e}", self.path.display());
             writer.broken = Some(reason.clone());
             return Err(StoreError::Io(reason));
         }
         Ok(Ok(()))
+    }
+
+    fn recover(&self) -> Result<(), StoreError> {
+        replay_write_ahead(&self.db, &self.log)
     }
 
     fn remove(&self, keys: &[Vec<u8>]) -> Result<(), StoreError> {
@@ -353,11 +453,35 @@ impl OrderedKv for SledKv {
 mod tests {
     use super::*;
 
+    fn batch(writes: &[(&[u8], &[u8])]) -> Batch {
+        let mut batch = Batch::default();
+        for (k, v) in writes {
+            batch.put(k.to_vec(), v.to_vec());
+        }
+        batch
+    }
+
+    /// Writes a write-ahead record's chunks straight into sled, as `apply` would.
+    fn write_record(db: &sled::Db, seq: u64, writes: &[Write], chunk_len: usize, keep_chunks: usize) {
+        let encoded = key::encode("write-ahead record", &writes).unwrap();
+        let chunks: Vec<&[u8]> = encoded.chunks(chunk_len).collect();
+        for (i, chunk) in chunks.iter().enumerate().take(keep_chunks) {
+            let mut value = (chunks.len() as u32).to_be_bytes().to_vec();
+            value.extend_from_slice(chunk);
+            db.insert(key::write_ahead(seq, i as u32), value).unwrap();
+        }
+    }
+
+    fn records(store: &SledStore) -> Vec<KeyValue> {
+        store.engine().scan(&[key::WRITE_AHEAD], &[key::WRITE_AHEAD + 1], 100).unwrap()
+    }
+
     /// What a crash in the middle of a commit leaves: the write-ahead record and only some of
     /// its writes.
     #[test]
     fn opening_completes_a_commit_that_a_crash_left_half_applied() {
         let dir = tempfile::tempdir().unwrap();
+        drop(SledStore::open(dir.path()).unwrap());
         let writes = vec![
             Write::Put(b"xa".to_vec(), b"1".to_vec()),
             Write::Delete(b"xb".to_vec()),
@@ -366,27 +490,79 @@ mod tests {
         {
             let db = sled::open(dir.path()).unwrap();
             db.insert(b"xb", b"old").unwrap();
-            db.insert(key::write_ahead(7), key::encode("write-ahead record", &writes).unwrap()).unwrap();
+            write_record(&db, 7, &writes, 8, usize::MAX);
             apply_writes(&db, &writes[..1]).unwrap();
             db.flush().unwrap();
         }
-        let kv = SledKv::open(dir.path(), SledOptions::default()).unwrap();
-        assert_eq!(kv.get(b"xa").unwrap(), Some(b"1".to_vec()));
-        assert_eq!(kv.get(b"xb").unwrap(), None);
-        assert_eq!(kv.get(b"xc").unwrap(), Some(b"3".to_vec()));
-        let records = kv.scan(&[key::WRITE_AHEAD], &[key::WRITE_AHEAD + 1], 10).unwrap();
-        assert!(records.is_empty(), "the replayed record is removed: {records:?}");
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.engine().get(b"xa").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(store.engine().get(b"xb").unwrap(), None);
+        assert_eq!(store.engine().get(b"xc").unwrap(), Some(b"3".to_vec()));
+        assert!(records(&store).is_empty(), "the replayed record is removed");
     }
 
     #[test]
-    fn a_commit_leaves_no_write_ahead_record_behind() {
+    fn a_record_cut_before_its_first_write_is_discarded() {
         let dir = tempfile::tempdir().unwrap();
-        let kv = SledKv::open(dir.path(), SledOptions::default()).unwrap();
-        let mut batch = Batch::default();
-        batch.put(b"xa".to_vec(), b"1".to_vec());
-        batch.put(b"xb".to_vec(), b"2".to_vec());
-        kv.apply(batch).unwrap().unwrap();
-        assert_eq!(kv.get(b"xb").unwrap(), Some(b"2".to_vec()));
-        assert!(kv.scan(&[key::WRITE_AHEAD], &[key::WRITE_AHEAD + 1], 10).unwrap().is_empty());
+        drop(SledStore::open(dir.path()).unwrap());
+        let writes = vec![Write::Put(b"xa".to_vec(), b"1".to_vec()), Write::Put(b"xb".to_vec(), b"2".to_vec())];
+        {
+            let db = sled::open(dir.path()).unwrap();
+            write_record(&db, 3, &writes, 4, 1);
+            db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.engine().get(b"xa").unwrap(), None);
+        assert!(records(&store).is_empty());
+    }
+
+    #[test]
+    fn a_commit_larger_than_a_chunk_applies_and_leaves_no_record_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let big = vec![7u8; 3 * RECORD_CHUNK];
+        store.engine().apply(batch(&[(b"xa", b"1"), (b"xb", &big)])).unwrap().unwrap();
+        assert_eq!(store.engine().get(b"xb").unwrap(), Some(big));
+        assert!(records(&store).is_empty());
+    }
+
+    #[test]
+    fn after_a_commit_panicked_the_store_refuses_writes_until_it_is_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let kv = store.engine();
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _held = kv.writer.lock();
+            panic!("a commit panics half applied");
+        }));
+        let err = kv.apply(batch(&[(b"xa", b"1"), (b"xb", b"2")])).unwrap_err();
+        assert!(err.to_string().contains("reopen the store"), "{err}");
+        drop(store);
+        let store = SledStore::open(dir.path()).unwrap();
+        store.engine().apply(batch(&[(b"xa", b"1"), (b"xb", b"2")])).unwrap().unwrap();
+    }
+
+    #[test]
+    fn foreign_data_with_a_record_like_key_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.insert(b"wcount", &5u64.to_be_bytes()).unwrap();
+            db.flush().unwrap();
+        }
+        let err = SledStore::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("not a sagaflow store"), "{err}");
+        let db = sled::open(dir.path()).unwrap();
+        assert!(db.get(b"wcount").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_record_with_bytes_left_over_is_corrupt() {
+        let writes = vec![Write::Put(b"xa".to_vec(), b"1".to_vec())];
+        let mut value = 1u32.to_be_bytes().to_vec();
+        value.extend_from_slice(&key::encode("write-ahead record", &writes).unwrap());
+        value.push(0);
+        let err = reassemble(&[(key::write_ahead(1, 0), value)]).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
     }
 }
