@@ -17,8 +17,7 @@
 //!
 //! 1. under one writer lock, check the batch against the current values;
 //! 2. insert the batch's writes, encoded, as a write-ahead record (`w` + sequence + chunk):
-//!    chunks of at most 32 KiB, because sled stores larger values in blob files that it
-//!    never syncs, and a lost blob is skipped on recovery;
+//!    chunks of at most 32 KiB, so that a record normally stays in sled's log itself;
 //! 3. apply the writes in order as plain inserts and removes;
 //! 4. remove the record.
 //!
@@ -43,9 +42,9 @@
 //!
 //! sled's `flush` writes its log buffers with `sync_file_range`, which neither flushes the
 //! disk's write cache nor the file's metadata; the flush thread therefore also `fdatasync`s
-//! sled's log file before it answers any waiter. Values over about 128 KiB (sled's blob
-//! threshold) still go to blob files that sled writes without a sync: keep saga state and
-//! participant records small.
+//! sled's log file, and every blob file sled wrote since the last flush (sled puts a log
+//! message larger than about 128 KiB, such as a big value or a whole leaf rewritten after ten
+//! updates, in a blob file that it never syncs), before it answers any waiter.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
@@ -233,22 +232,70 @@ impl SledKv {
     }
 }
 
-/// sled's log file, synced after each of sled's flushes (see the module docs).
-struct LogFile(std::fs::File);
+/// sled's files, synced after each of sled's flushes (see the module docs): its log, and
+/// the blob files it writes for log messages too large for the log.
+struct LogFile {
+    dir: PathBuf,
+    log: std::fs::File,
+    /// Blob files already synced (sled writes each once); pruned to what still exists.
+    synced_blobs: Mutex<std::collections::HashSet<std::ffi::OsString>>,
+}
+
+fn sync_error(what: &Path, e: std::io::Error) -> StoreError {
+    StoreError::Io(format!("cannot sync {}: {e}", what.display()))
+}
 
 impl LogFile {
     fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join("db");
-        std::fs::File::open(&path).map(LogFile).map_err(|e| StoreError::Open {
+        let open_error = |e: std::io::Error| StoreError::Open {
             path: dir.display().to_string(),
             reason: format!("cannot open sled's log file {} to sync it: {e}", path.display()),
-        })
+        };
+        let log = std::fs::File::open(&path).map_err(open_error)?;
+        // The directory entries of a new store (its log file, its blob folder) must survive too.
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(open_error)?;
+        Ok(LogFile { dir: dir.to_path_buf(), log, synced_blobs: Mutex::new(Default::default()) })
     }
 
     /// sled's flush, then a real sync of what it wrote.
     fn flush(&self, db: &sled::Db) -> Result<(), StoreError> {
         db.flush().map_err(io)?;
-        self.0.sync_data().map_err(|e| StoreError::Io(format!("cannot sync sled's log file: {e}")))
+        self.log.sync_data().map_err(|e| sync_error(&self.dir.join("db"), e))?;
+        self.sync_new_blobs()
+    }
+
+    /// sled writes a log message larger than a quarter of a segment (a big value, or a whole
+    /// leaf rewritten after ten updates) to a blob file and never syncs it; the message in the
+    /// log only points to it.
+    fn sync_new_blobs(&self) -> Result<(), StoreError> {
+        let blobs = self.dir.join("blobs");
+        let entries = match std::fs::read_dir(&blobs) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(sync_error(&blobs, e)),
+        };
+        let mut synced = self.synced_blobs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut present = std::collections::HashSet::new();
+        let mut new_files = false;
+        for entry in entries {
+            let name = entry.map_err(|e| sync_error(&blobs, e))?.file_name();
+            if !synced.contains(&name) {
+                let path = blobs.join(&name);
+                match std::fs::File::open(&path).and_then(|f| f.sync_data()) {
+                    Ok(()) => new_files = true,
+                    // sled removed it meanwhile: it was no longer needed.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(sync_error(&path, e)),
+                }
+            }
+            present.insert(name);
+        }
+        if new_files {
+            std::fs::File::open(&blobs).and_then(|d| d.sync_all()).map_err(|e| sync_error(&blobs, e))?;
+        }
+        *synced = present;
+        Ok(())
     }
 }
 
@@ -305,12 +352,15 @@ fn reassemble(chunks: &[KeyValue]) -> Result<Option<Vec<Write>>, StoreError> {
     };
     let mut bytes = Vec::new();
     for (i, (k, v)) in chunks.iter().enumerate() {
-        let index = k.get(9..13).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_be_bytes);
+        let index = match k.get(9..).and_then(|b| <[u8; 4]>::try_from(b).ok()) {
+            Some(b) => u32::from_be_bytes(b),
+            None => return Err(corrupt(k, "a key that is not sequence and chunk")),
+        };
         let (count, body) = match v.split_first_chunk::<4>() {
             Some((count, body)) => (u32::from_be_bytes(*count), body),
             None => return Err(corrupt(k, "a chunk without its count")),
         };
-        if index != u32::try_from(i).ok() || count as usize != chunks.len() {
+        if u32::try_from(i).ok() != Some(index) || count as usize != chunks.len() {
             // The crash came while the chunks were being written: nothing was applied yet.
             return Ok(None);
         }
@@ -420,7 +470,9 @@ impl OrderedKv for SledKv {
     }
 
     fn remove(&self, keys: &[Vec<u8>]) -> Result<(), StoreError> {
-        // Not atomic, as the trait allows: single removes avoid sled's global batch lock.
+        // Not atomic, as the trait allows: single removes avoid sled's global batch lock. They
+        // go on while the store is broken: a replay may put removed outbox entries back, and
+        // they are published again and deduplicated.
         for k in keys {
             self.db.remove(k.as_slice()).map_err(io)?;
         }
@@ -554,6 +606,28 @@ mod tests {
         assert!(err.to_string().contains("not a sagaflow store"), "{err}");
         let db = sled::open(dir.path()).unwrap();
         assert!(db.get(b"wcount").unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_value_over_sleds_blob_threshold_is_synced_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = vec![9u8; 300 * 1024];
+        {
+            let store =
+                SledStore::open_with(dir.path(), SledOptions::default().durability(Durability::Immediate)).unwrap();
+            store.engine().apply(batch(&[(b"xa", b"1"), (b"xb", &big)])).unwrap().unwrap();
+            store.engine().durable().await.unwrap();
+            let synced = store.engine().log.synced_blobs.lock().unwrap().len();
+            assert!(synced > 0, "sled wrote the value to a blob file, and the flush synced it");
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.engine().get(b"xb").unwrap(), Some(big));
+    }
+
+    #[test]
+    fn a_record_key_of_the_wrong_shape_is_corrupt() {
+        let err = reassemble(&[(vec![key::WRITE_AHEAD, 0, 0, 0, 0, 0, 0, 0, 1], vec![0, 0, 0, 1])]).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
     }
 
     #[test]
