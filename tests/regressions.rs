@@ -6,12 +6,9 @@ use std::time::Duration;
 
 use common::*;
 use sagaflow::clock::ManualClock;
-use sagaflow::message::{Message, Timestamp};
+use sagaflow::message::Message;
 use sagaflow::prelude::*;
-use sagaflow::store::{
-    Commit, Committed, Durable, EntityRecord, HistoryEntry, InstanceRecord, OutboxEntry, Store, StoreError, TimerKey,
-    TimerRecord,
-};
+use sagaflow::store::{Commit, CommitHook, Committed, Intercepted, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -122,62 +119,24 @@ async fn two_sagas_started_by_one_message_both_reach_the_shared_participant() {
 // 3. A commit whose flush fails once strands its outbox until the next process start.
 // ---------------------------------------------------------------------------------------
 
-struct FlakyStore {
-    inner: MemoryStore,
-    fail_durable: AtomicUsize,
-}
+/// Fails the durability of the first `n` commits.
+struct FlakyDurability(AtomicUsize);
 
 #[async_trait::async_trait]
-impl Store for FlakyStore {
-    async fn commit(&self, commit: Commit) -> Result<Committed, StoreError> {
-        let mut c = self.inner.commit(commit).await?;
-        if self.fail_durable.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+impl CommitHook for FlakyDurability {
+    async fn commit(&self, store: &dyn Store, commit: Commit) -> Result<Committed, StoreError> {
+        let mut c = store.commit(commit).await?;
+        if self.0.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
             c.durable = Box::pin(async { Err(StoreError::Io("fsync: EIO (transient)".into())) });
         }
         Ok(c)
-    }
-    fn barrier(&self) -> Durable {
-        self.inner.barrier()
-    }
-    async fn instance(&self, id: Uuid) -> Result<Option<InstanceRecord>, StoreError> {
-        self.inner.instance(id).await
-    }
-    async fn instances_with_status(&self, s: StatusKind, l: usize) -> Result<Vec<Uuid>, StoreError> {
-        self.inner.instances_with_status(s, l).await
-    }
-    async fn history(&self, id: Uuid) -> Result<Vec<HistoryEntry>, StoreError> {
-        self.inner.history(id).await
-    }
-    async fn processed(&self, c: Uuid, m: Uuid) -> Result<bool, StoreError> {
-        self.inner.processed(c, m).await
-    }
-    async fn entity(&self, s: &str, k: &str) -> Result<Option<EntityRecord>, StoreError> {
-        self.inner.entity(s, k).await
-    }
-    async fn entities(&self, s: &str, l: usize) -> Result<Vec<(String, EntityRecord)>, StoreError> {
-        self.inner.entities(s, l).await
-    }
-    async fn timers_due(&self, u: Timestamp, a: Option<TimerKey>, l: usize) -> Result<Vec<TimerRecord>, StoreError> {
-        self.inner.timers_due(u, a, l).await
-    }
-    async fn next_timer(&self, a: Timestamp) -> Result<Option<TimerKey>, StoreError> {
-        self.inner.next_timer(a).await
-    }
-    async fn outbox(&self, l: usize) -> Result<Vec<OutboxEntry>, StoreError> {
-        self.inner.outbox(l).await
-    }
-    async fn remove_outbox(&self, s: &[u64]) -> Result<(), StoreError> {
-        self.inner.remove_outbox(s).await
-    }
-    async fn flush(&self) -> Result<(), StoreError> {
-        self.inner.flush().await
     }
 }
 
 #[tokio::test]
 async fn a_transient_flush_failure_does_not_strand_the_outbox() {
     let script = Script::default();
-    let store = FlakyStore { inner: MemoryStore::new(), fail_durable: AtomicUsize::new(1) };
+    let store = Intercepted::new(MemoryStore::new(), FlakyDurability(AtomicUsize::new(1)));
     let runtime = trip_runtime(&script).store(store).clock(ManualClock::default()).build().await.unwrap();
     runtime.publish(&BookTrip { trip: 1 }).await.unwrap();
     runtime.settle().await; // BookTrip nacked (1 s), redelivered, skipped, acked

@@ -1,7 +1,8 @@
 //! What the benchmark observes, through public extension points only.
 //!
-//! [`ProbeStore`] wraps any [`Store`] and counts every commit the engine makes; for the order
-//! saga's commits that finish an instance (or, while parking, start one) it wraps the commit's
+//! [`ProbeCommits`] hooks any [`Store`]'s commits (through [`sagaflow::store::Intercepted`])
+//! and counts every commit the engine makes; for the order saga's commits that finish an
+//! instance (or, while parking, start one) it wraps the commit's
 //! `Durable` future, so a saga's end time is the moment the engine itself sees its last commit
 //! durable, which is when it would ack. [`ProbeBus`] wraps any [`Bus`] and counts publishes.
 //! The wrappers cost one branch per commit and one boxed future per finished saga.
@@ -14,12 +15,9 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use sagaflow::activity::Activity;
 use sagaflow::bus::{Bus, BusError, Consumer};
-use sagaflow::message::{Envelope, Message, Timestamp};
+use sagaflow::message::{Envelope, Message};
 use sagaflow::saga::Saga;
-use sagaflow::store::{
-    Commit, Committed, Durable, EntityRecord, HistoryEntry, InstanceRecord, OutboxEntry, SagaStatus, StatusKind, Store,
-    StoreError, TimerKey, TimerRecord,
-};
+use sagaflow::store::{Commit, CommitHook, Committed, InstanceRecord, SagaStatus, StatusKind, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
@@ -212,36 +210,28 @@ enum Watch {
     Reserved,
 }
 
-/// A [`Store`] that counts commits and watches the ones the benchmark times.
-pub struct ProbeStore<S> {
-    inner: S,
-    probe: Arc<Probe>,
-}
-
-impl<S: Store> ProbeStore<S> {
-    pub fn new(inner: S, probe: Arc<Probe>) -> Self {
-        ProbeStore { inner, probe }
-    }
-}
+/// Counts commits and watches the ones the benchmark times; wraps a store through
+/// [`sagaflow::store::Intercepted`].
+pub struct ProbeCommits(pub Arc<Probe>);
 
 #[async_trait::async_trait]
-impl<S: Store> Store for ProbeStore<S> {
-    async fn commit(&self, commit: Commit) -> Result<Committed, StoreError> {
-        let watch = self.probe.classify(&commit);
+impl CommitHook for ProbeCommits {
+    async fn commit(&self, store: &dyn Store, commit: Commit) -> Result<Committed, StoreError> {
+        let watch = self.0.classify(&commit);
         let transition = commit.instance.is_some();
-        let mut committed = match self.inner.commit(commit).await {
+        let mut committed = match store.commit(commit).await {
             Ok(c) => c,
             Err(e) => {
-                self.probe.refused.fetch_add(1, Ordering::Relaxed);
+                self.0.refused.fetch_add(1, Ordering::Relaxed);
                 return Err(e);
             }
         };
-        self.probe.commits.fetch_add(1, Ordering::Relaxed);
+        self.0.commits.fetch_add(1, Ordering::Relaxed);
         if transition {
-            self.probe.transitions.fetch_add(1, Ordering::Relaxed);
+            self.0.transitions.fetch_add(1, Ordering::Relaxed);
         }
         if !matches!(watch, Watch::Nothing) {
-            let probe = self.probe.clone();
+            let probe = self.0.clone();
             let durable = committed.durable;
             committed.durable = async move {
                 let result = durable.await;
@@ -271,47 +261,6 @@ impl<S: Store> Store for ProbeStore<S> {
             .boxed();
         }
         Ok(committed)
-    }
-    fn barrier(&self) -> Durable {
-        self.inner.barrier()
-    }
-    async fn instance(&self, id: Uuid) -> Result<Option<InstanceRecord>, StoreError> {
-        self.inner.instance(id).await
-    }
-    async fn instances_with_status(&self, status: StatusKind, limit: usize) -> Result<Vec<Uuid>, StoreError> {
-        self.inner.instances_with_status(status, limit).await
-    }
-    async fn history(&self, id: Uuid) -> Result<Vec<HistoryEntry>, StoreError> {
-        self.inner.history(id).await
-    }
-    async fn processed(&self, consumer: Uuid, message_id: Uuid) -> Result<bool, StoreError> {
-        self.inner.processed(consumer, message_id).await
-    }
-    async fn entity(&self, scope: &str, key: &str) -> Result<Option<EntityRecord>, StoreError> {
-        self.inner.entity(scope, key).await
-    }
-    async fn entities(&self, scope: &str, limit: usize) -> Result<Vec<(String, EntityRecord)>, StoreError> {
-        self.inner.entities(scope, limit).await
-    }
-    async fn timers_due(
-        &self,
-        upto: Timestamp,
-        after: Option<TimerKey>,
-        limit: usize,
-    ) -> Result<Vec<TimerRecord>, StoreError> {
-        self.inner.timers_due(upto, after, limit).await
-    }
-    async fn next_timer(&self, after: Timestamp) -> Result<Option<TimerKey>, StoreError> {
-        self.inner.next_timer(after).await
-    }
-    async fn outbox(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
-        self.inner.outbox(limit).await
-    }
-    async fn remove_outbox(&self, seqs: &[u64]) -> Result<(), StoreError> {
-        self.inner.remove_outbox(seqs).await
-    }
-    async fn flush(&self) -> Result<(), StoreError> {
-        self.inner.flush().await
     }
 }
 

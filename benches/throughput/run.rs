@@ -11,12 +11,12 @@ use sagaflow::bus::Bus;
 use sagaflow::clock::ManualClock;
 use sagaflow::message::Timestamp;
 use sagaflow::prelude::*;
-use sagaflow::store::{KvStore, Store};
+use sagaflow::store::{Intercepted, KvStore, Store};
 use serde::{Deserialize, Serialize};
 
 use crate::baseline::{self, FlushPattern, Shape, ShapeKv};
 use crate::domain::ReserveStock;
-use crate::probe::{Latency, Probe, ProbeBus, ProbeStore, Release, cpu_time, dir_bytes, proc_status_mib};
+use crate::probe::{Latency, Probe, ProbeBus, ProbeCommits, Release, cpu_time, dir_bytes, proc_status_mib};
 use crate::saga::{parked_order, register};
 use crate::workload::order;
 
@@ -180,7 +180,7 @@ async fn build(store: impl Store, bus: impl Bus, probe: &Arc<Probe>) -> SagaRunt
 }
 
 async fn build_with(store: impl Store, bus: impl Bus, probe: &Arc<Probe>, clock: Option<ManualClock>) -> SagaRuntime {
-    let mut builder = SagaRuntime::builder().store(ProbeStore::new(store, probe.clone())).bus(bus);
+    let mut builder = SagaRuntime::builder().store(Intercepted::new(store, ProbeCommits(probe.clone()))).bus(bus);
     if let Some(clock) = clock {
         builder = builder.clock(clock);
     }

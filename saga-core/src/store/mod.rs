@@ -11,6 +11,7 @@
 //! [`SledStore`] (the embedded, durable default) and [`MemoryStore`] (tests) share every line
 //! of layout and commit logic, so they cannot drift apart.
 
+mod intercept;
 mod kv;
 mod layout;
 mod memory;
@@ -18,6 +19,7 @@ mod records;
 #[cfg(feature = "sled")]
 mod sled;
 
+pub use intercept::{CommitHook, Intercepted};
 pub use kv::{Batch, KeyValue, KvStore, OrderedKv, Rejection, Write, leading_version};
 pub use memory::{MemoryKv, MemoryStore};
 pub use records::{

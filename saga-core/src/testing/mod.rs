@@ -43,9 +43,9 @@ use crate::clock::{Clock, ManualClock};
 use crate::engine::{Handler, SagaInstance, SagaRuntime, SagaRuntimeBuilder};
 use crate::message::{CodecExt, Envelope, JsonCodec, Message, Timestamp};
 use crate::saga::Saga;
-use crate::store::{HistoryEntry, MemoryStore, SagaStatus, SledStore, Store};
+use crate::store::{HistoryEntry, Intercepted, MemoryStore, SagaStatus, SledStore, Store};
 use bus::{Faults, HarnessBus};
-use store::FaultyStore;
+use store::FailCommits;
 use stub::{Delayed, StubHandler};
 
 type Registration = Arc<dyn Fn(SagaRuntimeBuilder) -> SagaRuntimeBuilder + Send + Sync>;
@@ -176,7 +176,7 @@ impl TestRuntime {
                 Err(e) => panic!("the harness cannot open its sled store: {e}"),
             },
         };
-        let store = FaultyStore::new(store, self.fail_commits.clone());
+        let store = Intercepted::new(store, FailCommits::new(self.fail_commits.clone()));
         let mut builder = SagaRuntime::builder().store(store).bus(self.bus.clone()).clock(self.clock.clone());
         for (_, register) in &self.registrations {
             builder = register(builder);

@@ -1,0 +1,110 @@
+//! Wrapping a store's commits: fault injection, measurement, tracing.
+//!
+//! A wrapper that cares only about commits still has to forward every other [`Store`] call.
+//! [`Intercepted`] forwards them once, so a wrapper is just its [`CommitHook`].
+
+use uuid::Uuid;
+
+use super::{
+    Commit, Committed, Durable, EntityRecord, HistoryEntry, InstanceRecord, OutboxEntry, StatusKind, Store, StoreError,
+    TimerKey, TimerRecord,
+};
+use crate::message::Timestamp;
+
+/// What [`Intercepted`] does with each commit.
+///
+/// ```
+/// use saga_core::store::{Commit, CommitHook, Committed, Intercepted, MemoryStore, Store, StoreError};
+/// use std::sync::atomic::{AtomicU64, Ordering};
+///
+/// /// Counts the commits that succeed.
+/// #[derive(Default)]
+/// struct Count(AtomicU64);
+///
+/// #[async_trait::async_trait]
+/// impl CommitHook for Count {
+///     async fn commit(&self, store: &dyn Store, commit: Commit) -> Result<Committed, StoreError> {
+///         let committed = store.commit(commit).await?;
+///         self.0.fetch_add(1, Ordering::Relaxed);
+///         Ok(committed)
+///     }
+/// }
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let store = Intercepted::new(MemoryStore::new(), Count::default());
+/// store.commit(Commit::default()).await.unwrap();
+/// assert_eq!(store.hook().0.load(Ordering::Relaxed), 1);
+/// # });
+/// ```
+#[async_trait::async_trait]
+pub trait CommitHook: Send + Sync + 'static {
+    /// Commits `commit` through `store` (or refuses it), doing what the hook is for around it.
+    async fn commit(&self, store: &dyn Store, commit: Commit) -> Result<Committed, StoreError>;
+}
+
+/// A [`Store`] whose commits go through a [`CommitHook`]; every other call goes straight to
+/// the store inside (see [`CommitHook`] for an example).
+pub struct Intercepted<S, H> {
+    store: S,
+    hook: H,
+}
+
+impl<S: Store, H: CommitHook> Intercepted<S, H> {
+    /// Wraps `store`.
+    pub fn new(store: S, hook: H) -> Self {
+        Intercepted { store, hook }
+    }
+
+    /// The hook, to read what it recorded.
+    pub fn hook(&self) -> &H {
+        &self.hook
+    }
+}
+
+#[async_trait::async_trait]
+impl<S: Store, H: CommitHook> Store for Intercepted<S, H> {
+    async fn commit(&self, commit: Commit) -> Result<Committed, StoreError> {
+        self.hook.commit(&self.store, commit).await
+    }
+    fn barrier(&self) -> Durable {
+        self.store.barrier()
+    }
+    async fn instance(&self, id: Uuid) -> Result<Option<InstanceRecord>, StoreError> {
+        self.store.instance(id).await
+    }
+    async fn instances_with_status(&self, status: StatusKind, limit: usize) -> Result<Vec<Uuid>, StoreError> {
+        self.store.instances_with_status(status, limit).await
+    }
+    async fn history(&self, id: Uuid) -> Result<Vec<HistoryEntry>, StoreError> {
+        self.store.history(id).await
+    }
+    async fn processed(&self, consumer: Uuid, message_id: Uuid) -> Result<bool, StoreError> {
+        self.store.processed(consumer, message_id).await
+    }
+    async fn entity(&self, scope: &str, key: &str) -> Result<Option<EntityRecord>, StoreError> {
+        self.store.entity(scope, key).await
+    }
+    async fn entities(&self, scope: &str, limit: usize) -> Result<Vec<(String, EntityRecord)>, StoreError> {
+        self.store.entities(scope, limit).await
+    }
+    async fn timers_due(
+        &self,
+        upto: Timestamp,
+        after: Option<TimerKey>,
+        limit: usize,
+    ) -> Result<Vec<TimerRecord>, StoreError> {
+        self.store.timers_due(upto, after, limit).await
+    }
+    async fn next_timer(&self, after: Timestamp) -> Result<Option<TimerKey>, StoreError> {
+        self.store.next_timer(after).await
+    }
+    async fn outbox(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.store.outbox(limit).await
+    }
+    async fn remove_outbox(&self, seqs: &[u64]) -> Result<(), StoreError> {
+        self.store.remove_outbox(seqs).await
+    }
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.store.flush().await
+    }
+}
