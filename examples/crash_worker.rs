@@ -7,9 +7,13 @@
 //! crash_worker run DIR NAMESPACE ORDERS     seeds stock and submits orders once (idempotent across
 //!                                           restarts), then works until killed or done
 //! crash_worker check DIR ORDERS             exits 0 if every order is terminal and the books balance
+//! crash_worker verify DIR ACKS              exits 0 if every commit listed in the file ACKS is in the store
 //! ```
 //!
 //! Built with the `failpoints` feature, it also aborts at the crash point `FAILPOINTS` names.
+//! With `SAGA_PRINT_ACKS=1`, `run` prints a line on stdout for every commit the moment it is
+//! durable (when the engine may ack what caused it): `instance <id> <version>` or
+//! `inbox <consumer> <message id>`; `verify` reads such lines back (the power-loss test).
 
 #[path = "order_saga/domain.rs"]
 #[allow(dead_code)]
@@ -25,7 +29,7 @@ use std::time::Duration;
 use sagaflow::bus::{Bus, RabbitMqBus, RabbitMqOptions};
 use sagaflow::message::{Envelope, JsonCodec};
 use sagaflow::prelude::*;
-use sagaflow::store::Store;
+use sagaflow::store::{Commit, CommitHook, Committed, Intercepted, Store, StoreError};
 use uuid::Uuid;
 
 use domain::*;
@@ -40,11 +44,45 @@ fn order(n: u32) -> OrderSubmitted {
     OrderSubmitted { order_id: Uuid::from_u128(7_000_000 + u128::from(n)), buyer, items, total_cents: 1_000 }
 }
 
+/// Prints what each commit made durable, once it is (see the module docs).
+struct PrintAcks;
+
+#[async_trait::async_trait]
+impl CommitHook for PrintAcks {
+    async fn commit(&self, store: &dyn Store, commit: Commit) -> Result<Committed, StoreError> {
+        let mut lines = Vec::new();
+        if let Some(w) = &commit.instance {
+            lines.push(format!("instance {} {}", w.record.id, w.record.version));
+        }
+        if let Some((consumer, message)) = commit.inbox {
+            lines.push(format!("inbox {consumer} {message}"));
+        }
+        let mut committed = store.commit(commit).await?;
+        let durable = committed.durable;
+        committed.durable = Box::pin(async move {
+            durable.await?;
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            for line in lines {
+                let _ = writeln!(out, "{line}");
+            }
+            let _ = out.flush();
+            Ok(())
+        });
+        Ok(committed)
+    }
+}
+
 async fn run(dir: &Path, namespace: &str, orders: u32) -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("SAGA_TEST_AMQP_URL")?;
     let bus = RabbitMqBus::connect(RabbitMqOptions::new(url).namespace(namespace)).await?;
     let store = SledStore::open(dir.join("store"))?;
-    let runtime = register(SagaRuntime::builder().store(store).bus(bus.clone())).build().await?;
+    let builder = SagaRuntime::builder().bus(bus.clone());
+    let builder = match std::env::var("SAGA_PRINT_ACKS").as_deref() {
+        Ok("1") => builder.store(Intercepted::new(store, PrintAcks)),
+        _ => builder.store(store),
+    };
+    let runtime = register(builder).build().await?;
     // Submitting again after a crash is harmless: the messages keep their ids, so the catalog's
     // inbox drops a second delivery of the stock, and a second start finds its instance.
     let marker = dir.join("submitted");
@@ -75,6 +113,33 @@ async fn run(dir: &Path, namespace: &str, orders: u32) -> Result<(), Box<dyn std
     }
     runtime.shutdown().await?;
     Ok(())
+}
+
+/// Every commit the file lists (lines `run` printed) must be in the store.
+async fn verify(dir: &Path, acks: &Path) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let store = SledStore::open(dir.join("store"))?;
+    let mut problems = Vec::new();
+    for line in std::fs::read_to_string(acks)?.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["instance", id, version] => {
+                let (id, version): (Uuid, u64) = (id.parse()?, version.parse()?);
+                match store.instance(id).await? {
+                    Some(r) if r.version >= version => {}
+                    found => problems.push(format!(
+                        "acked version {version} of instance {id} is lost: the store has {:?}",
+                        found.map(|r| r.version)
+                    )),
+                }
+            }
+            ["inbox", consumer, message] if !store.processed(consumer.parse()?, message.parse()?).await? => {
+                problems.push(format!("acked message {message} of consumer {consumer} is not in its inbox"));
+            }
+            // The last line may have been cut short by the kill.
+            _ => {}
+        }
+    }
+    Ok(problems)
 }
 
 async fn record<T: serde::de::DeserializeOwned>(store: &dyn Store, scope: &str, key: &str) -> Option<T> {
@@ -130,7 +195,7 @@ async fn check(dir: &Path, orders: u32) -> Result<Vec<String>, Box<dyn std::erro
     if on_shelves + reserved != delivered {
         problems.push(format!("stock: {on_shelves} on shelves + {reserved} reserved != {delivered} delivered"));
     }
-    if !store.outbox(10).await?.is_empty() {
+    if !store.outbox(None, 10).await?.is_empty() {
         problems.push("the outbox is not empty".into());
     }
     if let Some(t) = store.next_timer(sagaflow::message::Timestamp(0)).await? {
@@ -154,7 +219,8 @@ async fn main() -> ExitCode {
             Ok(orders) => check(Path::new(&args[2]), orders).await,
             Err(e) => Err(e.into()),
         },
-        _ => Err("usage: crash_worker run DIR NAMESPACE ORDERS | crash_worker check DIR ORDERS".into()),
+        Some("verify") if args.len() == 4 => verify(Path::new(&args[2]), Path::new(&args[3])).await,
+        _ => Err("usage: crash_worker run DIR NAMESPACE ORDERS | check DIR ORDERS | verify DIR ACKS".into()),
     };
     match result {
         Ok(problems) if problems.is_empty() => ExitCode::SUCCESS,

@@ -21,7 +21,7 @@ pub use saga_macros::{Message, handler, saga};
 
 /// The names most programs need.
 pub mod prelude {
-    pub use saga_core::bus::{Bus, EventBus, InMemoryBus};
+    pub use saga_core::bus::{Bus, EventBus, InMemoryBus, LocalBus};
     pub use saga_core::engine::{Handler, HandlerContext, HandlerOutput, SagaInstance, SagaRuntime};
     pub use saga_core::message::Message;
     pub use saga_core::saga::{EventOutcome, RetryPolicy, Saga, SagaDefinition, Step, StepContext, StepError};

@@ -82,9 +82,12 @@ async fn run_orders<F: std::future::Future<Output = ()>>(
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Orders keep coming while `during` disturbs the system, once the first ones went through.
+    // Every wait is bounded, so a broker that never comes back fails the test, saying where.
     let publishing = async {
+        let until = Instant::now() + Duration::from_secs(120);
         for n in 0..orders {
             while let Err(e) = runtime.publish(&order(n)).await {
+                assert!(Instant::now() < until, "order {n} could not be published within 120 s: {e}");
                 tracing::warn!(error = %e, "publish failed, retrying");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -92,7 +95,9 @@ async fn run_orders<F: std::future::Future<Output = ()>>(
     };
     let store = runtime.store();
     let disturbing = async {
+        let until = Instant::now() + Duration::from_secs(60);
         while store.instances_with_status(StatusKind::Completed, usize::MAX).await.unwrap().len() < 50 {
+            assert!(Instant::now() < until, "50 orders did not complete within 60 s");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         during(store.clone()).await;
@@ -102,7 +107,10 @@ async fn run_orders<F: std::future::Future<Output = ()>>(
     assert_eq!((completed + compensated, failed), (orders as usize, 0), "every order terminal");
     assert_eq!(compensated, (0..orders).filter(|n| n % 10 == 3).count(), "only declined cards compensate");
     assert_books_balance(&runtime, 4_000).await;
-    runtime.shutdown().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), runtime.shutdown())
+        .await
+        .expect("the runtime shuts down within 60 s")
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,11 +130,20 @@ async fn a_rabbitmq_restart_during_1000_sagas_loses_and_duplicates_nothing() {
         let open = store.instances_with_status(StatusKind::Running, usize::MAX).await.unwrap().len();
         assert!(open > 0, "the broker must go down with sagas in flight");
         eprintln!("restarting RabbitMQ with {open} sagas running");
-        let ctl = |verb: &str| std::process::Command::new("rabbitmqctl").arg(verb).output().expect("rabbitmqctl runs");
+        // `timeout` bounds a rabbitmqctl that cannot reach its node.
+        let ctl = |verb: &str| {
+            let out = std::process::Command::new("timeout")
+                .args(["60", "rabbitmqctl", verb])
+                .output()
+                .expect("timeout and rabbitmqctl run");
+            eprintln!("rabbitmqctl {verb}: {} {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+            out
+        };
         // stop_app stops the broker (connections drop, durable queues and persistent messages
         // stay on disk) and start_app brings it back, as a broker restart does.
         assert!(ctl("stop_app").status.success(), "rabbitmqctl stop_app");
         tokio::time::sleep(Duration::from_secs(2)).await;
+        eprintln!("bringing RabbitMQ back");
         assert!(ctl("start_app").status.success(), "rabbitmqctl start_app");
     };
     run_orders(bus, 1000, restart).await;

@@ -12,46 +12,14 @@
 //! Set `SAGA_TEST_AMQP_URL` to run them.
 #![cfg(feature = "rabbitmq")]
 
+mod worker;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// Builds the worker example with `features` and returns a copy of it that is this test's own.
-///
-/// Builds of the same example with other features write the same path, and the tests of this
-/// file run in parallel: building and copying under one lock keeps each test's worker its own.
-fn worker(features: &str) -> (tempfile::TempDir, PathBuf) {
-    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    let root = env!("CARGO_MANIFEST_DIR");
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "-q", "--example", "crash_worker", "--features", features])
-        .current_dir(root)
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building the crash worker failed");
-    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| format!("{root}/target"));
-    let built = Path::new(&target).join("debug/examples/crash_worker");
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let copy = dir.path().join("crash_worker");
-    std::fs::copy(&built, &copy).expect("the worker can be copied");
-    (dir, copy)
-}
-
-/// A deterministic pseudo-random sequence (the kill moments and crash-point delays).
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 33) % n.max(1)
-    }
-}
+use worker::{Lcg, env_or, worker};
 
 /// One store directory and bus namespace, worked on by successive worker processes.
 struct Epoch {
@@ -149,9 +117,10 @@ fn sigkill_at_random_moments_loses_nothing_and_repeats_nothing() {
 #[cfg(feature = "failpoints")]
 fn max_hits_before_crash(point: &str, orders: u64) -> u64 {
     let per_hundred_orders = match point {
-        // Retry timers (one ship retry in five orders) and compensations (one order in ten).
-        "timers.before_fire" | "saga.during_compensation" => 2,
-        "relay.after_publish_before_outbox_removal" => 10,
+        // Retry timers (one ship retry in five orders), compensations (one order in ten) and
+        // the relay's removals (it removes what it published in batches: 11 to 19 in a clean
+        // epoch of 200 orders, fewer in one that a crash cut short).
+        "timers.before_fire" | "saga.during_compensation" | "relay.after_publish_before_outbox_removal" => 2,
         "saga.before_commit" | "participant.before_commit" => 40,
         _ => 80,
     };
@@ -161,19 +130,21 @@ fn max_hits_before_crash(point: &str, orders: u64) -> u64 {
 #[cfg(feature = "failpoints")]
 #[test]
 fn an_abort_at_every_crash_point_loses_nothing_and_repeats_nothing() {
-    use sagaflow::crash_points::ALL;
+    // The worker runs on RabbitMQ, so the local bus's points are never on its path.
+    let points: Vec<&str> =
+        sagaflow::crash_points::ALL.iter().copied().filter(|p| !p.starts_with("local_bus.")).collect();
     if !broker_is_configured("process crash test (crash points)") {
         return;
     }
     let (rounds, orders) = (env_or("SAGA_CRASH_POINT_ROUNDS", 16), env_or("SAGA_CRASH_POINT_ORDERS", 200));
     let (_bin, worker) = worker("rabbitmq failpoints");
     let mut random = Lcg(0x2545_F491_4F6C_DD1D);
-    let mut hits = vec![0u64; ALL.len()];
+    let mut hits = vec![0u64; points.len()];
     let (mut epochs, mut epoch_crashes, mut runs) = (1, 0, 0);
     let mut epoch = Epoch::new(&worker, orders);
     let started = Instant::now();
     for round in 0..rounds {
-        let point = ALL[round as usize % ALL.len()];
+        let point = points[round as usize % points.len()];
         let after = random.below(max_hits_before_crash(point, orders));
         let actions = if after == 0 { "1*return".to_owned() } else { format!("{after}*off->1*return") };
         let mut child = epoch.start(Some(&format!("{point}={actions}")), Stdio::piped());
@@ -186,8 +157,8 @@ fn an_abort_at_every_crash_point_loses_nothing_and_repeats_nothing() {
         let status = Epoch::wait(&mut child, Duration::from_secs(300));
         let text = reader.join().expect("the stderr reader");
         runs += 1;
-        if let Some(i) = ALL.iter().position(|p| text.contains(&format!("sagaflow crash point hit: {p}\n"))) {
-            assert!(!status.success(), "the worker reported a crash at {} but exited cleanly", ALL[i]);
+        if let Some(i) = points.iter().position(|p| text.contains(&format!("sagaflow crash point hit: {p}\n"))) {
+            assert!(!status.success(), "the worker reported a crash at {} but exited cleanly", points[i]);
             hits[i] += 1;
             epoch_crashes += 1;
         } else {
@@ -201,7 +172,7 @@ fn an_abort_at_every_crash_point_loses_nothing_and_repeats_nothing() {
     }
     epoch.finish_and_check(epoch_crashes);
     let crashes: u64 = hits.iter().sum();
-    let per_point: Vec<String> = ALL.iter().zip(&hits).map(|(p, n)| format!("  {p}: {n}")).collect();
+    let per_point: Vec<String> = points.iter().zip(&hits).map(|(p, n)| format!("  {p}: {n}")).collect();
     eprintln!(
         "{runs} runs, {crashes} aborts at crash points, {epochs} epochs of {orders} orders ({} orders), {:.0?}; \
          every order terminal, books balance, 0 lost, 0 duplicated\n{}",
@@ -209,5 +180,5 @@ fn an_abort_at_every_crash_point_loses_nothing_and_repeats_nothing() {
         started.elapsed(),
         per_point.join("\n")
     );
-    assert!(hits.iter().all(|&n| n > 0) || rounds < ALL.len() as u64, "some crash points were never hit: {hits:?}");
+    assert!(hits.iter().all(|&n| n > 0) || rounds < points.len() as u64, "some crash points were never hit: {hits:?}");
 }

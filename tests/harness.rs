@@ -86,7 +86,7 @@ async fn a_failed_commit_is_retried_without_a_trace() {
 }
 
 #[tokio::test]
-async fn a_reply_that_arrives_after_the_saga_compensated_changes_nothing() {
+async fn a_reply_that_arrives_after_the_saga_compensated_is_only_recorded() {
     let h = trips().stub(|c: &BookHotel| Stub::delayed(Duration::from_secs(45), HotelBooked { trip: c.trip }));
     let h = h.stub(|c: &CancelFlight| Stub::reply(FlightCancelled { trip: c.trip })).start().await;
     h.publish(&BookTrip { trip: 3 }).await;
@@ -95,7 +95,12 @@ async fn a_reply_that_arrives_after_the_saga_compensated_changes_nothing() {
     let saga = h.expect_saga::<Trip>("3").await;
     saga.assert_status(&SagaStatus::Compensated);
     assert_eq!(h.published::<HotelBooked>().len(), 1, "the late reply was delivered");
-    assert_eq!(saga.version(), 5, "{saga:?}");
+    assert_eq!(saga.version(), 6, "{saga:?}");
+    let last = saga.history().last().unwrap().events.clone();
+    assert_eq!(
+        last,
+        [HistoryEvent::LateReply { name: HotelBooked::NAME.into(), success: true, status: StatusKind::Compensated }]
+    );
 }
 
 #[tokio::test]

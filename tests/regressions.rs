@@ -140,7 +140,7 @@ async fn a_transient_flush_failure_does_not_strand_the_outbox() {
     let runtime = trip_runtime(&script).store(store).clock(ManualClock::default()).build().await.unwrap();
     runtime.publish(&BookTrip { trip: 1 }).await.unwrap();
     runtime.settle().await; // BookTrip nacked (1 s), redelivered, skipped, acked
-    let left = runtime.store().outbox(10).await.unwrap();
+    let left = runtime.store().outbox(None, 10).await.unwrap();
     assert_eq!(
         status(&runtime, 1).await,
         Some(SagaStatus::Completed),

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::baseline::{self, FlushPattern, Shape, ShapeKv};
 use crate::domain::ReserveStock;
 use crate::probe::{Latency, Probe, ProbeBus, ProbeCommits, Release, cpu_time, dir_bytes, proc_status_mib};
-use crate::saga::{parked_order, register};
+use crate::saga::{HoldStock, parked_order, register};
 use crate::workload::order;
 
 /// How many publishes run concurrently (the publisher is not what is measured).
@@ -180,6 +180,14 @@ async fn build(store: impl Store, bus: impl Bus, probe: &Arc<Probe>) -> SagaRunt
 }
 
 async fn build_with(store: impl Store, bus: impl Bus, probe: &Arc<Probe>, clock: Option<ManualClock>) -> SagaRuntime {
+    // The parked saga's warehouse: it takes every hold request and never answers (a command
+    // that nothing takes would be refused by the bus).
+    let mut warehouse = bus.subscribe("bench.warehouse", &[HoldStock::NAME]).await.expect("subscribe the warehouse");
+    tokio::spawn(async move {
+        while let Some(delivery) = warehouse.next().await {
+            let _ = delivery.ack().await;
+        }
+    });
     let mut builder = SagaRuntime::builder().store(Intercepted::new(store, ProbeCommits(probe.clone()))).bus(bus);
     if let Some(clock) = clock {
         builder = builder.clock(clock);
@@ -483,7 +491,7 @@ async fn recovery_setup(dir: PathBuf, sagas: u64, clock_ms: u64) -> Outcome {
     wait_for(|| started() >= sagas, sagas, "order sagas to start", started).await;
     let store = runtime.store();
     store.flush().await.expect("flush the store");
-    let outbox = store.outbox(usize::MAX).await.expect("read the outbox").len() as u64;
+    let outbox = store.outbox(None, usize::MAX).await.expect("read the outbox").len() as u64;
     let timers = store.timers_due(Timestamp(u64::MAX), None, usize::MAX).await.expect("read the timers").len() as u64;
     drop(store);
     let setup = t0.elapsed();

@@ -61,7 +61,8 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         std::fs::remove_dir_all(&dir)?;
     }
     let store = SledStore::open(&dir)?;
-    let runtime = register(SagaRuntime::builder().store(store).bus(InMemoryBus::new())).build().await?;
+    // On a persistent store the default bus is the durable local bus: a crash loses no message.
+    let runtime = register(SagaRuntime::builder().store(store)).build().await?;
 
     for product_id in 1..=PRODUCTS {
         runtime.publish(&StockAdded { product_id, units: UNITS_PER_PRODUCT }).await?;

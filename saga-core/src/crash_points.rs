@@ -36,6 +36,11 @@ pub const ALL: &[&str] = &[
     "lane.after_flush_before_ack",
     // The bus confirmed the outbox entries; they are still in the store.
     "relay.after_publish_before_outbox_removal",
+    // Local bus: a published message is durable in its queue, no consumer has it yet.
+    "local_bus.after_enqueue_before_delivery",
+    // Local bus: a delivery was acked (its consumer's commit is durable), its queue entry
+    // is not removed yet.
+    "local_bus.before_ack_removal",
 ];
 
 /// Reads the `FAILPOINTS` environment variable and arms the points it names.
@@ -83,6 +88,7 @@ mod tests {
             include_str!("store/sled.rs"),
             include_str!("engine/lanes.rs"),
             include_str!("engine/relay.rs"),
+            include_str!("bus/memory.rs"),
         ];
         let mut found: Vec<&str> = sources
             .iter()

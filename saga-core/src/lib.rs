@@ -21,6 +21,7 @@ pub mod crash_points;
 pub mod engine;
 mod error;
 pub mod message;
+mod panics;
 pub mod saga;
 pub mod store;
 #[cfg(feature = "sled")]

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use saga_core::HandlerError;
-use saga_core::bus::{Bus, DynamicEventHandler, EventBus, EventHandler, InMemoryBus};
+use saga_core::bus::{Bus, BusError, DynamicEventHandler, EventBus, EventHandler, InMemoryBus};
 use saga_core::message::{Envelope, Message};
 use saga_core::saga::RetryPolicy;
 use serde::{Deserialize, Serialize};
@@ -70,7 +70,7 @@ async fn a_bus_with_a_delivery_limit_dead_letters_what_exceeds_it() {
     bus.publish(env("m")).await.unwrap();
     c.next().await.unwrap().nack(Duration::ZERO).await.unwrap();
     c.next().await.unwrap().nack(Duration::ZERO).await.unwrap();
-    assert_eq!(bus.dead_letters()[0].reason, "delivered 2 times without being acked");
+    assert_eq!(bus.all_dead_letters()[0].reason, "delivered 2 times without being acked");
     assert_eq!(bus.activity().unwrap().pending(), 0);
 }
 
@@ -80,7 +80,8 @@ async fn an_unsubscribed_subscription_receives_nothing_more() {
     let mut c = bus.subscribe("s", &["m"]).await.unwrap();
     bus.publish(env("m")).await.unwrap();
     bus.unsubscribe("s").await.unwrap();
-    bus.publish(env("m")).await.unwrap();
+    let refused = bus.publish(env("m")).await;
+    assert!(matches!(refused, Err(BusError::Unroutable { .. })), "{refused:?}");
     assert!(c.next().await.is_none());
     assert_eq!(bus.activity().unwrap().pending(), 0);
     assert!(bus.unsubscribe("s").await.is_err());
@@ -137,9 +138,52 @@ async fn typed_handlers_retry_transient_errors_and_dead_letter_what_does_not_dec
 
     assert_eq!(calls.load(Ordering::SeqCst), 2, "one failure, one success");
     assert_eq!(seen.lock().unwrap().as_slice(), [serde_json::json!({ "product": 3 })]);
-    let dead = bus.dead_letters();
+    let dead = bus.all_dead_letters();
     assert_eq!(dead.len(), 1);
     assert!(dead[0].reason.contains("cannot decode"), "{}", dead[0].reason);
+}
+
+/// Panics on the first price it sees; counts every call.
+struct PanickyBasket(Arc<AtomicU32>);
+
+#[async_trait::async_trait]
+impl EventHandler<PriceChanged> for PanickyBasket {
+    async fn handle(&self, event: PriceChanged) -> Result<(), HandlerError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        assert_ne!(event.product, 1, "the basket cannot price product 1");
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_event_handler_dead_letters_its_message_with_the_panic_and_goes_on() {
+    let bus = InMemoryBus::new();
+    let events = EventBus::new(bus.clone());
+    let calls = Arc::new(AtomicU32::new(0));
+    let _basket = events.subscribe("basket", PanickyBasket(calls.clone())).await.unwrap();
+    events.publish(&PriceChanged { product: 1 }).await.unwrap();
+    events.publish(&PriceChanged { product: 2 }).await.unwrap();
+    let activity = bus.activity().unwrap();
+    while activity.pending() > 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "the subscription lived on after the panic");
+    let dead = bus.all_dead_letters();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].reason.contains("the basket cannot price product 1"), "{}", dead[0].reason);
+}
+
+#[tokio::test]
+async fn a_publish_before_anything_subscribed_is_refused_not_dropped() {
+    let bus = InMemoryBus::new();
+    let early = bus.publish(env("ordering.order-submitted")).await;
+    let Err(BusError::Unroutable { name, detail }) = early else { panic!("expected a refusal, got {early:?}") };
+    assert_eq!(name, "ordering.order-submitted");
+    assert!(detail.contains("subscribe first"), "{detail}");
+    assert_eq!(bus.activity().unwrap().pending(), 0, "nothing half-accepted");
+    let mut c = bus.subscribe("ordering", &["ordering.order-submitted"]).await.unwrap();
+    bus.publish(env("ordering.order-submitted")).await.unwrap();
+    c.next().await.unwrap().ack().await.unwrap();
 }
 
 mod conformance {

@@ -332,3 +332,53 @@ async fn a_server_restart_loses_nothing_and_consumers_resume_on_their_own() {
     let before = seen.iter().filter(|p| *p == "before").count();
     assert!(during == 1 && before <= 1 && seen.len() == during + before, "{seen:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_over_the_servers_max_payload_travels_whole_and_so_does_its_dead_letter() {
+    let Some((_target, bus)) = target(|o| o).await else { return };
+    let (sub, name) = (unique("nats-large"), unique("event"));
+    let mut c = bus.subscribe(&sub, &[&name]).await.unwrap();
+    // Twice the server's default max_payload (1 MiB), under the engine's 4 MiB.
+    let payload: Vec<u8> = (0..2 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let sent = Envelope::new(name.as_str(), payload.clone());
+    bus.publish(sent.clone()).await.unwrap();
+    bus.publish(sent.clone()).await.unwrap(); // a retried publish: deduplicated, same object
+    let d = next(&mut c).await;
+    assert_eq!((d.envelope().message_id, d.envelope().payload.len()), (sent.message_id, payload.len()));
+    assert!(d.envelope().payload == payload, "the payload arrived whole");
+    d.dead_letter("too big to handle").await.unwrap();
+    let bus_dyn: std::sync::Arc<dyn Bus> = std::sync::Arc::new(bus.clone());
+    let mut dead = Vec::new();
+    for _ in 0..50 {
+        dead = bus_dyn.dead_letters(&sub, 10).await.unwrap();
+        if !dead.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].envelope.payload == payload, "the dead letter keeps the whole payload");
+    bus.unsubscribe(&sub).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_kept_alive_past_its_ack_wait_is_not_handed_to_another_consumer() {
+    let Some((_target, bus)) = target(|o| o.ack_wait(Duration::from_secs(1))).await else { return };
+    let (sub, name) = (unique("nats-keep-alive"), unique("event"));
+    let mut a = bus.subscribe(&sub, &[&name]).await.unwrap();
+    let mut b = bus.subscribe(&sub, &[&name]).await.unwrap();
+    bus.publish(Envelope::new(name.as_str(), b"{}".to_vec())).await.unwrap();
+    let held = tokio::select! { d = a.next() => d.unwrap(), d = b.next() => d.unwrap() };
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        held.keep_alive().await.unwrap();
+    }
+    let again = tokio::select! {
+        d = a.next() => d,
+        d = b.next() => d,
+        _ = tokio::time::sleep(Duration::from_millis(500)) => None,
+    };
+    assert!(again.is_none(), "redelivered while it was kept alive: {:?}", again.map(|d| d.envelope().attempt));
+    held.ack().await.unwrap();
+    bus.unsubscribe(&sub).await.unwrap();
+}

@@ -193,7 +193,7 @@ pub fn effect_key(command: &str, trip: u32) -> String {
     format!("{command}/{trip:06}")
 }
 
-fn scripted<C: Command>(script: &Script) -> Scripted<C> {
+pub fn scripted<C: Command>(script: &Script) -> Scripted<C> {
     Scripted { script: script.clone(), _command: std::marker::PhantomData }
 }
 

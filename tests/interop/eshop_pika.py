@@ -2,6 +2,8 @@
 
     eshop_pika.py publish URL         publishes one OrderStatusChangedToPaidIntegrationEvent
                                       as eShopOnContainers' EventBusRabbitMQ does
+    eshop_pika.py publish-json URL ROUTING_KEY JSON
+                                      publishes JSON (an event with its Id and CreationDate) the same way
     eshop_pika.py consume URL QUEUE   declares QUEUE bound to OrderStatusChangedToShippedIntegrationEvent,
                                       prints "ready", then prints the body of the first message as JSON
 """
@@ -43,6 +45,17 @@ def publish(url):
     connection.close()
 
 
+def publish_json(url, routing_key, body):
+    connection, ch = channel(url)
+    ch.basic_publish(
+        exchange=EXCHANGE,
+        routing_key=routing_key,
+        body=body.encode(),
+        properties=pika.BasicProperties(delivery_mode=2),
+    )
+    connection.close()
+
+
 def consume(url, queue):
     connection, ch = channel(url)
     ch.queue_declare(queue=queue, durable=True, exclusive=False, auto_delete=False)
@@ -61,5 +74,7 @@ def consume(url, queue):
 if __name__ == "__main__":
     if sys.argv[1] == "publish":
         publish(sys.argv[2])
+    elif sys.argv[1] == "publish-json":
+        publish_json(sys.argv[2], sys.argv[3], sys.argv[4])
     else:
         consume(sys.argv[2], sys.argv[3])

@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Bus, Consumer, Delivery};
+use super::{Bus, BusError, Consumer, Delivery};
 use crate::message::{Envelope, headers};
 
 /// A transport under test.
@@ -21,9 +21,6 @@ use crate::message::{Envelope, headers};
 pub trait ConformanceTarget: Send + Sync {
     /// A connected bus (a new connection or a shared one).
     async fn bus(&self) -> Arc<dyn Bus>;
-
-    /// What the transport parked as dead letters on `subscription`: (envelope, reason).
-    async fn dead_letters(&self, bus: &Arc<dyn Bus>, subscription: &str) -> Vec<(Envelope, String)>;
 
     /// Removes what a check left behind on the broker for `subscription` (dead-letter queues).
     async fn clean_up(&self, _bus: &Arc<dyn Bus>, _subscription: &str) {}
@@ -93,13 +90,17 @@ pub async fn round_trips_every_envelope_field(t: &dyn ConformanceTarget) -> Resu
     bus.unsubscribe(&sub).await.map_err(|e| e.to_string())
 }
 
-/// After unsubscribing, a subscription receives nothing.
+/// After unsubscribing, a subscription receives nothing (and a publish that nothing else
+/// takes is refused as unroutable).
 pub async fn unsubscribed_subscriptions_receive_nothing(t: &dyn ConformanceTarget) -> Result<(), String> {
     let bus = t.bus().await;
     let (sub, name) = (unique("unsub"), unique("event"));
     let mut c = bus.subscribe(&sub, &[&name]).await.map_err(|e| e.to_string())?;
     bus.unsubscribe(&sub).await.map_err(|e| e.to_string())?;
-    bus.publish(sample(&name)).await.map_err(|e| e.to_string())?;
+    match bus.publish(sample(&name)).await {
+        Err(BusError::Unroutable { .. }) => {}
+        other => return Err(format!("a publish to a name no subscription takes returned {other:?}")),
+    }
     nothing(&mut c, Duration::from_millis(500)).await
 }
 
@@ -178,15 +179,16 @@ pub async fn dead_letters_keep_their_reason(t: &dyn ConformanceTarget) -> Result
     nothing(&mut c, Duration::from_millis(500)).await?;
     let mut dead = Vec::new();
     for _ in 0..20 {
-        dead = t.dead_letters(&bus, &sub).await;
+        dead = bus.dead_letters(&sub, 100).await.map_err(|e| e.to_string())?;
         if !dead.is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     check(dead.len() == 1, format!("{} dead letters", dead.len()))?;
-    check(dead[0].0.message_id == sent.message_id, "another message was dead-lettered")?;
-    check(dead[0].1 == "payload is not an order", format!("reason {:?}", dead[0].1))?;
+    check(dead[0].envelope.message_id == sent.message_id, "another message was dead-lettered")?;
+    check(dead[0].reason == "payload is not an order", format!("reason {:?}", dead[0].reason))?;
+    check(dead[0].subscription == sub, format!("parked on {:?}", dead[0].subscription))?;
     bus.unsubscribe(&sub).await.map_err(|e| e.to_string())?;
     t.clean_up(&bus, &sub).await;
     Ok(())
@@ -209,6 +211,42 @@ pub async fn unsettled_deliveries_survive_a_consumer_crash(t: &dyn ConformanceTa
     bus.unsubscribe(&sub).await.map_err(|e| e.to_string())
 }
 
+/// A message no subscription takes is refused as unroutable, not confirmed and dropped.
+pub async fn publishes_no_subscription_takes_are_refused(t: &dyn ConformanceTarget) -> Result<(), String> {
+    let bus = t.bus().await;
+    let name = unique("nobody");
+    match bus.publish(sample(&name)).await {
+        Err(BusError::Unroutable { name: refused, .. }) => check(refused == name, format!("refused {refused:?}")),
+        other => Err(format!("a publish nothing takes returned {other:?}")),
+    }
+}
+
+/// An exclusive consumer is its subscription's only one until it goes away.
+pub async fn an_exclusive_subscription_has_one_consumer_at_a_time(t: &dyn ConformanceTarget) -> Result<(), String> {
+    let bus = t.bus().await;
+    let (sub, name) = (unique("exclusive"), unique("event"));
+    let mut only = bus.subscribe_exclusive(&sub, &[&name]).await.map_err(|e| e.to_string())?;
+    for (what, second) in [
+        ("a second exclusive", bus.subscribe_exclusive(&sub, &[&name]).await),
+        ("a plain", bus.subscribe(&sub, &[&name]).await),
+    ] {
+        match second {
+            Err(BusError::SubscriptionInUse { .. }) => {}
+            Err(e) => return Err(format!("{what} consumer was refused with another error: {e}")),
+            Ok(_) => return Err(format!("{what} consumer was let in beside an exclusive one")),
+        }
+    }
+    let sent = sample(&name);
+    bus.publish(sent.clone()).await.map_err(|e| e.to_string())?;
+    let d = next(&mut only, t.patience()).await?;
+    check(d.envelope().message_id == sent.message_id, "another message arrived")?;
+    d.ack().await.map_err(|e| e.to_string())?;
+    drop(only);
+    let again = bus.subscribe_exclusive(&sub, &[&name]).await.map_err(|e| format!("after the owner left: {e}"))?;
+    drop(again);
+    bus.unsubscribe(&sub).await.map_err(|e| e.to_string())
+}
+
 /// Expands to one `#[tokio::test]` per conformance check, each calling `$target` (an
 /// expression giving a [`ConformanceTarget`], or `None` to skip with a message).
 ///
@@ -226,6 +264,8 @@ macro_rules! conformance_tests {
             nacked_messages_return_after_their_delay,
             dead_letters_keep_their_reason,
             unsettled_deliveries_survive_a_consumer_crash,
+            publishes_no_subscription_takes_are_refused,
+            an_exclusive_subscription_has_one_consumer_at_a_time,
         );
     };
     (@each $target:expr; $($check:ident),* $(,)?) => {$(
@@ -252,13 +292,22 @@ impl ConformanceTarget for InMemoryTarget {
     async fn bus(&self) -> Arc<dyn Bus> {
         Arc::new(self.0.clone())
     }
+}
 
-    async fn dead_letters(&self, _: &Arc<dyn Bus>, subscription: &str) -> Vec<(Envelope, String)> {
-        self.0
-            .dead_letters()
-            .into_iter()
-            .filter(|d| d.subscription == subscription)
-            .map(|d| (d.envelope, d.reason))
-            .collect()
+/// The durable local bus as a conformance target, on the store it is given.
+#[derive(Clone)]
+pub struct LocalTarget(super::LocalBus);
+
+impl LocalTarget {
+    /// A target whose bus keeps its queues in `store`.
+    pub fn new(store: Arc<dyn crate::store::Store>) -> Self {
+        LocalTarget(super::LocalBus::open_with_max_deliveries(store, 1_000))
+    }
+}
+
+#[async_trait::async_trait]
+impl ConformanceTarget for LocalTarget {
+    async fn bus(&self) -> Arc<dyn Bus> {
+        Arc::new(self.0.clone())
     }
 }

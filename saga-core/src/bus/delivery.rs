@@ -15,6 +15,11 @@ pub trait Acker: Send + Sync + 'static {
     /// The delivery was dropped unsettled (its consumer went away): make it deliverable again.
     /// Called from `Drop`, so it must not block.
     fn abandon(self: Box<Self>, envelope: Envelope);
+    /// The message is still being worked on: restart whatever clock would hand it to another
+    /// consumer (JetStream's `ack_wait`). The default does nothing, for transports without one.
+    async fn keep_alive(&self) -> Result<(), BusError> {
+        Ok(())
+    }
 }
 
 /// One delivered copy of a message, to be settled exactly once.
@@ -58,6 +63,15 @@ impl Delivery {
     pub async fn nack(mut self, delay: Duration) -> Result<(), BusError> {
         let (acker, envelope) = self.take()?;
         acker.nack(envelope, delay).await
+    }
+
+    /// Says the message is still being worked on (the engine calls it while it waits for the
+    /// store to come back), so that the transport does not hand it to another consumer.
+    pub async fn keep_alive(&self) -> Result<(), BusError> {
+        match &self.acker {
+            Some(acker) => acker.keep_alive().await,
+            None => Err(BusError::Closed),
+        }
     }
 
     /// Parks the message with a reason; it will not be delivered again.

@@ -76,7 +76,8 @@ impl Drop for SubscriptionHandle {
 /// struct Ping;
 /// impl Message for Ping { const NAME: &'static str = "ping"; }
 /// let bus = EventBus::new(InMemoryBus::new());
-/// bus.publish(&Ping).await.unwrap();
+/// // On the in-memory bus a message nobody subscribed to would be lost, so it is refused.
+/// assert!(bus.publish(&Ping).await.is_err());
 /// # });
 /// ```
 #[derive(Clone)]
@@ -165,9 +166,25 @@ impl EventBus {
         let retry = self.retry.clone();
         let task = tokio::spawn(async move {
             while let Some(delivery) = consumer.next().await {
-                let outcome = handle(delivery.envelope()).await;
+                // A panicking handler (or payload decoder) fails its message, not the subscription.
+                let outcome = match crate::panics::catch(|| handle(delivery.envelope())) {
+                    Ok(running) => crate::panics::catch_async(running).await,
+                    Err(panic) => Err(panic),
+                }
+                .unwrap_or_else(|panic| Err(HandlerError::permanent(format!("the handler panicked: {panic}"))));
+                let (subscription, name, id) = (
+                    consumer.subscription().to_owned(),
+                    delivery.envelope().name.clone(),
+                    delivery.envelope().message_id,
+                );
                 if let Err(e) = settle(delivery, outcome, &retry).await {
-                    tracing::warn!(error = %e, "could not settle a delivery; the transport will redeliver it");
+                    tracing::warn!(
+                        subscription = %subscription,
+                        message_name = %name,
+                        message_id = %id,
+                        error = %e,
+                        "could not settle a delivery; the transport will redeliver it"
+                    );
                 }
             }
         });

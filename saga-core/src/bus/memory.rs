@@ -2,18 +2,23 @@
 //!
 //! Subscriptions are FIFO queues that live as long as the bus, like durable broker queues:
 //! a runtime that is dropped and rebuilt on the same `InMemoryBus` finds its messages waiting.
-//! The bus itself is only as durable as the process.
+//! The bus itself is only as durable as the process: **a crash loses every queued message**.
+//!
+//! Because every subscription lives in this process, the bus knows when a message would reach
+//! nobody, and refuses it ([`BusError::Unroutable`]) instead of dropping it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc};
+use futures::FutureExt;
+use tokio::sync::{Notify, OnceCell, mpsc};
 
 use super::{Acker, Bus, BusError, Consumer, Delivery, DeliveryStream};
 use crate::activity::Activity;
 use crate::message::{Envelope, Timestamp};
+use crate::store::{QueuedMessage, Store, StoreError};
 
 /// A message the bus parked because it could not be handled.
 #[derive(Debug, Clone)]
@@ -31,6 +36,13 @@ pub struct DeadLetter {
 /// An in-memory, at-least-once [`Bus`]: redelivery on nack and on dropped deliveries,
 /// competing consumers, fan-out to every bound subscription, and a dead-letter list.
 ///
+/// **Not durable:** its queues live in memory, so a crash (or the end of the process) loses
+/// every message queued or in flight, including commands the outbox relay had already handed
+/// over. Use it for tests and with stores that are not durable either; with a durable store
+/// in production, put a broker underneath. A publish that no subscription takes is refused
+/// with [`BusError::Unroutable`] (subscribe, or build the runtime, first), and
+/// [`InMemoryBus::new`] redelivers without limit ([`InMemoryBus::with_max_deliveries`] sets one).
+///
 /// Cloning gives another handle to the same bus.
 ///
 /// ```
@@ -41,7 +53,7 @@ pub struct DeadLetter {
 /// let mut c = bus.subscribe("audit", &["x"]).await.unwrap();
 /// bus.publish(Envelope::new("x", vec![])).await.unwrap();
 /// c.next().await.unwrap().dead_letter("cannot parse").await.unwrap();
-/// assert_eq!(bus.dead_letters()[0].reason, "cannot parse");
+/// assert_eq!(bus.all_dead_letters()[0].reason, "cannot parse");
 /// # });
 /// ```
 #[derive(Clone, Default)]
@@ -56,11 +68,23 @@ impl std::fmt::Debug for InMemoryBus {
 }
 
 #[derive(Default)]
-struct Inner {
+pub(super) struct Inner {
     topology: Mutex<Topology>,
     dead: Mutex<Vec<DeadLetter>>,
     activity: Arc<Activity>,
     max_deliveries: Option<u32>,
+    /// Where the queues are kept for the [`LocalBus`](super::LocalBus); `None`: memory only.
+    journal: Option<Arc<dyn Store>>,
+}
+
+/// A queued copy of a message and its position in the journal (0 when there is none).
+struct Item {
+    envelope: Envelope,
+    seq: u64,
+}
+
+fn journal_error(e: StoreError) -> BusError {
+    BusError::Transport(format!("the store that keeps the local bus's queues failed: {e}"))
 }
 
 #[derive(Default)]
@@ -71,10 +95,41 @@ struct Topology {
 
 struct Queue {
     name: String,
-    tx: mpsc::UnboundedSender<Envelope>,
-    rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Envelope>>,
+    tx: mpsc::UnboundedSender<Item>,
+    rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Item>>,
     closed: AtomicBool,
     closing: Notify,
+    consumers: Mutex<Consumers>,
+    /// Set once the journal's messages for this subscription were loaded into the queue.
+    loaded: OnceCell<()>,
+}
+
+/// Who consumes a queue, for exclusive subscriptions.
+#[derive(Default)]
+struct Consumers {
+    shared: usize,
+    exclusive: bool,
+}
+
+/// How long a subscribe waits for the consumers that hold a queue to go away before it is
+/// refused: a runtime dropped a moment ago lets go of its consumers when its tasks end.
+const HOLDER_WAIT: Duration = Duration::from_secs(2);
+
+/// Keeps a consumer counted on its queue while its stream lives.
+struct Holder {
+    queue: Arc<Queue>,
+    exclusive: bool,
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let mut c = lock(&self.queue.consumers);
+        if self.exclusive {
+            c.exclusive = false;
+        } else {
+            c.shared = c.shared.saturating_sub(1);
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -95,9 +150,81 @@ impl InMemoryBus {
         InMemoryBus { inner: Arc::new(Inner { max_deliveries: Some(max), ..Inner::default() }) }
     }
 
-    /// Everything dead-lettered so far, oldest first.
-    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+    /// A bus whose queues `journal` keeps, for the local bus.
+    pub(super) fn journaled(journal: Arc<dyn Store>, max_deliveries: Option<u32>) -> Self {
+        InMemoryBus { inner: Arc::new(Inner { max_deliveries, journal: Some(journal), ..Inner::default() }) }
+    }
+
+    /// Everything dead-lettered so far on every subscription, oldest first (a snapshot for
+    /// tests; [`Bus::dead_letters`] reads one subscription's).
+    pub fn all_dead_letters(&self) -> Vec<DeadLetter> {
         lock(&self.inner.dead).clone()
+    }
+
+    fn queue(&self, subscription: &str) -> Arc<Queue> {
+        let mut topo = lock(&self.inner.topology);
+        topo.queues
+            .entry(subscription.to_owned())
+            .or_insert_with(|| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                Arc::new(Queue {
+                    name: subscription.to_owned(),
+                    tx,
+                    rx: tokio::sync::Mutex::new(rx),
+                    closed: AtomicBool::new(false),
+                    closing: Notify::new(),
+                    consumers: Mutex::default(),
+                    loaded: OnceCell::new(),
+                })
+            })
+            .clone()
+    }
+
+    fn bind(&self, queue: &Arc<Queue>, names: &[&str]) {
+        let mut topo = lock(&self.inner.topology);
+        for name in names {
+            let bound = topo.bindings.entry((*name).to_owned()).or_default();
+            if !bound.iter().any(|q| Arc::ptr_eq(q, queue)) {
+                bound.push(queue.clone());
+            }
+        }
+    }
+
+    /// Counts one more consumer on `queue`, waiting a little for holders that are going away.
+    async fn hold(&self, queue: &Arc<Queue>, exclusive: bool) -> Result<Holder, BusError> {
+        let deadline = tokio::time::Instant::now() + HOLDER_WAIT;
+        loop {
+            {
+                let mut c = lock(&queue.consumers);
+                let free = !c.exclusive && (!exclusive || c.shared == 0);
+                if free {
+                    if exclusive {
+                        c.exclusive = true;
+                    } else {
+                        c.shared += 1;
+                    }
+                    return Ok(Holder { queue: queue.clone(), exclusive });
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let detail = if exclusive {
+                    "it already has a consumer, and an exclusive subscription must be its only one"
+                } else {
+                    "its consumer subscribed exclusively (a runtime whose store one process owns)"
+                };
+                return Err(BusError::SubscriptionInUse { subscription: queue.name.clone(), detail: detail.into() });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn consumer(&self, subscription: &str, names: &[&str], exclusive: bool) -> Result<Consumer, BusError> {
+        let queue = self.queue(subscription);
+        // Bound only once the consumer is let in: a refused one changes no routing.
+        let holder = self.hold(&queue, exclusive).await?;
+        queue.loaded.get_or_try_init(|| self.inner.load(&queue)).await?;
+        self.bind(&queue, names);
+        Ok(Consumer::new(subscription, Box::new(MemoryStream { bus: self.inner.clone(), queue, _holder: holder })))
     }
 
     /// Puts a message straight onto one subscription's queue, whatever its name is bound to,
@@ -108,53 +235,110 @@ impl InMemoryBus {
             .get(subscription)
             .cloned()
             .ok_or_else(|| BusError::UnknownSubscription(subscription.to_owned()))?;
-        self.inner.enqueue(&queue, envelope)
+        self.inner.enqueue(&queue, envelope, 0)
     }
 }
 
 impl Inner {
-    fn enqueue(&self, queue: &Queue, envelope: Envelope) -> Result<(), BusError> {
+    /// Puts what the journal holds for a subscription into its new queue. It runs before the
+    /// queue is bound to any name, so no publish can reach the queue meanwhile and nothing
+    /// is loaded twice.
+    async fn load(&self, queue: &Queue) -> Result<(), BusError> {
+        let Some(journal) = &self.journal else { return Ok(()) };
+        let mut after = None;
+        loop {
+            let page = journal.queued(&queue.name, after, 1_000).await.map_err(journal_error)?;
+            let Some(last) = page.last() else { return Ok(()) };
+            after = Some(last.seq);
+            for m in page {
+                self.enqueue(queue, m.envelope, m.seq)?;
+            }
+        }
+    }
+
+    /// Keeps copies for `targets` in the journal (when there is one) and waits until they are
+    /// durable: only then has the bus taken responsibility for the message.
+    async fn journal(&self, targets: &[Arc<Queue>], envelope: &Envelope) -> Result<Vec<u64>, BusError> {
+        let Some(journal) = &self.journal else { return Ok(vec![0; targets.len()]) };
+        let copies = targets.iter().map(|q| (q.name.clone(), envelope.clone())).collect();
+        let enqueued = journal.enqueue(copies).await.map_err(journal_error)?;
+        enqueued.durable.await.map_err(journal_error)?;
+        crate::crash_points::crash_point!("local_bus.after_enqueue_before_delivery");
+        Ok(enqueued.seqs)
+    }
+
+    fn enqueue(&self, queue: &Queue, envelope: Envelope, seq: u64) -> Result<(), BusError> {
         if queue.closed.load(Ordering::SeqCst) {
             return Ok(());
         }
         self.activity.add(1);
-        if queue.tx.send(envelope).is_err() {
+        if queue.tx.send(Item { envelope, seq }).is_err() {
             self.activity.done(1);
             return Err(BusError::Closed);
         }
         Ok(())
     }
 
-    fn park(&self, subscription: &str, envelope: Envelope, reason: String) {
+    async fn park(&self, subscription: &str, item: Item, reason: String) -> Result<(), BusError> {
         tracing::debug!(
             subscription,
-            message = %envelope.name,
-            message_id = %envelope.message_id,
+            message_name = %item.envelope.name,
+            message_id = %item.envelope.message_id,
             %reason,
             "message dead-lettered"
         );
+        let at = Timestamp::now();
+        if let Some(journal) = &self.journal {
+            let message =
+                QueuedMessage { subscription: subscription.to_owned(), seq: item.seq, envelope: item.envelope };
+            // On failure the message stays queued, delivered again after a restart.
+            let parked = journal.dead_letter_queued(message, &reason, at).await.map_err(journal_error);
+            self.activity.done(1);
+            return parked;
+        }
         lock(&self.dead).push(DeadLetter {
             subscription: subscription.to_owned(),
-            envelope,
+            envelope: item.envelope,
             reason,
-            at: Timestamp::now(),
+            at,
         });
         self.activity.done(1);
+        Ok(())
     }
 
-    /// Puts a delivered message back, or parks it if it has used up its deliveries.
-    fn redeliver(self: &Arc<Self>, queue: &Arc<Queue>, mut envelope: Envelope) {
+    /// Puts a delivered message back, or parks it if it has used up its deliveries. The
+    /// journal's copy learns the new delivery count, so a restart does not reset the limit.
+    async fn redeliver(self: &Arc<Self>, queue: &Arc<Queue>, mut item: Item) -> Result<(), BusError> {
         if let Some(max) = self.max_deliveries {
-            if envelope.attempt >= max {
-                let reason = format!("delivered {} times without being acked", envelope.attempt);
-                self.park(&queue.name, envelope, reason);
-                return;
+            if item.envelope.attempt >= max {
+                let reason = format!("delivered {} times without being acked", item.envelope.attempt);
+                return self.park(&queue.name, item, reason).await;
             }
         }
-        envelope.attempt = envelope.attempt.saturating_add(1);
+        item.envelope.attempt = item.envelope.attempt.saturating_add(1);
+        let mut result = Ok(());
+        if let Some(journal) = &self.journal {
+            let message = QueuedMessage { subscription: queue.name.clone(), seq: item.seq, envelope: item.envelope };
+            result = journal.requeue(&message).await.map_err(journal_error);
+            item.envelope = message.envelope;
+        }
         // Already counted while delivered: move the count back to the queue, do not add.
-        if queue.closed.load(Ordering::SeqCst) || queue.tx.send(envelope).is_err() {
+        if queue.closed.load(Ordering::SeqCst) || queue.tx.send(item).is_err() {
             self.activity.done(1);
+        }
+        result
+    }
+
+    /// Removes a consumed message from the journal. A failure leaves it there, so a restart
+    /// delivers it again, which the consumer's inbox makes harmless.
+    async fn consumed(&self, queue: &Queue, seq: u64) -> Result<(), BusError> {
+        self.activity.done(1);
+        match &self.journal {
+            Some(journal) => {
+                crate::crash_points::crash_point!("local_bus.before_ack_removal");
+                journal.dequeue(&queue.name, &[seq]).await.map_err(journal_error)
+            }
+            None => Ok(()),
         }
     }
 }
@@ -164,40 +348,31 @@ impl Bus for InMemoryBus {
     async fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
         let targets = lock(&self.inner.topology).bindings.get(&envelope.name).cloned().unwrap_or_default();
         if targets.is_empty() {
-            tracing::debug!(message = %envelope.name, "published with no subscription bound");
+            return Err(BusError::Unroutable {
+                name: envelope.name,
+                detail: "the in-memory bus delivers only to subscriptions that exist when a message is \
+                         published, and none is bound to this name: subscribe first (a runtime subscribes \
+                         its sagas and handlers in build())"
+                    .into(),
+            });
         }
-        for queue in targets {
-            self.inner.enqueue(&queue, envelope.clone())?;
+        let seqs = self.inner.journal(&targets, &envelope).await?;
+        for (queue, seq) in targets.iter().zip(seqs) {
+            self.inner.enqueue(queue, envelope.clone(), seq)?;
         }
         Ok(())
     }
 
     async fn subscribe(&self, subscription: &str, names: &[&str]) -> Result<Consumer, BusError> {
-        let queue = {
-            let mut topo = lock(&self.inner.topology);
-            let queue = topo
-                .queues
-                .entry(subscription.to_owned())
-                .or_insert_with(|| {
-                    let (tx, rx) = mpsc::unbounded_channel();
-                    Arc::new(Queue {
-                        name: subscription.to_owned(),
-                        tx,
-                        rx: tokio::sync::Mutex::new(rx),
-                        closed: AtomicBool::new(false),
-                        closing: Notify::new(),
-                    })
-                })
-                .clone();
-            for name in names {
-                let bound = topo.bindings.entry((*name).to_owned()).or_default();
-                if !bound.iter().any(|q| Arc::ptr_eq(q, &queue)) {
-                    bound.push(queue.clone());
-                }
-            }
-            queue
-        };
-        Ok(Consumer::new(subscription, Box::new(MemoryStream { bus: self.inner.clone(), queue })))
+        self.consumer(subscription, names, false).await
+    }
+
+    async fn subscribe_exclusive(&self, subscription: &str, names: &[&str]) -> Result<Consumer, BusError> {
+        self.consumer(subscription, names, true).await
+    }
+
+    fn has_subscribers(&self, name: &str) -> Option<bool> {
+        Some(lock(&self.inner.topology).bindings.get(name).is_some_and(|b| !b.is_empty()))
     }
 
     async fn unsubscribe(&self, subscription: &str) -> Result<(), BusError> {
@@ -224,17 +399,35 @@ impl Bus for InMemoryBus {
             discarded += 1;
         }
         self.inner.activity.done(discarded);
+        if let Some(journal) = &self.inner.journal {
+            // The journal holds every queued copy (those just drained, and those of a
+            // subscription never loaded): remove them page by page.
+            let mut after = None;
+            loop {
+                let page = journal.queued(subscription, after, 1_000).await.map_err(journal_error)?;
+                let Some(last) = page.last() else { break };
+                after = Some(last.seq);
+                let seqs: Vec<u64> = page.iter().map(|m| m.seq).collect();
+                journal.dequeue(subscription, &seqs).await.map_err(journal_error)?;
+            }
+        }
         Ok(())
     }
 
     fn activity(&self) -> Option<Arc<Activity>> {
         Some(self.inner.activity.clone())
     }
+
+    async fn dead_letters(&self, subscription: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
+        let dead = lock(&self.inner.dead);
+        Ok(dead.iter().filter(|d| d.subscription == subscription).take(limit).cloned().collect())
+    }
 }
 
 struct MemoryStream {
     bus: Arc<Inner>,
     queue: Arc<Queue>,
+    _holder: Holder,
 }
 
 #[async_trait::async_trait]
@@ -244,45 +437,67 @@ impl DeliveryStream for MemoryStream {
         if self.queue.closed.load(Ordering::SeqCst) {
             return None;
         }
-        let envelope = tokio::select! {
+        let item = tokio::select! {
             biased;
             _ = closing => None,
-            env = async { self.queue.rx.lock().await.recv().await } => env,
+            item = async { self.queue.rx.lock().await.recv().await } => item,
         }?;
-        Some(Delivery::new(envelope, Box::new(MemoryAcker { bus: self.bus.clone(), queue: self.queue.clone() })))
+        let acker = MemoryAcker { bus: self.bus.clone(), queue: self.queue.clone(), seq: item.seq };
+        Some(Delivery::new(item.envelope, Box::new(acker)))
     }
 }
 
 struct MemoryAcker {
     bus: Arc<Inner>,
     queue: Arc<Queue>,
+    seq: u64,
+}
+
+impl MemoryAcker {
+    /// Redelivers in the background: after `delay`, and off the caller's stack (an abandoned
+    /// delivery is settled from `Drop`). A failed journal write is logged: the message is
+    /// queued again in memory either way, and the journal keeps its older copy.
+    fn redeliver_later(self: Box<Self>, envelope: Envelope, delay: Duration) {
+        let item = Item { envelope, seq: self.seq };
+        if delay.is_zero() && self.bus.journal.is_none() {
+            // Nothing to write: the message is back in its queue before this returns.
+            let _ = self.bus.redeliver(&self.queue, item).now_or_never();
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime left (the process is ending): the journal still holds the message.
+            self.bus.activity.done(1);
+            return;
+        };
+        runtime.spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Err(e) = self.bus.redeliver(&self.queue, item).await {
+                tracing::warn!(subscription = %self.queue.name, error = %e, "could not record a redelivery");
+            }
+        });
+    }
 }
 
 #[async_trait::async_trait]
 impl Acker for MemoryAcker {
     async fn ack(self: Box<Self>) -> Result<(), BusError> {
-        self.bus.activity.done(1);
-        Ok(())
+        self.bus.consumed(&self.queue, self.seq).await
     }
 
     async fn nack(self: Box<Self>, envelope: Envelope, delay: Duration) -> Result<(), BusError> {
         if delay.is_zero() {
-            self.bus.redeliver(&self.queue, envelope);
-        } else {
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                self.bus.redeliver(&self.queue, envelope);
-            });
+            let item = Item { envelope, seq: self.seq };
+            return self.bus.redeliver(&self.queue, item).await;
         }
+        self.redeliver_later(envelope, delay);
         Ok(())
     }
 
     async fn dead_letter(self: Box<Self>, envelope: Envelope, reason: String) -> Result<(), BusError> {
-        self.bus.park(&self.queue.name, envelope, reason);
-        Ok(())
+        self.bus.park(&self.queue.name, Item { envelope, seq: self.seq }, reason).await
     }
 
     fn abandon(self: Box<Self>, envelope: Envelope) {
-        self.bus.redeliver(&self.queue, envelope);
+        self.redeliver_later(envelope, Duration::ZERO);
     }
 }

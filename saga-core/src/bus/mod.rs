@@ -7,21 +7,26 @@
 //! a delay) or dead-lettered with a reason. A delivery dropped unsettled (its consumer crashed)
 //! is redelivered: the bus is at-least-once and consumers deduplicate on `message_id`.
 //!
-//! [`InMemoryBus`] is the default transport; broker adapters implement the same trait.
+//! [`LocalBus`] is the default transport on a persistent store: in-process queues kept in the
+//! store, so a crash loses nothing. [`InMemoryBus`] is the same without the store, for tests
+//! and stores that are not durable either (a crash loses its queues); broker adapters
+//! implement the same trait.
 //! [`EventBus`] layers the seed's typed and dynamic integration-event handlers on top.
 
 pub mod conformance;
 mod delivery;
 mod handlers;
+mod local;
 mod memory;
 #[cfg(feature = "nats")]
 mod nats;
 #[cfg(feature = "rabbitmq")]
 mod rabbitmq;
 
-pub use conformance::InMemoryTarget;
+pub use conformance::{InMemoryTarget, LocalTarget};
 pub use delivery::{Acker, Consumer, Delivery, DeliveryStream};
 pub use handlers::{DynamicEventHandler, EventBus, EventHandler, SubscriptionHandle};
+pub use local::LocalBus;
 pub use memory::{DeadLetter, InMemoryBus};
 #[cfg(feature = "nats")]
 pub use nats::{NatsBus, NatsOptions, NatsTarget};
@@ -35,6 +40,7 @@ use crate::message::Envelope;
 
 /// What can go wrong talking to a transport.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BusError {
     /// The transport is closed or was shut down.
     #[error("the bus is closed")]
@@ -42,9 +48,36 @@ pub enum BusError {
     /// The subscription does not exist (it was never created or was removed).
     #[error("no subscription named {0:?}: subscribe before settling or injecting")]
     UnknownSubscription(String),
-    /// The broker refused or failed an operation.
+    /// The broker failed an operation; it may work when tried again.
     #[error("transport error: {0}")]
     Transport(String),
+    /// No subscription takes the message's name, so nobody would receive it: it was not
+    /// accepted. It may be routable later (once its consumer subscribes).
+    #[error("no subscription takes message {name:?}: {detail}")]
+    Unroutable {
+        /// The message name.
+        name: String,
+        /// What to do about it.
+        detail: String,
+    },
+    /// The transport refused the message for good (it is too large, say): trying again
+    /// cannot help.
+    #[error("the transport refused message {name:?} for good: {reason}")]
+    Refused {
+        /// The message name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The subscription was asked for exclusively and another consumer holds it (or
+    /// exclusively while this one asked to share it).
+    #[error("subscription {subscription:?} is in use by another consumer: {detail}")]
+    SubscriptionInUse {
+        /// The subscription.
+        subscription: String,
+        /// Who holds it, as far as the transport can tell.
+        detail: String,
+    },
 }
 
 /// A message transport: publish by name, consume through named subscriptions.
@@ -71,8 +104,35 @@ pub trait Bus: Send + Sync + 'static {
     /// returns one more consumer competing on it.
     async fn subscribe(&self, subscription: &str, names: &[&str]) -> Result<Consumer, BusError>;
 
+    /// Like [`Bus::subscribe`], but the returned consumer must be the subscription's only one:
+    /// while it lives, another consumer on the subscription (in this process or another) is
+    /// refused with [`BusError::SubscriptionInUse`], and if another one exists this call is.
+    /// A runtime whose store one process owns subscribes this way, so that a second runtime
+    /// with its own store cannot take messages for instances it does not hold.
+    ///
+    /// The default subscribes without exclusivity (for wrappers around another bus, which
+    /// should forward this call); every transport of this crate enforces it.
+    async fn subscribe_exclusive(&self, subscription: &str, names: &[&str]) -> Result<Consumer, BusError> {
+        self.subscribe(subscription, names).await
+    }
+
     /// Removes a subscription and its bindings; messages still queued on it are discarded.
     async fn unsubscribe(&self, subscription: &str) -> Result<(), BusError>;
+
+    /// Whether some subscription takes `name` right now, for transports that know every
+    /// subscription (the in-memory one): `Some(false)` means a message of that name would be
+    /// refused as [`BusError::Unroutable`]. `None` (the default): the transport cannot tell
+    /// without asking a broker.
+    fn has_subscribers(&self, _name: &str) -> Option<bool> {
+        None
+    }
+
+    /// The largest payload the transport carries, if it has a limit; the runtime refuses
+    /// larger outgoing messages when they are committed, with a clear error, rather than
+    /// finding out when they are published.
+    fn max_payload(&self) -> Option<usize> {
+        None
+    }
 
     /// Closes the connection gracefully (the runtime's `shutdown` calls it). Default: nothing.
     async fn close(&self) -> Result<(), BusError> {
@@ -84,6 +144,32 @@ pub trait Bus: Send + Sync + 'static {
     fn activity(&self) -> Option<Arc<Activity>> {
         None
     }
+
+    /// Reads, without removing, up to `limit` messages the bus dead-lettered on
+    /// `subscription` (the name the runtime subscribed with), oldest first, each with the
+    /// reason it was parked. Every transport of this crate keeps them in the same shape;
+    /// [`SagaRuntime::dead_letters`](crate::engine::SagaRuntime::dead_letters) reads those
+    /// of all a runtime's subscriptions.
+    ///
+    /// The default says the transport cannot list them (a bus of your own that parks
+    /// messages should implement it).
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use saga_core::bus::{Bus, InMemoryBus};
+    /// let bus = InMemoryBus::new();
+    /// for dead in bus.dead_letters("billing", 50).await.unwrap() {
+    ///     eprintln!("{} {}: {}", dead.envelope.name, dead.envelope.message_id, dead.reason);
+    /// }
+    /// # });
+    /// ```
+    async fn dead_letters(&self, subscription: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
+        let _ = (subscription, limit);
+        Err(BusError::Transport(
+            "this bus cannot list its dead letters: implement Bus::dead_letters for it, or read them on the broker"
+                .to_owned(),
+        ))
+    }
 }
 
 #[async_trait::async_trait]
@@ -94,13 +180,25 @@ impl<B: Bus + ?Sized> Bus for Arc<B> {
     async fn subscribe(&self, subscription: &str, names: &[&str]) -> Result<Consumer, BusError> {
         (**self).subscribe(subscription, names).await
     }
+    async fn subscribe_exclusive(&self, subscription: &str, names: &[&str]) -> Result<Consumer, BusError> {
+        (**self).subscribe_exclusive(subscription, names).await
+    }
     async fn unsubscribe(&self, subscription: &str) -> Result<(), BusError> {
         (**self).unsubscribe(subscription).await
+    }
+    fn has_subscribers(&self, name: &str) -> Option<bool> {
+        (**self).has_subscribers(name)
+    }
+    fn max_payload(&self) -> Option<usize> {
+        (**self).max_payload()
     }
     async fn close(&self) -> Result<(), BusError> {
         (**self).close().await
     }
     fn activity(&self) -> Option<Arc<Activity>> {
         (**self).activity()
+    }
+    async fn dead_letters(&self, subscription: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
+        (**self).dead_letters(subscription, limit).await
     }
 }

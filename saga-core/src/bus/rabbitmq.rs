@@ -11,7 +11,10 @@
 //! | queue | `<subscription>.dead` | the subscription's dead letters, each with its reason header |
 //!
 //! Guarantees: messages are persistent and `publish` returns only after the broker's publisher
-//! confirm, so the engine removes an outbox entry only once RabbitMQ holds the message.
+//! confirm, so the engine removes an outbox entry only once RabbitMQ holds the message. Every
+//! publish is `mandatory`: one that no queue is bound to is returned by the broker, and
+//! `publish` fails with [`BusError::Unroutable`] instead of reporting a confirm for a message
+//! nobody will get (the outbox keeps it and tries again).
 //! Deliveries are acked manually, after the engine's commit is durable; a channel or
 //! connection that dies with unacked deliveries has them requeued by the broker. A nack
 //! republishes the message (with its attempt count) to the retry queue whose TTL is the first
@@ -20,6 +23,15 @@
 //! queue. Dead-lettering republishes to the dead-letter exchange with the reason, then acks.
 //! Each consumer has its own channel with a prefetch limit. Connections recover on their own
 //! (lapin's auto-recovery, with backoff), redeclaring the topology and the consumers.
+//! [`Bus::subscribe_exclusive`] consumes with AMQP's `exclusive` flag: the broker then refuses
+//! any other consumer on the queue while this one lives (and this one while another lives).
+//!
+//! Message ids: ours travel as the `message-id` property. A message from a foreign producer
+//! without one (and, in eShop mode, without an `Id` in its body) is given an id when it is first
+//! received: the transport republishes it to its queue with a fresh id and acks the original,
+//! so that a redelivery keeps the id and two equal publishes stay two messages. A crash between
+//! the republish and the ack delivers that message twice under two ids; producers that set a
+//! `message-id` never see this.
 //!
 //! Ordering: per queue, in publication order, except that nacked messages come back later.
 //! Credentials in the URL are never logged; `amqps://` URLs use TLS (rustls).
@@ -36,7 +48,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use uuid::Uuid;
 
-use super::{Acker, Bus, BusError, Consumer, Delivery, DeliveryStream};
+use super::{Acker, Bus, BusError, Consumer, DeadLetter, Delivery, DeliveryStream};
 use crate::message::{Envelope, Timestamp, headers};
 
 const NAME: &str = "sagaflow-name";
@@ -44,6 +56,8 @@ const CREATED_AT: &str = "sagaflow-created-at";
 const CAUSATION: &str = "sagaflow-causation-id";
 const ATTEMPT: &str = "sagaflow-attempt";
 const REASON: &str = "sagaflow-dead-reason";
+/// When a dead letter was parked (ms since the epoch), beside its reason.
+const DEAD_AT: &str = "sagaflow-dead-at";
 const USER_HEADER: &str = "sagaflow-h-";
 
 /// Retry queue delays, in milliseconds: a nack waits in the first one at or above its delay.
@@ -65,7 +79,21 @@ pub struct RabbitMqOptions {
     prefetch: u16,
     namespace: Option<String>,
     eshop: bool,
+    max_message_bytes: usize,
 }
+
+/// RabbitMQ's own default `max_message_size` since 4.0 (16 MiB).
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The namespace of the ids derived from foreign `message-id`s that are not UUIDs.
+const FOREIGN_IDS: Uuid = Uuid::from_u128(0x3c8e_51f4_9b1d_4f6a_a7e2_0d5b_6c91_e8a4);
+
+/// How long a dropped consumer's channel stays open for the acks of deliveries in hand.
+const CHANNEL_LINGER: Duration = Duration::from_secs(15);
+
+/// How long an exclusive subscribe waits for a consumer that is going away (a runtime of this
+/// process dropped a moment ago closes its channels in the background).
+const EXCLUSIVE_WAIT: Duration = Duration::from_secs(3);
 
 impl std::fmt::Debug for RabbitMqOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -87,6 +115,7 @@ impl RabbitMqOptions {
             prefetch: 64,
             namespace: None,
             eshop: false,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 
@@ -108,11 +137,39 @@ impl RabbitMqOptions {
 
     /// Puts every exchange and queue of this bus under `namespace` (`<namespace>.sagaflow`,
     /// `<namespace>.<subscription>`), so that environments or test runs can share a broker.
+    ///
+    /// In eShop mode only sagaflow's own objects are prefixed (its queues and its dead-letter
+    /// exchange): the `eshop_event_bus` exchange keeps its name, or publishes would reach no
+    /// .NET service.
+    ///
+    /// ```
+    /// use saga_core::bus::RabbitMqOptions;
+    /// let options = RabbitMqOptions::eshop("amqp://guest:guest@127.0.0.1:5672/%2f").namespace("staging");
+    /// assert_eq!(options.exchange_name(), "eshop_event_bus");
+    /// assert_eq!(RabbitMqOptions::new("amqp://127.0.0.1").namespace("staging").exchange_name(), "staging.sagaflow");
+    /// ```
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
         let namespace = namespace.into();
-        self.exchange = format!("{namespace}.{}", self.exchange);
-        self.dead_letter_exchange = format!("{}.dead", self.exchange);
+        if self.eshop {
+            self.dead_letter_exchange = format!("{namespace}.{}.dead", self.exchange);
+        } else {
+            self.exchange = format!("{namespace}.{}", self.exchange);
+            self.dead_letter_exchange = format!("{}.dead", self.exchange);
+        }
         self.namespace = Some(namespace);
+        self
+    }
+
+    /// The exchange messages are published to.
+    pub fn exchange_name(&self) -> &str {
+        &self.exchange
+    }
+
+    /// The largest payload the broker takes (default 16 MiB, RabbitMQ's own `max_message_size`
+    /// since 4.0): set it to the broker's value. The runtime refuses larger outgoing messages
+    /// when they are committed.
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
         self
     }
 
@@ -202,7 +259,7 @@ impl RabbitMqBus {
         Ok(RabbitMqBus { inner: Arc::new(Inner { connection, publisher, options }) })
     }
 
-    /// Publishes with a publisher confirm, retrying once the connection has recovered.
+    /// Publishes (mandatory) with a publisher confirm, retrying once the connection has recovered.
     async fn publish_to(
         &self,
         exchange: &str,
@@ -220,7 +277,7 @@ impl RabbitMqBus {
                 .basic_publish(
                     exchange.into(),
                     routing_key.into(),
-                    BasicPublishOptions::default(),
+                    BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
                     &envelope.payload,
                     properties.clone(),
                 )
@@ -230,7 +287,19 @@ impl RabbitMqBus {
                 Err(e) => Err(e),
             };
             match confirmed {
-                Ok(c) if c.is_ack() => return Ok(()),
+                Ok(c) if c.is_ack() => {
+                    return match c.take_message() {
+                        // Confirmed, but returned first: no queue is bound to the routing key.
+                        Some(_) => Err(BusError::Unroutable {
+                            name: envelope.name.clone(),
+                            detail: format!(
+                                "RabbitMQ returned it: no queue is bound to routing key {routing_key:?} on exchange \
+                                 {exchange:?} (has its consumer declared its queue yet?)"
+                            ),
+                        }),
+                        None => Ok(()),
+                    };
+                }
                 Ok(_) => return Err(transport("publish", "the broker refused the message (nack)")),
                 Err(e) if attempts < 5 => {
                     tracing::warn!(error = %e, "RabbitMQ publish failed, waiting for the connection to recover");
@@ -243,12 +312,8 @@ impl RabbitMqBus {
         }
     }
 
-    async fn declare_subscription(
-        &self,
-        channel: &Channel,
-        subscription: &str,
-        names: &[&str],
-    ) -> Result<(), BusError> {
+    /// Declares a subscription's queue and its dead-letter queue.
+    async fn declare_subscription(&self, channel: &Channel, subscription: &str) -> Result<(), BusError> {
         let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
         let dead = format!("{subscription}.dead");
         for queue in [subscription, dead.as_str()] {
@@ -268,6 +333,12 @@ impl RabbitMqBus {
             )
             .await
             .map_err(|e| transport("binding the dead-letter queue", e))?;
+        Ok(())
+    }
+
+    /// Binds a subscription's queue to the names it consumes.
+    async fn bind(&self, channel: &Channel, subscription: &str, names: &[&str]) -> Result<(), BusError> {
+        let options = &self.inner.options;
         for name in names {
             channel
                 .queue_bind(
@@ -281,6 +352,37 @@ impl RabbitMqBus {
                 .map_err(|e| transport(&format!("binding {subscription} to {name}"), e))?;
         }
         Ok(())
+    }
+
+    /// Declares a subscription's queue, consumes it on a channel of its own, and binds it.
+    async fn consume(&self, subscription: &str, names: &[&str], exclusive: bool) -> Result<Consumer, BusError> {
+        let channel = self.inner.connection.create_channel().await.map_err(|e| transport("channel", e))?;
+        channel
+            .basic_qos(self.inner.options.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(|e| transport("prefetch", e))?;
+        let queue = self.inner.options.queue(subscription);
+        self.declare_subscription(&channel, &queue).await?;
+        let options = BasicConsumeOptions { exclusive, ..BasicConsumeOptions::default() };
+        let consumer = channel
+            .basic_consume(queue.as_str().into(), "".into(), options, FieldTable::default())
+            .await
+            .map_err(|e| {
+                // The broker closes the channel with ACCESS_REFUSED when the queue has an
+                // exclusive consumer, or when an exclusive consume finds other consumers.
+                let text = e.to_string();
+                if text.contains("ACCESS_REFUSED") || text.contains("exclusive") {
+                    BusError::SubscriptionInUse {
+                        subscription: subscription.to_owned(),
+                        detail: format!("RabbitMQ refused to let this process consume queue {queue}: {text}"),
+                    }
+                } else {
+                    transport(&format!("consuming {queue}"), e)
+                }
+            })?;
+        // Bound only once the consumer is let in: a refused one changes no routing.
+        self.bind(&channel, &queue, names).await?;
+        Ok(Consumer::new(subscription, Box::new(RabbitStream { bus: self.clone(), channel, consumer, queue })))
     }
 
     /// The retry queue for `delay`, declared on first use.
@@ -304,26 +406,6 @@ impl RabbitMqBus {
             .await
             .map_err(|e| transport(&format!("declaring retry queue {queue}"), e))?;
         Ok(queue)
-    }
-
-    /// Reads (without removing) up to `limit` dead letters of a subscription: (envelope, reason).
-    pub async fn dead_letters(&self, subscription: &str, limit: usize) -> Result<Vec<(Envelope, String)>, BusError> {
-        let channel = self.inner.connection.create_channel().await.map_err(|e| transport("channel", e))?;
-        let queue = format!("{}.dead", self.inner.options.queue(subscription));
-        let mut out = Vec::new();
-        while out.len() < limit {
-            let got = channel
-                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
-                .await
-                .map_err(|e| transport(&format!("reading {queue}"), e))?;
-            let Some(message) = got else { break };
-            let d = message.delivery;
-            let reason = header_str(d.properties.headers(), REASON).unwrap_or_default();
-            out.push((envelope(&d.routing_key.to_string(), &d.properties, d.data, d.redelivered), reason));
-        }
-        // Closing the channel hands the unacked messages back to the queue.
-        let _ = channel.close(200, "peeked".into()).await;
-        Ok(out)
     }
 }
 
@@ -374,11 +456,16 @@ fn properties(e: &Envelope, mut table: FieldTable) -> BasicProperties {
 }
 
 /// Rebuilds an envelope. A message from a foreign producer may lack our headers: its name is
-/// the routing key, and its id is derived from its body, so redeliveries still deduplicate.
+/// the routing key; a `message-id` that is not a UUID ("order-42-created") becomes one derived
+/// from it, the same on every redelivery; without a `message-id` it gets a fresh id (which the
+/// consumer then makes last, see `RabbitStream::stamp`).
 fn envelope(routing_key: &str, p: &BasicProperties, payload: Vec<u8>, redelivered: bool) -> Envelope {
     let parse = |s: &Option<ShortString>| s.as_ref().and_then(|v| Uuid::parse_str(v.as_str()).ok());
     let h = p.headers();
-    let message_id = parse(p.message_id()).unwrap_or_else(|| Uuid::new_v5(&Uuid::NAMESPACE_OID, &payload));
+    let message_id = match p.message_id() {
+        Some(id) => Uuid::parse_str(id.as_str()).unwrap_or_else(|_| Uuid::new_v5(&FOREIGN_IDS, id.as_str().as_bytes())),
+        None => crate::message::new_message_id(),
+    };
     let name = header_str(h, NAME)
         .or_else(|| p.kind().as_ref().map(|k| k.as_str().to_owned()))
         .unwrap_or_else(|| routing_key.to_owned());
@@ -418,18 +505,44 @@ impl Bus for RabbitMqBus {
     }
 
     async fn subscribe(&self, subscription: &str, names: &[&str]) -> Result<Consumer, BusError> {
+        self.consume(subscription, names, false).await
+    }
+
+    async fn subscribe_exclusive(&self, subscription: &str, names: &[&str]) -> Result<Consumer, BusError> {
+        let deadline = tokio::time::Instant::now() + EXCLUSIVE_WAIT;
+        loop {
+            match self.consume(subscription, names, true).await {
+                Err(BusError::SubscriptionInUse { .. }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn dead_letters(&self, subscription: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
         let channel = self.inner.connection.create_channel().await.map_err(|e| transport("channel", e))?;
-        channel
-            .basic_qos(self.inner.options.prefetch, BasicQosOptions::default())
-            .await
-            .map_err(|e| transport("prefetch", e))?;
-        let queue = self.inner.options.queue(subscription);
-        self.declare_subscription(&channel, &queue, names).await?;
-        let consumer = channel
-            .basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
-            .await
-            .map_err(|e| transport(&format!("consuming {queue}"), e))?;
-        Ok(Consumer::new(subscription, Box::new(RabbitStream { bus: self.clone(), channel, consumer, queue })))
+        let queue = format!("{}.dead", self.inner.options.queue(subscription));
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let got = channel
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+                .await
+                .map_err(|e| transport(&format!("reading {queue}"), e))?;
+            let Some(message) = got else { break };
+            let d = message.delivery;
+            let reason = header_str(d.properties.headers(), REASON).unwrap_or_default();
+            let at = header_u64(d.properties.headers(), DEAD_AT).map_or_else(Timestamp::now, Timestamp);
+            let envelope = envelope(&d.routing_key.to_string(), &d.properties, d.data, d.redelivered);
+            out.push(DeadLetter { subscription: subscription.to_owned(), envelope, reason, at });
+        }
+        // Closing the channel hands the unacked messages back to the queue.
+        let _ = channel.close(200, "peeked".into()).await;
+        Ok(out)
+    }
+
+    fn max_payload(&self) -> Option<usize> {
+        Some(self.inner.options.max_message_bytes)
     }
 
     async fn close(&self) -> Result<(), BusError> {
@@ -465,6 +578,39 @@ struct RabbitStream {
     queue: String,
 }
 
+impl Drop for RabbitStream {
+    fn drop(&mut self) {
+        // Cancel the consumer, so that an exclusive one lets go of its queue now rather than
+        // when the connection closes. The channel stays open a while so that deliveries in
+        // hand can still be acked (a graceful shutdown finishes them), then closes, which hands
+        // back what was prefetched and never taken.
+        let (channel, tag) = (self.channel.clone(), self.consumer.tag());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = channel.basic_cancel(tag, lapin::options::BasicCancelOptions::default()).await;
+                tokio::time::sleep(CHANNEL_LINGER).await;
+                let _ = channel.close(200, "consumer dropped".into()).await;
+            });
+        }
+    }
+}
+
+impl RabbitStream {
+    /// Gives a foreign message without an id one that survives redelivery: republishes it to
+    /// the queue with a fresh `message-id`, then acks the original (see the module docs).
+    ///
+    /// It runs as a task of its own, so that a consumer that stops waiting for its next delivery
+    /// (the engine does when its store fails) cannot leave a message republished and unacked.
+    async fn stamp(&self, envelope: &Envelope, acker: &lapin::Acker) -> Result<(), BusError> {
+        let (bus, queue, envelope, acker) = (self.bus.clone(), self.queue.clone(), envelope.clone(), acker.clone());
+        let stamping = tokio::spawn(async move {
+            bus.publish_to("", &queue, &envelope, FieldTable::default()).await?;
+            acker.ack(BasicAckOptions::default()).await.map(|_| ()).map_err(|e| transport("ack", e))
+        });
+        stamping.await.map_err(|e| transport("giving a foreign message an id", e))?
+    }
+}
+
 #[async_trait::async_trait]
 impl DeliveryStream for RabbitStream {
     async fn next(&mut self) -> Option<Delivery> {
@@ -472,8 +618,20 @@ impl DeliveryStream for RabbitStream {
             match self.consumer.next().await? {
                 Ok(d) => {
                     let mut envelope = envelope(d.routing_key.as_str(), &d.properties, d.data, d.redelivered);
+                    let mut has_id = d.properties.message_id().is_some();
                     if self.bus.inner.options.eshop {
-                        eshop::adopt_metadata(&mut envelope, &d.properties);
+                        has_id |= eshop::adopt_metadata(&mut envelope, &d.properties);
+                    }
+                    if !has_id {
+                        match self.stamp(&envelope, &d.acker).await {
+                            Ok(()) => continue,
+                            Err(e) => tracing::warn!(
+                                queue = %self.queue,
+                                message_name = %envelope.name,
+                                error = %e,
+                                "could not give a foreign message a lasting id; delivering it with a fresh one"
+                            ),
+                        }
                     }
                     let acker = RabbitAcker { bus: self.bus.clone(), acker: d.acker, queue: self.queue.clone() };
                     return Some(Delivery::new(envelope, Box::new(acker)));
@@ -520,6 +678,8 @@ impl Acker for RabbitAcker {
     async fn dead_letter(self: Box<Self>, envelope: Envelope, reason: String) -> Result<(), BusError> {
         let mut extra = FieldTable::default();
         extra.insert(REASON.into(), AMQPValue::LongString(LongString::from(reason.as_str())));
+        let at = i64::try_from(Timestamp::now().0).unwrap_or(i64::MAX);
+        extra.insert(DEAD_AT.into(), AMQPValue::LongLongInt(at));
         let exchange = self.bus.inner.options.dead_letter_exchange.clone();
         self.bus.publish_to(&exchange, &self.queue, &envelope, extra).await?;
         RabbitAcker::ack(&self).await
@@ -568,10 +728,6 @@ impl super::conformance::ConformanceTarget for RabbitMqTarget {
         Arc::new(self.bus.clone())
     }
 
-    async fn dead_letters(&self, _: &Arc<dyn Bus>, subscription: &str) -> Vec<(Envelope, String)> {
-        self.bus.dead_letters(subscription, 100).await.unwrap_or_default()
-    }
-
     async fn clean_up(&self, _: &Arc<dyn Bus>, subscription: &str) {
         let dead = format!("{}.dead", self.bus.inner.options.queue(subscription));
         let _ = self.bus.inner.publisher.queue_delete(dead.as_str().into(), QueueDeleteOptions::default()).await;
@@ -606,14 +762,17 @@ mod eshop {
     }
 
     /// Takes the message id and creation time from the body of a message an eShop service
-    /// published (it carries none of our headers).
-    pub(super) fn adopt_metadata(envelope: &mut Envelope, properties: &BasicProperties) {
+    /// published (it carries none of our headers); returns whether the body had an `Id`.
+    /// The `Id` is the event's identity, as in eShop: a second message with the same `Id` is
+    /// the same event, deduplicated whatever its body.
+    pub(super) fn adopt_metadata(envelope: &mut Envelope, properties: &BasicProperties) -> bool {
         let ours = properties.headers().as_ref().is_some_and(|h| h.inner().contains_key(NAME));
         if ours {
-            return;
+            return false;
         }
-        let Ok(json) = serde_json::from_slice::<serde_json::Value>(&envelope.payload) else { return };
-        if let Some(id) = json.get("Id").and_then(|v| v.as_str()).and_then(|s| Uuid::parse_str(s).ok()) {
+        let Ok(json) = serde_json::from_slice::<serde_json::Value>(&envelope.payload) else { return false };
+        let id = json.get("Id").and_then(|v| v.as_str()).and_then(|s| Uuid::parse_str(s).ok());
+        if let Some(id) = id {
             envelope.message_id = id;
         }
         let created = json.get("CreationDate").and_then(|v| v.as_str()).and_then(|s| {
@@ -623,5 +782,6 @@ mod eshop {
         if let Some(t) = created {
             envelope.created_at = Timestamp(u64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0));
         }
+        id.is_some()
     }
 }

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::Core;
 use crate::message::{Codec, Envelope};
 use crate::saga::{Decoded, RetryPolicy};
-use crate::store::{Committed, TimerRecord};
+use crate::store::{Commit, Committed, StoreError, TimerRecord};
 
 /// The input of a unit of work.
 pub(crate) enum Input {
@@ -44,24 +44,34 @@ pub(crate) enum Unit {
     Skipped(String),
 }
 
+/// A computed commit that the store could not take, with what its unit returns once it does.
+pub(crate) struct PendingCommit {
+    pub(crate) commit: Commit,
+    pub(crate) follow_up: Option<TimerRecord>,
+    pub(crate) timers_added: bool,
+}
+
 /// Why a unit of work did not commit.
 pub(crate) enum Failure {
     /// Someone else committed first: reload and run again.
     Conflict,
-    /// Might work later: redeliver with backoff.
+    /// The store is unavailable: run the unit again once it is back, without counting it
+    /// against the message's retry policy (see `health`). With a commit, only that commit is
+    /// tried again: the unit ran code with effects outside the store (a local step), which
+    /// must not run again for every retry of an outage.
+    Store(StoreError, Option<Box<PendingCommit>>),
+    /// Might work later: redeliver with backoff, per the driver's retry policy.
     Retry(String),
     /// Will never work: dead-letter with the reason.
     DeadLetter(String),
 }
 
-impl From<crate::store::StoreError> for Failure {
-    fn from(e: crate::store::StoreError) -> Self {
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
         match e {
-            crate::store::StoreError::Conflict { .. } => Failure::Conflict,
-            crate::store::StoreError::Corrupt { .. } | crate::store::StoreError::Encode { .. } => {
-                Failure::DeadLetter(e.to_string())
-            }
-            other => Failure::Retry(other.to_string()),
+            StoreError::Conflict { .. } => Failure::Conflict,
+            e if e.is_unavailable() => Failure::Store(e, None),
+            other => Failure::DeadLetter(other.to_string()),
         }
     }
 }
@@ -93,5 +103,15 @@ pub(crate) trait Driver: Send + Sync + 'static {
     /// The name of step `step`, for inspection.
     fn step_name(&self, _step: u32) -> Option<String> {
         None
+    }
+    /// The commands it sends: (step, command name), to check at build time that something
+    /// consumes each.
+    fn sends(&self) -> Vec<(String, &'static str)> {
+        Vec::new()
+    }
+    /// Parks the instance of a timer whose unit keeps failing (a timer cannot be
+    /// dead-lettered, and refiring it would fail the same way).
+    async fn park_timer(&self, _core: &Core, _timer: &TimerRecord, reason: String) -> Result<Unit, Failure> {
+        Err(Failure::DeadLetter(reason))
     }
 }

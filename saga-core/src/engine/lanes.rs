@@ -8,36 +8,90 @@
 //! same instance may read the not-yet-durable state: if the process dies, both commits are lost
 //! together (the store's log is ordered) and both deliveries are redelivered, because neither
 //! was acked.
+//!
+//! A store failure is never charged to the message (see `health`): the lane keeps the unit and
+//! runs it again with capped backoff, and the completion task keeps a commit whose flush failed
+//! until the store confirms it durable, keeping the delivery alive meanwhile. A timer whose
+//! unit fails for any other reason parks its instance: refiring it would fail the same way.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
-use std::panic::AssertUnwindSafe;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 use uuid::Uuid;
 
 use super::Core;
-use super::driver::{Driver, Failure, Input, Unit};
+use super::driver::{Driver, Failure, Input, PendingCommit, Unit};
 use crate::activity::ActivityGuard;
 use crate::bus::Delivery;
-use crate::store::{Durable, OutboxEntry};
+use crate::saga::RetryPolicy;
+use crate::store::{Durable, OutboxEntry, StoreError, TimerKey};
 
 /// How many times a unit of work is re-run after optimistic-concurrency conflicts before its
 /// message is redelivered later.
 const CONFLICT_RETRIES: u32 = 16;
 
-/// How long a timer whose unit of work failed waits before it may fire again.
+/// How long a timer whose unit of work could not be run or parked waits before it may fire again.
 const FAILED_TIMER_PAUSE: Duration = Duration::from_secs(1);
+
+/// How a unit that met a store failure, or a commit whose flush failed, is tried again:
+/// without end (a store outage is not the message's fault), at most 2 s apart.
+fn store_retry() -> RetryPolicy {
+    RetryPolicy::forever(Duration::from_millis(50)).max_delay(Duration::from_secs(2))
+}
 
 /// One unit of work waiting for its lane.
 pub(crate) struct Work {
     pub(crate) driver: Arc<dyn Driver>,
+    /// The subscription the input came from (for timers: the saga's).
+    pub(crate) subscription: Arc<str>,
     pub(crate) lane_key: Uuid,
     pub(crate) input: Input,
     pub(crate) delivery: Option<Delivery>,
     pub(crate) guard: ActivityGuard,
+}
+
+/// What a unit's log lines name, so that an operator can find the message and its instance.
+struct UnitContext {
+    consumer: String,
+    subscription: Arc<str>,
+    message: String,
+    message_id: Uuid,
+    correlation_id: String,
+}
+
+impl UnitContext {
+    fn new(driver: &dyn Driver, subscription: Arc<str>, lane_key: Uuid, input: &Input) -> Self {
+        let (message, message_id, correlation) = match input {
+            Input::Message { envelope, .. } => {
+                let correlation = if driver.is_saga() { Some(lane_key) } else { envelope.correlation_id };
+                (envelope.name.clone(), envelope.message_id, correlation)
+            }
+            Input::Timer(t) => (format!("timer:{:?}", t.purpose), t.key.timer_id, Some(t.key.instance_id)),
+        };
+        UnitContext {
+            consumer: driver.name().to_owned(),
+            subscription,
+            message,
+            message_id,
+            correlation_id: correlation.map_or_else(|| "none".to_owned(), |c| c.to_string()),
+        }
+    }
+}
+
+/// Logs at `$level` with the unit's context as fields.
+macro_rules! log_unit {
+    ($level:ident, $ctx:expr, $($rest:tt)+) => {
+        tracing::$level!(
+            consumer = %$ctx.consumer,
+            subscription = %$ctx.subscription,
+            message_name = %$ctx.message,
+            message_id = %$ctx.message_id,
+            correlation_id = %$ctx.correlation_id,
+            $($rest)+
+        )
+    };
 }
 
 /// What the completion task does once a unit's commit is durable.
@@ -53,10 +107,11 @@ struct Completion {
     settle: Settle,
     outbox: Vec<OutboxEntry>,
     follow_up: Option<Work>,
-    timer: Option<crate::store::TimerKey>,
+    timer: Option<TimerKey>,
     timers_added: bool,
     /// The unit wrote a commit (not skipped, not failed).
     committed: bool,
+    context: UnitContext,
     _guard: ActivityGuard,
 }
 
@@ -120,12 +175,35 @@ async fn run_lane(
     }
 }
 
+/// Keeps a delivery alive while the engine waits for the store.
+async fn keep_alive(delivery: &Option<Delivery>) {
+    if let Some(d) = delivery {
+        if let Err(e) = d.keep_alive().await {
+            tracing::debug!(error = %e, "could not tell the transport that a delivery is still being worked on");
+        }
+    }
+}
+
+/// Reports a store failure: once when the store's state changes, then at growing intervals.
+fn report_store_failure(core: &Core, context: &UnitContext, error: &StoreError, failures: u32, what: &str) {
+    let changed = core.health.store_failed(error, core.clock.now());
+    if matches!(error, StoreError::Broken { .. }) {
+        if changed {
+            log_unit!(
+                error,
+                context,
+                %error,
+                "{what}: the store is broken, so this runtime stops consuming; restart the process to recover"
+            );
+        }
+    } else if changed || failures.is_power_of_two() {
+        log_unit!(warn, context, %error, failures, "{what}: the store failed; trying again without spending the message's retries");
+    }
+}
+
 async fn run_unit(core: &Arc<Core>, work: Work) -> Completion {
-    let Work { driver, lane_key, input, delivery, guard } = work;
-    let (message, message_id) = match &input {
-        Input::Message { envelope, .. } => (envelope.name.clone(), envelope.message_id),
-        Input::Timer(t) => (format!("timer:{:?}", t.purpose), t.key.timer_id),
-    };
+    let Work { driver, subscription, lane_key, input, delivery, guard } = work;
+    let context = UnitContext::new(&*driver, subscription, lane_key, &input);
     let timer = match &input {
         Input::Timer(t) => Some(t.key),
         Input::Message { .. } => None,
@@ -136,24 +214,51 @@ async fn run_unit(core: &Arc<Core>, work: Work) -> Completion {
         participant = tracing::field::Empty,
         instance = %lane_key,
         step = tracing::field::Empty,
-        message_name = %message,
-        message_id = %message_id,
+        message_name = %context.message,
+        message_id = %context.message_id,
     );
     span.record(if driver.is_saga() { "saga" } else { "participant" }, driver.name());
     let attempt = delivery.as_ref().map_or(1, |d| d.envelope().attempt);
-    let mut conflicts = 0;
+    let (mut conflicts, mut store_failures) = (0, 0u32);
+    // Set when a timer's unit failed: a timer cannot be dead-lettered, and refiring it would
+    // fail the same way, so its instance is parked instead.
+    let mut park: Option<String> = None;
+    // A computed commit to try again as it is (see `Failure::Store`).
+    let mut pending: Option<Box<PendingCommit>> = None;
     let outcome = loop {
-        // A panic in user code (or ours) fails this unit, not the lane and every instance on it.
-        let unit = AssertUnwindSafe(driver.process(core, lane_key, &input)).catch_unwind();
-        let result = match unit.instrument(span.clone()).await {
-            Ok(result) => result,
-            Err(panic) => Err(Failure::Retry(format!("the unit of work panicked: {}", panic_message(&panic)))),
+        let result = match pending.take() {
+            Some(p) => retry_commit(core, *p).await,
+            None => {
+                // A panic in user code (or ours) fails this unit, not the lane and every instance on it.
+                let unit = match (&park, &input) {
+                    (Some(reason), Input::Timer(t)) => {
+                        crate::panics::catch_async(driver.park_timer(core, t, reason.clone()))
+                    }
+                    _ => crate::panics::catch_async(driver.process(core, lane_key, &input)),
+                };
+                unit.instrument(span.clone())
+                    .await
+                    .unwrap_or_else(|panic| Err(Failure::Retry(format!("the unit of work panicked: {panic}"))))
+            }
         };
         match result {
             Err(Failure::Conflict) if conflicts < CONFLICT_RETRIES => conflicts += 1,
+            Err(Failure::Store(e, commit)) => {
+                pending = commit;
+                store_failures += 1;
+                report_store_failure(core, &context, &e, store_failures, "a unit of work could not run");
+                keep_alive(&delivery).await;
+                let delay = store_retry().delay_before_retry(store_failures, context.message_id).unwrap_or_default();
+                tokio::time::sleep(delay).await;
+            }
+            Err(Failure::Retry(reason) | Failure::DeadLetter(reason)) if timer.is_some() && park.is_none() => {
+                log_unit!(error, context, %reason, "a timer's unit of work failed; parking its instance");
+                park = Some(reason);
+            }
             other => break other,
         }
     };
+    core.health.store_ok();
     let _enter = span.enter();
     let mut completion = Completion {
         durable: None,
@@ -164,6 +269,7 @@ async fn run_unit(core: &Arc<Core>, work: Work) -> Completion {
         timer,
         timers_added: false,
         committed: false,
+        context,
         _guard: guard,
     };
     match outcome {
@@ -175,6 +281,7 @@ async fn run_unit(core: &Arc<Core>, work: Work) -> Completion {
             completion.durable = Some(committed.durable);
             completion.follow_up = follow_up.map(|t| Work {
                 driver: driver.clone(),
+                subscription: completion.context.subscription.clone(),
                 lane_key,
                 input: Input::Timer(t),
                 delivery: None,
@@ -185,86 +292,99 @@ async fn run_unit(core: &Arc<Core>, work: Work) -> Completion {
             tracing::debug!(%reason, "nothing to do");
             completion.durable = Some(core.store.barrier());
         }
-        Err(Failure::DeadLetter(reason)) => completion.settle = Settle::DeadLetter(reason),
+        Err(Failure::DeadLetter(reason)) => {
+            log_unit!(warn, completion.context, %reason, "dead-lettering a message that cannot be handled");
+            completion.settle = Settle::DeadLetter(reason);
+        }
         Err(Failure::Retry(reason)) => {
-            completion.settle = match driver.retry_policy().delay_before_retry(attempt, message_id) {
+            completion.settle = match driver.retry_policy().delay_before_retry(attempt, completion.context.message_id) {
                 Some(delay) => {
-                    tracing::warn!(%reason, attempt, ?delay, "unit of work failed, will retry");
+                    log_unit!(warn, completion.context, %reason, attempt, ?delay, "unit of work failed, will retry");
                     Settle::Nack(delay)
                 }
-                None => Settle::DeadLetter(format!("gave up after {attempt} attempts: {reason}")),
+                None => {
+                    let reason = format!("gave up after {attempt} attempts: {reason}");
+                    log_unit!(warn, completion.context, %reason, "unit of work failed for the last time; dead-lettering");
+                    Settle::DeadLetter(reason)
+                }
             }
         }
         Err(Failure::Conflict) => {
-            tracing::warn!(conflicts, "unit of work kept conflicting, will retry");
+            log_unit!(warn, completion.context, conflicts, "unit of work kept conflicting, will retry");
             completion.settle = Settle::Nack(Duration::from_millis(50));
         }
+        // The loop above retries store failures until something else happens.
+        Err(Failure::Store(..)) => completion.settle = Settle::Nack(Duration::from_secs(1)),
     }
     completion
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a non-text panic".to_owned())
+/// Tries a computed commit again as it is.
+async fn retry_commit(core: &Core, p: PendingCommit) -> Result<Unit, Failure> {
+    let PendingCommit { commit, follow_up, timers_added } = p;
+    let kept = commit.clone();
+    match core.store.commit(commit).await {
+        Ok(committed) => Ok(Unit::Committed { committed, follow_up, timers_added }),
+        Err(StoreError::Duplicate { message_id, .. }) => Ok(Unit::Skipped(format!("{message_id} already processed"))),
+        Err(e) if e.is_unavailable() => {
+            Err(Failure::Store(e, Some(Box::new(PendingCommit { commit: kept, follow_up, timers_added }))))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
-/// Waits for a commit to become durable, retrying the flush a few times: the commit is already
-/// visible, so giving up on it would strand its outbox until a restart.
-async fn await_durable(core: &Core, durable: Durable) -> Result<(), crate::store::StoreError> {
+/// Waits until a commit is durable, however long the store takes: the commit is already
+/// visible (its redelivery would be skipped as a duplicate), so its delivery is settled and
+/// its outbox relayed only once the store confirms it. A broken store never confirms: the
+/// completion then waits until the runtime is stopped, and the delivery is redelivered after
+/// the restart.
+async fn wait_durable(core: &Core, durable: Durable, context: &UnitContext, delivery: &Option<Delivery>) {
     let mut result = durable.await;
-    let mut backoff = Duration::from_millis(50);
-    for _ in 0..8 {
-        let Err(e) = &result else { break };
-        tracing::warn!(error = %e, ?backoff, "flush failed, retrying");
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+    let mut failures = 0;
+    while let Err(e) = result {
+        failures += 1;
+        report_store_failure(core, context, &e, failures, "a commit did not become durable");
+        if core.health.is_broken() {
+            std::future::pending::<()>().await;
+        }
+        keep_alive(delivery).await;
+        let delay = store_retry().delay_before_retry(failures, context.message_id).unwrap_or_default();
+        tokio::time::sleep(delay).await;
         result = core.store.barrier().await;
     }
-    result
+    if failures > 0 {
+        core.health.store_ok();
+        log_unit!(info, context, failures, "the commit is durable after all");
+    }
 }
 
 async fn run_completions(core: Arc<Core>, mut rx: mpsc::Receiver<Completion>, follow_ups: mpsc::UnboundedSender<Work>) {
-    while let Some(c) = rx.recv().await {
-        let durable = match c.durable {
-            Some(d) => await_durable(&core, d).await,
-            None => Ok(()),
-        };
-        let outbox_len = c.outbox.len();
-        let settle = match durable {
-            Ok(()) => {
-                if c.committed {
-                    crate::crash_points::crash_point!("lane.after_flush_before_ack");
-                }
-                core.relay.send(c.outbox);
-                if c.timers_added {
-                    core.timers.poke();
-                }
-                if let Some(f) = c.follow_up {
-                    let _ = follow_ups.send(f);
-                }
-                c.settle
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "commit did not become durable; the message will be redelivered");
-                core.activity.done(outbox_len);
-                Settle::Nack(Duration::from_secs(1))
-            }
-        };
-        let failed = !matches!(settle, Settle::Ack);
-        if let Some(delivery) = c.delivery {
-            let result = match settle {
+    while let Some(mut c) = rx.recv().await {
+        if let Some(durable) = c.durable.take() {
+            wait_durable(&core, durable, &c.context, &c.delivery).await;
+        }
+        if c.committed {
+            crate::crash_points::crash_point!("lane.after_flush_before_ack");
+        }
+        core.relay.send(std::mem::take(&mut c.outbox));
+        if c.timers_added {
+            core.timers.poke();
+        }
+        if let Some(f) = c.follow_up.take() {
+            let _ = follow_ups.send(f);
+        }
+        let failed = !matches!(c.settle, Settle::Ack);
+        if let Some(delivery) = c.delivery.take() {
+            let result = match std::mem::replace(&mut c.settle, Settle::Ack) {
                 Settle::Ack => delivery.ack().await,
                 Settle::Nack(delay) => delivery.nack(delay).await,
                 Settle::DeadLetter(reason) => delivery.dead_letter(reason).await,
             };
             if let Err(e) = result {
-                tracing::warn!(error = %e, "could not settle a delivery; the transport will redeliver it");
+                log_unit!(warn, c.context, error = %e, "could not settle a delivery; the transport will redeliver it");
             }
-        } else if let Settle::DeadLetter(reason) = settle {
-            tracing::error!(%reason, "a timer could not be processed");
+        } else if let Settle::DeadLetter(reason) = &c.settle {
+            log_unit!(error, c.context, %reason, "a timer could not be processed");
         }
         if let Some(key) = c.timer {
             if failed {

@@ -6,16 +6,19 @@
 //!    envelope's correlation id for replies) and the lane that owns it; unknown names and, for
 //!    sagas, undecodable payloads are dead-lettered here (participants decode in the unit);
 //! 2. **dedupe**: a message this instance or participant already processed is acked and dropped;
-//! 3. **transition**: the saga's state machine ([`transition`]) or the participant's handler
-//!    computes the new state, outgoing messages (with ids derived from the cause) and timers;
+//! 3. **transition**: the saga's state machine or the participant's handler computes the new
+//!    state, outgoing messages (with ids derived from the cause) and timers;
 //! 4. **commit**: one atomic store commit (instance at `version + 1`, inbox, outbox, timers,
 //!    history); a version conflict re-runs the unit on fresh state;
 //! 5. **durable, then ack**: the delivery is acked only after the store made the commit durable;
-//! 6. **relay**: the outbox entries are published, then removed.
+//! 6. **relay**: the outbox entries are published, each on its own, then removed (or parked
+//!    with the reason when the bus will not take them).
 //!
+//! A store that fails is not a message's fault: see [`Health`] for what the runtime does then.
 //! See `docs/architecture.md` for why each step is where it is.
 
 mod driver;
+mod health;
 mod instance;
 mod lanes;
 mod participant;
@@ -24,6 +27,7 @@ mod saga_driver;
 mod timers;
 mod transition;
 
+pub use health::{Health, StoreHealth};
 pub use instance::SagaInstance;
 pub use participant::{Handler, HandlerContext, HandlerOutput};
 
@@ -37,12 +41,13 @@ use uuid::Uuid;
 
 use crate::Error;
 use crate::activity::Activity;
-use crate::bus::{Bus, Consumer, InMemoryBus};
+use crate::bus::{Bus, Consumer, InMemoryBus, LocalBus};
 use crate::clock::{Clock, SystemClock};
 use crate::message::{Codec, CodecExt, Envelope, JsonCodec, Message};
 use crate::saga::{Saga, instance_id};
-use crate::store::{HistoryEntry, StatusKind, Store};
+use crate::store::{HistoryEntry, ParkedOutboxEntry, StatusKind, Store};
 use driver::Driver;
+use health::HealthState;
 use lanes::{Lanes, Work};
 use relay::RelayHandle;
 use timers::TimerService;
@@ -59,6 +64,11 @@ pub(crate) struct Core {
     pub(crate) sagas: HashMap<String, Arc<dyn Driver>>,
     pub(crate) lanes: Lanes,
     pub(crate) max_message_bytes: usize,
+    /// The largest outgoing payload: the smaller of `max_message_bytes` and the bus's limit.
+    pub(crate) max_outgoing: usize,
+    /// How long an outbox entry may stay unroutable before the relay parks it.
+    pub(crate) unroutable_grace: Duration,
+    pub(crate) health: HealthState,
 }
 
 /// Configures and starts a [`SagaRuntime`].
@@ -69,6 +79,8 @@ pub struct SagaRuntimeBuilder {
     clock: Arc<dyn Clock>,
     lanes: usize,
     max_message_bytes: usize,
+    unroutable_grace: Duration,
+    subscription: Option<String>,
     drivers: Vec<Arc<dyn Driver>>,
     errors: Vec<String>,
 }
@@ -82,6 +94,8 @@ impl Default for SagaRuntimeBuilder {
             clock: Arc::new(SystemClock),
             lanes: 16,
             max_message_bytes: 4 * 1024 * 1024,
+            unroutable_grace: Duration::from_secs(600),
+            subscription: None,
             drivers: Vec::new(),
             errors: Vec::new(),
         }
@@ -95,7 +109,9 @@ impl SagaRuntimeBuilder {
         self
     }
 
-    /// The transport (default: a new [`InMemoryBus`]).
+    /// The transport. Default: a [`LocalBus`] on the runtime's store when the store is
+    /// persistent (sled), so in-process messages survive a crash; a new [`InMemoryBus`]
+    /// otherwise (the in-memory store loses everything anyway).
     pub fn bus(mut self, bus: impl Bus) -> Self {
         self.bus = Some(Arc::new(bus));
         self
@@ -120,9 +136,37 @@ impl SagaRuntimeBuilder {
     }
 
     /// The largest payload accepted (default 4 MiB); larger deliveries are dead-lettered
-    /// before they are decoded.
+    /// before they are decoded, and larger outgoing messages are refused when they are
+    /// committed (so is anything over the bus's own limit, [`Bus::max_payload`]).
     pub fn max_message_bytes(mut self, bytes: usize) -> Self {
         self.max_message_bytes = bytes;
+        self
+    }
+
+    /// How long the outbox relay keeps trying a message that no subscription takes
+    /// ([`BusError::Unroutable`](crate::bus::BusError::Unroutable): its consumer has not
+    /// subscribed yet) before it parks it for an operator (default 10 minutes).
+    pub fn park_unroutable_after(mut self, grace: Duration) -> Self {
+        self.unroutable_grace = grace;
+        self
+    }
+
+    /// Consumes every saga's and handler's messages from one subscription named `name`
+    /// (by default each has its own: `saga.<name>` for a saga, the handler's name for a
+    /// handler), dispatching each delivery by its message name. This is how a service takes
+    /// the place of a .NET eShop service, whose one queue (its `SubscriptionClientName`) is
+    /// bound to every event it handles. Each message name may then be consumed by one saga or
+    /// handler only; [`Self::build`] says which clash.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use saga_core::{engine::SagaRuntime, store::MemoryStore};
+    /// let runtime = SagaRuntime::builder().store(MemoryStore::new()).subscription("Ordering").build().await.unwrap();
+    /// # drop(runtime);
+    /// # });
+    /// ```
+    pub fn subscription(mut self, name: impl Into<String>) -> Self {
+        self.subscription = Some(name.into());
         self
     }
 
@@ -141,8 +185,13 @@ impl SagaRuntimeBuilder {
         self
     }
 
-    /// Subscribes every saga and participant, publishes what a previous run left in the
-    /// outbox, re-runs interrupted local steps, and starts consuming.
+    /// Subscribes every saga and participant and starts consuming. What a previous run left
+    /// in the outbox is published in the background, and interrupted local steps run again.
+    ///
+    /// Refused with [`Error::Config`] when the definitions clash, when a saga sends a
+    /// command nothing consumes on a bus that knows it would vanish (the in-memory bus), or
+    /// when another consumer holds one of the subscriptions while the store belongs to this
+    /// process alone (see [`Store::is_shared`]).
     pub async fn build(self) -> Result<SagaRuntime, Error> {
         if !self.errors.is_empty() {
             return Err(Error::Config(self.errors.join("; ")));
@@ -159,10 +208,14 @@ impl SagaRuntimeBuilder {
                 )));
             }
         }
-        let bus = self.bus.unwrap_or_else(|| Arc::new(InMemoryBus::new()));
+        let routers = Router::plan(&self.drivers, self.subscription.as_deref())?;
+        let bus = self.bus.unwrap_or_else(|| -> Arc<dyn Bus> {
+            if store.is_persistent() { Arc::new(LocalBus::open(store.clone())) } else { Arc::new(InMemoryBus::new()) }
+        });
         let (relay, relay_rx) = RelayHandle::new();
         let (lanes, lane_receivers) = Lanes::new(self.lanes);
         let sagas = self.drivers.iter().filter(|d| d.is_saga()).map(|d| (d.name().to_owned(), d.clone())).collect();
+        let max_outgoing = bus.max_payload().map_or(self.max_message_bytes, |limit| limit.min(self.max_message_bytes));
         let core = Arc::new(Core {
             store,
             bus,
@@ -174,45 +227,179 @@ impl SagaRuntimeBuilder {
             sagas,
             lanes,
             max_message_bytes: self.max_message_bytes,
+            max_outgoing,
+            unroutable_grace: self.unroutable_grace,
+            health: HealthState::default(),
         });
         // Subscribe before anything is published, so that no message (ours or a leftover)
-        // goes to a name nobody is bound to yet.
+        // goes to a name nobody is bound to yet. A store this process owns must not be shared
+        // through a subscription with another runtime.
+        let exclusive = !core.store.is_shared();
         let mut consumers = Vec::new();
-        for d in &self.drivers {
-            let names = d.names();
-            let consumer = core.bus.subscribe(&d.subscription(), &names).await?;
-            consumers.push((d.clone(), consumer));
+        for router in routers {
+            let names = router.names();
+            let subscribed = if exclusive {
+                core.bus.subscribe_exclusive(&router.subscription, &names).await
+            } else {
+                core.bus.subscribe(&router.subscription, &names).await
+            };
+            let consumer = subscribed.map_err(|e| match e {
+                crate::bus::BusError::SubscriptionInUse { .. } => Error::Config(format!(
+                    "{e}. This runtime's store belongs to this process alone, so the runtime must be the only \
+                     consumer of its subscriptions: a second runtime with a store of its own would take replies \
+                     for instances it does not hold. Run one runtime per subscription, or run replicas on one \
+                     shared store"
+                )),
+                other => Error::Bus(other),
+            })?;
+            consumers.push((router, consumer));
         }
-        let leftovers = relay::drain_leftovers(&core).await?;
-        if leftovers > 0 {
-            tracing::info!(leftovers, "published outbox entries left by the previous run");
-        }
+        check_commands_are_consumed(&core, &self.drivers)?;
         let mut tasks = Vec::new();
         lane_receivers.start(&core, &mut tasks);
         tasks.push(tokio::spawn(relay::run(core.clone(), relay_rx)));
+        tasks.push(tokio::spawn(relay::sweep(core.clone(), core.activity.guard())));
         tasks.push(tokio::spawn(timers::run(core.clone())));
         let consumer_tasks = consumers
             .into_iter()
-            .map(|(driver, consumer)| tokio::spawn(consume(core.clone(), driver, consumer)))
+            .map(|(router, consumer)| tokio::spawn(consume(core.clone(), Arc::new(router), consumer)))
             .collect();
         Ok(SagaRuntime { core, tasks, consumers: consumer_tasks, drivers: self.drivers })
     }
 }
 
-async fn consume(core: Arc<Core>, driver: Arc<dyn Driver>, mut consumer: Consumer) {
-    while let Some(delivery) = consumer.next().await {
+/// Every command a saga sends must reach a consumer: one of this runtime's handlers, or a
+/// subscription the bus knows. A bus that can tell (the in-memory one) makes a command
+/// nothing takes an error, since it could only vanish; for a broker it is a warning (the
+/// consumer may be another service that has not subscribed yet).
+fn check_commands_are_consumed(core: &Core, drivers: &[Arc<dyn Driver>]) -> Result<(), Error> {
+    let consumed: std::collections::HashSet<&str> = drivers.iter().flat_map(|d| d.names()).collect();
+    let mut missing = Vec::new();
+    for saga in drivers.iter().filter(|d| d.is_saga()) {
+        for (step, command) in saga.sends() {
+            if consumed.contains(command) {
+                continue;
+            }
+            match core.bus.has_subscribers(command) {
+                Some(true) => {}
+                Some(false) => missing.push(format!("{command} (step {step} of saga {})", saga.name())),
+                None => tracing::warn!(
+                    saga = %saga.name(),
+                    %step,
+                    %command,
+                    "no handler of this runtime consumes the command; it needs a consumer elsewhere on the bus"
+                ),
+            }
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "nothing consumes {}: register a handler for each with .handler(...), or subscribe to it before build() \
+         (on this bus a command without a subscription would be lost)",
+        missing.join(", ")
+    )))
+}
+
+/// One subscription of the runtime and the saga or handlers that consume it.
+struct Router {
+    subscription: Arc<str>,
+    /// The drivers by message name, when several share the subscription.
+    by_name: HashMap<&'static str, Arc<dyn Driver>>,
+    /// The one driver of a subscription of its own.
+    only: Option<Arc<dyn Driver>>,
+}
+
+impl Router {
+    /// One router per driver, or one for all of them on a shared subscription.
+    fn plan(drivers: &[Arc<dyn Driver>], shared: Option<&str>) -> Result<Vec<Router>, Error> {
+        let Some(shared) = shared else {
+            return Ok(drivers
+                .iter()
+                .map(|d| Router {
+                    subscription: d.subscription().into(),
+                    by_name: HashMap::new(),
+                    only: Some(d.clone()),
+                })
+                .collect());
+        };
+        let mut by_name: HashMap<&'static str, Arc<dyn Driver>> = HashMap::new();
+        for d in drivers {
+            for name in d.names() {
+                if let Some(other) = by_name.insert(name, d.clone()) {
+                    return Err(Error::Config(format!(
+                        "{} and {} both consume {name} on the shared subscription {shared:?}: on one subscription \
+                         each message name goes to one saga or handler",
+                        other.name(),
+                        d.name()
+                    )));
+                }
+            }
+        }
+        Ok(vec![Router { subscription: shared.into(), by_name, only: None }])
+    }
+
+    fn names(&self) -> Vec<&'static str> {
+        match &self.only {
+            Some(d) => d.names(),
+            None => {
+                let mut names: Vec<_> = self.by_name.keys().copied().collect();
+                names.sort_unstable();
+                names
+            }
+        }
+    }
+
+    fn driver(&self, name: &str) -> Option<&Arc<dyn Driver>> {
+        self.only.as_ref().or_else(|| self.by_name.get(name))
+    }
+}
+
+async fn consume(core: Arc<Core>, router: Arc<Router>, mut consumer: Consumer) {
+    loop {
+        // No new delivery while the store cannot take work (see `health`); waiting for one
+        // stops when the store fails (the transports' `next` can be cancelled safely).
+        core.health.usable().await;
+        let next = tokio::select! {
+            biased;
+            () = core.health.unusable() => continue,
+            next = consumer.next() => next,
+        };
+        let Some(delivery) = next else {
+            // The runtime stops its consumers by aborting them: a stream that ends is the
+            // transport's doing, and nothing is consumed from this subscription any more.
+            tracing::error!(
+                subscription = %router.subscription,
+                "the transport ended this subscription's consumer; nothing more is consumed from it until a restart"
+            );
+            core.health.subscription_ended(&router.subscription);
+            break;
+        };
         let guard = core.activity.guard();
-        let size = delivery.envelope().payload.len();
+        let envelope = delivery.envelope();
+        let size = envelope.payload.len();
+        let Some(driver) = router.driver(&envelope.name).cloned() else {
+            let reason =
+                format!("no saga or handler on subscription {} consumes {}", router.subscription, envelope.name);
+            dead_letter(&router, "none", delivery, reason).await;
+            continue;
+        };
         let routed = if size > core.max_message_bytes {
             Err(format!("payload of {size} bytes exceeds the limit of {} bytes", core.max_message_bytes))
         } else {
-            driver.route(&*core.codec, delivery.envelope())
+            // User code runs here (a message's correlation_key, its Deserialize impl): a panic
+            // fails this message only.
+            crate::panics::catch(|| driver.route(&*core.codec, envelope)).unwrap_or_else(|panic| {
+                Err(format!("routing {} panicked (in its correlation_key or its decoding): {panic}", envelope.name))
+            })
         };
         match routed {
             Ok(routed) => {
                 core.lanes
                     .dispatch(Work {
-                        driver: driver.clone(),
+                        driver,
+                        subscription: router.subscription.clone(),
                         lane_key: routed.lane_key,
                         input: routed.input,
                         delivery: Some(delivery),
@@ -220,19 +407,32 @@ async fn consume(core: Arc<Core>, driver: Arc<dyn Driver>, mut consumer: Consume
                     })
                     .await
             }
-            Err(reason) => {
-                tracing::warn!(
-                    consumer = %driver.name(),
-                    message = %delivery.envelope().name,
-                    message_id = %delivery.envelope().message_id,
-                    %reason,
-                    "dead-lettering a message that cannot be handled"
-                );
-                if let Err(e) = delivery.dead_letter(reason).await {
-                    tracing::warn!(error = %e, "could not dead-letter; the transport will redeliver");
-                }
-            }
+            Err(reason) => dead_letter(&router, driver.name(), delivery, reason).await,
         }
+    }
+}
+
+async fn dead_letter(router: &Router, consumer: &str, delivery: crate::bus::Delivery, reason: String) {
+    let envelope = delivery.envelope();
+    tracing::warn!(
+        %consumer,
+        subscription = %router.subscription,
+        message_name = %envelope.name,
+        message_id = %envelope.message_id,
+        correlation_id = ?envelope.correlation_id,
+        %reason,
+        "dead-lettering a message that cannot be handled"
+    );
+    let (name, id) = (envelope.name.clone(), envelope.message_id);
+    if let Err(e) = delivery.dead_letter(reason).await {
+        tracing::warn!(
+            %consumer,
+            subscription = %router.subscription,
+            message_name = %name,
+            message_id = %id,
+            error = %e,
+            "could not dead-letter; the transport will redeliver"
+        );
     }
 }
 
@@ -275,7 +475,9 @@ impl SagaRuntime {
         SagaRuntimeBuilder::default()
     }
 
-    /// Publishes a message with a fresh id (to start sagas or notify participants).
+    /// Publishes a message with a fresh id (to start sagas or notify participants). Fails
+    /// with [`BusError::Unroutable`](crate::bus::BusError::Unroutable) when nothing would
+    /// receive it.
     pub async fn publish<M: Message>(&self, message: &M) -> Result<Uuid, Error> {
         let envelope = Envelope::encode(&*self.core.codec, message)?;
         let id = envelope.message_id;
@@ -327,6 +529,28 @@ impl SagaRuntime {
     /// The store the runtime commits to.
     pub fn store(&self) -> Arc<dyn Store> {
         self.core.store.clone()
+    }
+
+    /// Whether the runtime can work: a store that fails or broke stops consumption (see
+    /// [`StoreHealth`]).
+    pub fn health(&self) -> Health {
+        self.core.health.current()
+    }
+
+    /// Outbox entries the relay parked (the bus refused them for good, or nothing took their
+    /// name for [`SagaRuntimeBuilder::park_unroutable_after`]), oldest first, at most `limit`.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use saga_core::{engine::SagaRuntime, store::MemoryStore};
+    /// let runtime = SagaRuntime::builder().store(MemoryStore::new()).build().await.unwrap();
+    /// for parked in runtime.parked_outbox(100).await.unwrap() {
+    ///     eprintln!("{} {}: {}", parked.envelope.name, parked.envelope.message_id, parked.reason);
+    /// }
+    /// # });
+    /// ```
+    pub async fn parked_outbox(&self, limit: usize) -> Result<Vec<ParkedOutboxEntry>, Error> {
+        Ok(self.core.store.parked_outbox(None, limit).await?)
     }
 
     /// Returns once nothing is in flight: no message queued on the bus (when the bus can

@@ -128,6 +128,10 @@ pub struct HandlerContext {
     outgoing: Vec<Envelope>,
     versions: BTreeMap<String, u64>,
     writes: BTreeMap<String, Vec<u8>>,
+    max_payload: usize,
+    /// A store error the handler met: its outcome is then the store's failure, not the
+    /// message's (it does not spend the message's retry budget).
+    store_failure: Option<StoreError>,
 }
 
 impl std::fmt::Debug for HandlerContext {
@@ -137,10 +141,6 @@ impl std::fmt::Debug for HandlerContext {
             .field("input_id", &self.input_id)
             .finish_non_exhaustive()
     }
-}
-
-fn store_error(e: StoreError) -> HandlerError {
-    HandlerError::transient(e)
 }
 
 impl HandlerContext {
@@ -183,8 +183,23 @@ impl HandlerContext {
     fn emit<M: Message>(&mut self, message: &M) -> Result<(), HandlerError> {
         let position = u32::try_from(self.outgoing.len()).unwrap_or(u32::MAX);
         let envelope = self.envelope(message, position)?;
+        if envelope.payload.len() > self.max_payload {
+            return Err(HandlerError::permanent(format!(
+                "{} is {} bytes, more than the {} bytes a message may have (the runtime's max_message_bytes, or what \
+                 the bus carries): send a reference to the data instead of the data",
+                M::NAME,
+                envelope.payload.len(),
+                self.max_payload
+            )));
+        }
         self.outgoing.push(envelope);
         Ok(())
+    }
+
+    fn store_error(&mut self, e: StoreError) -> HandlerError {
+        let error = HandlerError::transient(&e);
+        self.store_failure.get_or_insert(e);
+        error
     }
 
     /// Replies to the saga that sent the message (correlated with its instance).
@@ -202,7 +217,10 @@ impl HandlerContext {
         if let Some(bytes) = self.writes.get(key) {
             return self.codec.decode(bytes).map(Some).map_err(HandlerError::permanent);
         }
-        let record = self.store.entity(&self.scope, key).await.map_err(store_error)?;
+        let record = match self.store.entity(&self.scope, key).await {
+            Ok(record) => record,
+            Err(e) => return Err(self.store_error(e)),
+        };
         // The first read's version is what a write must find unchanged.
         self.versions.entry(key.to_owned()).or_insert(record.as_ref().map_or(0, |r| r.version));
         match record {
@@ -215,7 +233,10 @@ impl HandlerContext {
     /// record changed since it was read, the whole handler runs again on fresh data.
     pub async fn save<T: Serialize>(&mut self, key: &str, value: &T) -> Result<(), HandlerError> {
         if !self.versions.contains_key(key) {
-            let version = self.store.entity(&self.scope, key).await.map_err(store_error)?.map_or(0, |r| r.version);
+            let version = match self.store.entity(&self.scope, key).await {
+                Ok(record) => record.map_or(0, |r| r.version),
+                Err(e) => return Err(self.store_error(e)),
+            };
             self.versions.insert(key.to_owned(), version);
         }
         let bytes = self.codec.encode(value).map_err(HandlerError::permanent)?;
@@ -294,8 +315,14 @@ impl<H: Handler> Driver for ParticipantDriver<H> {
             outgoing: Vec::new(),
             versions: BTreeMap::new(),
             writes: BTreeMap::new(),
+            max_payload: core.max_outgoing,
+            store_failure: None,
         };
-        match self.handler.handle(message, &mut ctx).await {
+        let outcome = self.handler.handle(message, &mut ctx).await;
+        if let (Err(HandlerError::Transient(_)), Some(e)) = (&outcome, ctx.store_failure.take()) {
+            return Err(Failure::Store(e, None));
+        }
+        match outcome {
             Ok(()) => {}
             Err(HandlerError::Transient(reason)) => return Err(Failure::Retry(reason)),
             Err(HandlerError::Permanent(reason)) => return Err(Failure::DeadLetter(reason)),

@@ -5,11 +5,14 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 use super::Core;
-use super::driver::{Driver, Failure, Input, Routed, Unit};
+use super::driver::{Driver, Failure, Input, PendingCommit, Routed, Unit};
 use super::transition::{LOCAL_LEASE, Transition};
-use crate::message::{Codec, CodecExt, Envelope};
+use crate::message::{Codec, CodecExt, Envelope, Timestamp};
 use crate::saga::{Action, DefinitionError, Route, Saga, SagaDefinition, StepContext, StepError, instance_id};
-use crate::store::{Commit, HistoryEvent, InstanceRecord, MessageRef, Phase, SagaStatus, TimerPurpose, TimerRecord};
+use crate::store::{
+    Commit, HistoryEntry, HistoryEvent, InstanceRecord, InstanceWrite, MessageRef, Phase, SagaStatus, StatusKind,
+    StoreError, TimerKey, TimerPurpose, TimerRecord,
+};
 
 pub(crate) struct SagaDriver<S: Saga> {
     def: SagaDefinition<S>,
@@ -27,6 +30,19 @@ impl<S: Saga> SagaDriver<S> {
     /// The step and phase a stored record refers to, if the current definition still has it.
     fn step_exists(&self, step: u32) -> bool {
         (step as usize) < self.def.steps.len()
+    }
+
+    fn transition<'a>(
+        &'a self,
+        core: &'a Core,
+        now: Timestamp,
+        cause: Uuid,
+        record: InstanceRecord,
+        state: S,
+    ) -> Transition<'a, S> {
+        let mut t = Transition::new(&self.def, &*core.codec, now, cause, record, state);
+        t.max_payload = core.max_outgoing;
+        t
     }
 
     fn decode_state(&self, codec: &dyn Codec, record: &InstanceRecord) -> Result<S, Failure> {
@@ -93,7 +109,7 @@ impl<S: Saga> SagaDriver<S> {
                     created_at: now,
                     updated_at: now,
                 };
-                let mut t = Transition::new(&self.def, &*core.codec, now, envelope.message_id, record, state);
+                let mut t = self.transition(core, now, envelope.message_id, record, state);
                 t.start();
                 (t, None)
             }
@@ -104,6 +120,12 @@ impl<S: Saga> SagaDriver<S> {
             (_, Some(record)) if record.saga != S::NAME => {
                 return Ok(Unit::Skipped(format!("instance {id} belongs to saga {}", record.saga)));
             }
+            (Route::Reply { step, success, .. }, Some(record)) if record.status.is_terminal() => {
+                if core.store.processed(id, envelope.message_id).await? {
+                    return Ok(Unit::Skipped(format!("{} {} already processed", envelope.name, envelope.message_id)));
+                }
+                return self.record_late_reply(core, record, cause, step, success, now).await;
+            }
             (_, Some(record)) if record.status.is_terminal() => {
                 return Ok(Unit::Skipped(format!("instance {id} has finished ({:?})", record.status.kind())));
             }
@@ -113,9 +135,11 @@ impl<S: Saga> SagaDriver<S> {
                 }
                 let previous = Some((record.version, record.status.kind()));
                 let state = self.decode_state(&*core.codec, &record)?;
-                let mut t = Transition::new(&self.def, &*core.codec, now, envelope.message_id, record, state);
+                let mut t = self.transition(core, now, envelope.message_id, record, state);
                 match route {
-                    Route::Reply { step, phase, success } => t.on_reply(step, phase, success, &envelope.name, decoded),
+                    Route::Reply { step, phase, success } => {
+                        t.on_reply(step, phase, success, &envelope.name, decoded, envelope.causation_id)
+                    }
                     Route::Event(i) => t.on_event(i, &envelope.name, decoded),
                     Route::Start(_) => {}
                 }
@@ -132,16 +156,34 @@ impl<S: Saga> SagaDriver<S> {
         previous: Option<(u64, crate::store::StatusKind)>,
         cause: MessageRef,
     ) -> Result<Unit, Failure> {
+        self.commit_keeping(core, t, previous, cause, false).await
+    }
+
+    /// Commits a transition; with `keep`, a commit the store cannot take now is handed back to
+    /// be tried again as it is (its unit ran a local step, which must not run again for it).
+    async fn commit_keeping(
+        &self,
+        core: &Core,
+        t: Transition<'_, S>,
+        previous: Option<(u64, crate::store::StatusKind)>,
+        cause: MessageRef,
+        keep: bool,
+    ) -> Result<Unit, Failure> {
         let (commit, follow_up) = self.commit_transition(t, previous, cause)?;
         let timers_added = !commit.timers_add.is_empty();
         crate::crash_points::crash_point!("saga.before_commit");
         if commit.instance.as_ref().is_some_and(|w| w.record.status.kind() == crate::store::StatusKind::Compensating) {
             crate::crash_points::crash_point!("saga.during_compensation");
         }
+        let kept = keep.then(|| commit.clone());
         match core.store.commit(commit).await {
             Ok(committed) => Ok(Unit::Committed { committed, follow_up, timers_added }),
             Err(crate::store::StoreError::Duplicate { message_id, .. }) => {
                 Ok(Unit::Skipped(format!("{message_id} already processed")))
+            }
+            Err(e) if e.is_unavailable() => {
+                let pending = kept.map(|commit| Box::new(PendingCommit { commit, follow_up, timers_added }));
+                Err(Failure::Store(e, pending))
             }
             Err(e) => Err(e.into()),
         }
@@ -171,18 +213,18 @@ impl<S: Saga> SagaDriver<S> {
             Err(other) => return Err(other),
         };
         if !self.step_exists(step) {
-            let mut t = Transition::new(&self.def, &*core.codec, now, timer.key.timer_id, record, state);
+            let mut t = self.transition(core, now, timer.key.timer_id, record, state);
             t.fail(format!("the definition has no step #{step}: was the saga changed while instances ran?"));
             return self.commit(core, t, previous, cause).await;
         }
         if let TimerPurpose::RunLocal { .. } = timer.purpose {
-            let (result, timed_out) = self.run_local(core, &record, step, phase, attempt).await?;
-            let mut t = Transition::new(&self.def, &*core.codec, core.clock.now(), timer.key.timer_id, record, state);
+            let (result, outcome_unknown) = self.run_local(core, &record, step, phase, attempt).await?;
+            let mut t = self.transition(core, core.clock.now(), timer.key.timer_id, record, state);
             t.events.push(HistoryEvent::TimerFired { key: timer.key });
-            t.on_local_result(step, phase, attempt, result, timed_out);
-            return self.commit(core, t, previous, cause).await;
+            t.on_local_result(step, phase, attempt, result, outcome_unknown);
+            return self.commit_keeping(core, t, previous, cause, true).await;
         }
-        let mut t = Transition::new(&self.def, &*core.codec, now, timer.key.timer_id, record, state);
+        let mut t = self.transition(core, now, timer.key.timer_id, record, state);
         t.on_timer(timer);
         self.commit(core, t, previous, cause).await
     }
@@ -212,14 +254,79 @@ impl<S: Saga> SagaDriver<S> {
             attempt,
             idempotency_key: format!("{}/{step}/{phase:?}", record.id),
         };
-        let run = run(state, ctx);
         // Local code runs in real time, whatever the runtime's clock: it does real work. It
         // holds its lane while it runs, so it is always bounded (by the lease without a timeout).
+        // A panic is a failed attempt like any other, under the step's retry policy, and one
+        // whose outcome is unknown: the code may have acted before it panicked.
         let limit = s.phase_timeout(phase).unwrap_or(LOCAL_LEASE);
-        Ok(match tokio::time::timeout(limit, run).await {
-            Ok(result) => (result, false),
-            Err(_) => (Err(StepError::Transient(format!("did not finish within {limit:?}"))), true),
+        let run = crate::panics::catch(|| run(state, ctx)).map(|run| tokio::time::timeout(limit, run));
+        Ok(match run {
+            Ok(run) => match crate::panics::catch_async(run).await {
+                Ok(Ok(result)) => (result, false),
+                Ok(Err(_)) => (Err(StepError::Transient(format!("did not finish within {limit:?}"))), true),
+                Err(panic) => (Err(StepError::Transient(format!("panicked: {panic}"))), true),
+            },
+            Err(panic) => (Err(StepError::Transient(format!("panicked: {panic}"))), true),
         })
+    }
+
+    /// Records, in history only, a reply that reached an instance after it finished.
+    async fn record_late_reply(
+        &self,
+        core: &Core,
+        record: InstanceRecord,
+        cause: MessageRef,
+        step: u32,
+        success: bool,
+        now: Timestamp,
+    ) -> Result<Unit, Failure> {
+        let status = record.status.kind();
+        let step_name = self.def.steps.get(step as usize).map_or("?", |s| s.name.as_str());
+        if success && status == StatusKind::Failed {
+            tracing::warn!(
+                instance = %record.id,
+                step = %step_name,
+                reply = %cause.name,
+                "a success reply reached an instance parked as failed: the step did act (see its history)"
+            );
+        } else {
+            tracing::info!(instance = %record.id, step = %step_name, reply = %cause.name, ?status, "late reply recorded");
+        }
+        let event = HistoryEvent::LateReply { name: cause.name.clone(), success, status };
+        let previous = (record.version, status);
+        self.commit_record(core, record, previous, cause, vec![event], Vec::new(), now).await
+    }
+
+    /// Commits `record` (already changed, apart from its version) with a history entry of
+    /// `events`, without running the state machine (whose state may not even decode).
+    #[allow(clippy::too_many_arguments)]
+    async fn commit_record(
+        &self,
+        core: &Core,
+        mut record: InstanceRecord,
+        previous: (u64, StatusKind),
+        cause: MessageRef,
+        events: Vec<HistoryEvent>,
+        timers_remove: Vec<TimerKey>,
+        now: Timestamp,
+    ) -> Result<Unit, Failure> {
+        record.version = previous.0 + 1;
+        record.updated_at = now;
+        let history = HistoryEntry { version: record.version, at: now, cause: Some(cause.clone()), events };
+        let commit = Commit {
+            inbox: Some((record.id, cause.id)),
+            instance: Some(InstanceWrite { record, previous: Some(previous) }),
+            timers_remove,
+            history: Some(history),
+            ..Commit::default()
+        };
+        match core.store.commit(commit).await {
+            Ok(committed) => Ok(Unit::Committed { committed, follow_up: None, timers_added: false }),
+            Err(StoreError::Duplicate { message_id, .. }) => {
+                Ok(Unit::Skipped(format!("{message_id} already processed")))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Marks an instance `Failed` without touching its state (which may not decode).
@@ -229,30 +336,16 @@ impl<S: Saga> SagaDriver<S> {
         mut record: InstanceRecord,
         timer: &TimerRecord,
         reason: String,
-        now: crate::message::Timestamp,
+        now: Timestamp,
     ) -> Result<Unit, Failure> {
-        tracing::error!(instance = %record.id, %reason, "parking a saga instance");
-        let previous = Some((record.version, record.status.kind()));
+        tracing::error!(saga = S::NAME, instance = %record.id, %reason, "parking a saga instance as failed");
+        let previous = (record.version, record.status.kind());
         let mut timers_remove = vec![timer.key];
-        timers_remove.extend(record.awaiting.take().and_then(|a| a.timer));
+        timers_remove.extend(record.awaiting.take().and_then(|a| a.timer).filter(|k| *k != timer.key));
         record.status = SagaStatus::Failed { reason };
-        record.version += 1;
-        record.updated_at = now;
-        let history = crate::store::HistoryEntry {
-            version: record.version,
-            at: now,
-            cause: Some(MessageRef { id: timer.key.timer_id, name: "timer".into() }),
-            events: vec![HistoryEvent::StatusChanged { to: record.status.clone() }],
-        };
-        let commit = Commit {
-            inbox: Some((record.id, timer.key.timer_id)),
-            instance: Some(crate::store::InstanceWrite { record, previous }),
-            timers_remove,
-            history: Some(history),
-            ..Commit::default()
-        };
-        let committed = core.store.commit(commit).await?;
-        Ok(Unit::Committed { committed, follow_up: None, timers_added: false })
+        let events = vec![HistoryEvent::StatusChanged { to: record.status.clone() }];
+        let cause = MessageRef { id: timer.key.timer_id, name: format!("timer:{}", purpose_name(&timer.purpose)) };
+        self.commit_record(core, record, previous, cause, events, timers_remove, now).await
     }
 
     async fn drop_timer(&self, core: &Core, timer: &TimerRecord) -> Result<Unit, Failure> {
@@ -361,5 +454,27 @@ impl<S: Saga> Driver for SagaDriver<S> {
 
     fn step_name(&self, step: u32) -> Option<String> {
         self.def.steps.get(step as usize).map(|s| s.name.clone())
+    }
+
+    fn sends(&self) -> Vec<(String, &'static str)> {
+        let mut sends = Vec::new();
+        for step in &self.def.steps {
+            for action in std::iter::once(&step.action).chain(step.compensation.as_ref()) {
+                if let Some(command) = action.command() {
+                    sends.push((step.name.clone(), command));
+                }
+            }
+        }
+        sends
+    }
+
+    async fn park_timer(&self, core: &Core, timer: &TimerRecord, reason: String) -> Result<Unit, Failure> {
+        match core.store.instance(timer.key.instance_id).await? {
+            Some(record) if !record.status.is_terminal() && record.saga == S::NAME => {
+                let reason = format!("a timer's unit of work failed: {reason}");
+                self.park(core, record, timer, reason, core.clock.now()).await
+            }
+            _ => self.drop_timer(core, timer).await,
+        }
     }
 }

@@ -108,6 +108,7 @@ pub(crate) async fn fire_due(core: &Arc<Core>, upto: Timestamp, only: Option<fn(
             fired += 1;
             crate::crash_points::crash_point!("timers.before_fire");
             let work = Work {
+                subscription: driver.subscription().into(),
                 driver,
                 lane_key: timer.key.instance_id,
                 input: super::driver::Input::Timer(timer),

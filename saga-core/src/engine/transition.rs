@@ -26,11 +26,13 @@ pub(crate) const LOCAL_LEASE: Duration = Duration::from_secs(60);
 /// Why an attempt failed; decides whether the step is retried and what is compensated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Cause {
-    /// No reply in time: the participant may have acted, so its step is compensated too.
-    Timeout,
-    /// An error worth retrying.
+    /// No definitive answer (no reply in time, local code that panicked or overran): the
+    /// attempt may have acted. Its step is compensated too, and a pivot is never compensated
+    /// around.
+    Unknown,
+    /// An error worth retrying; the attempt did not act.
     Transient,
-    /// A failure reply or business error: nothing happened, nothing to undo for this step.
+    /// A failure reply or business error: nothing happened, nothing to undo for this attempt.
     Refused,
 }
 
@@ -47,6 +49,8 @@ pub(crate) struct Transition<'a, S: Saga> {
     timers_remove: Vec<TimerKey>,
     pub(crate) events: Vec<HistoryEvent>,
     pub(crate) follow_up: Option<TimerRecord>,
+    /// The largest command payload that may be sent (the runtime's and the bus's limit).
+    pub(crate) max_payload: usize,
 }
 
 impl<'a, S: Saga> Transition<'a, S> {
@@ -71,6 +75,7 @@ impl<'a, S: Saga> Transition<'a, S> {
             timers_remove: Vec::new(),
             events: Vec::new(),
             follow_up: None,
+            max_payload: usize::MAX,
         }
     }
 
@@ -141,9 +146,16 @@ impl<'a, S: Saga> Transition<'a, S> {
         }
     }
 
-    fn await_(&mut self, step: u32, phase: Phase, attempt: u32, timer: Option<TimerKey>) {
+    /// Waits on an attempt of `(step, phase)`. Whether an earlier attempt of the same step and
+    /// phase may have acted carries over: that does not stop being true when a retry starts.
+    fn await_(&mut self, step: u32, phase: Phase, attempt: u32, timer: Option<TimerKey>, command: Option<Uuid>) {
+        let outcome_unknown = self.outcome_unknown(step, phase);
         self.clear_awaiting();
-        self.record.awaiting = Some(Awaiting { step, phase, attempt, timer });
+        self.record.awaiting = Some(Awaiting { step, phase, attempt, timer, command, outcome_unknown });
+    }
+
+    fn outcome_unknown(&self, step: u32, phase: Phase) -> bool {
+        self.record.awaiting.as_ref().is_some_and(|a| a.step == step && a.phase == phase && a.outcome_unknown)
     }
 
     /// A new instance: record it and enter the first step.
@@ -190,22 +202,29 @@ impl<'a, S: Saga> Transition<'a, S> {
         let timeout = s.phase_timeout(phase);
         match action {
             Action::Send { build, .. } => match build(&self.state, self.codec) {
+                Ok((message, payload)) if payload.len() > self.max_payload => self.fail(format!(
+                    "the command {message} of step {} is {} bytes, more than the {} bytes a message may have \
+                     (the runtime's max_message_bytes, or what the bus carries): send a reference to the data \
+                     instead of the data",
+                    s.name,
+                    payload.len(),
+                    self.max_payload
+                )),
                 Ok((message, payload)) => {
                     let envelope = self.command(message, payload, step, phase);
-                    self.events.push(HistoryEvent::MessageSent(MessageRef {
-                        id: envelope.message_id,
-                        name: envelope.name.clone(),
-                    }));
+                    let command = envelope.message_id;
+                    self.events
+                        .push(HistoryEvent::MessageSent(MessageRef { id: command, name: envelope.name.clone() }));
                     self.outbox.push(envelope);
                     let timer = timeout.map(|t| self.schedule(t, TimerPurpose::Timeout { step, phase, attempt }).key);
-                    self.await_(step, phase, attempt, timer);
+                    self.await_(step, phase, attempt, timer, Some(command));
                 }
                 Err(e) => self.fail(format!("cannot encode the command of step {}: {e}", s.name)),
             },
             Action::Local(_) => {
                 let lease = timeout.map_or(LOCAL_LEASE, |t| t + Duration::from_secs(1));
                 let timer = self.schedule(lease, TimerPurpose::RunLocal { step, phase, attempt });
-                self.await_(step, phase, attempt, Some(timer.key));
+                self.await_(step, phase, attempt, Some(timer.key), None);
                 self.follow_up = Some(timer);
             }
         }
@@ -272,6 +291,12 @@ impl<'a, S: Saga> Transition<'a, S> {
         let def = self.def;
         let s = &def.steps[step as usize];
         let id = self.record.id;
+        if cause == Cause::Unknown {
+            if let Some(a) = self.record.awaiting.as_mut().filter(|a| a.step == step && a.phase == phase) {
+                a.outcome_unknown = true;
+            }
+        }
+        let unknown = cause == Cause::Unknown || self.outcome_unknown(step, phase);
         match phase {
             Phase::Action => {
                 self.events.push(HistoryEvent::StepFailed { step, name: s.name.clone(), reason: reason.clone() });
@@ -282,13 +307,21 @@ impl<'a, S: Saga> Transition<'a, S> {
                         return;
                     }
                 }
-                if s.kind == StepKind::Retriable {
-                    self.fail(format!("step {} failed after {attempt} attempts: {reason}", s.name));
-                    return;
+                match s.kind {
+                    StepKind::Retriable => self.fail(format!("step {} failed after {attempt} attempts: {reason}", s.name)),
+                    // A refusal under the step's idempotency key answers for every attempt;
+                    // anything less leaves open whether the point of no return was passed.
+                    StepKind::Pivot if unknown && cause != Cause::Refused => self.fail(format!(
+                        "pivot outcome unknown: step {} got no definitive answer in {attempt} attempts (last: {reason}), \
+                         so it may have been carried out and the steps before it are not compensated; find out \
+                         whether it happened, then resume or compensate the instance",
+                        s.name
+                    )),
+                    _ => {
+                        let from = if unknown && s.compensation.is_some() { Some(step) } else { step.checked_sub(1) };
+                        self.start_compensation(from, format!("step {} failed: {reason}", s.name));
+                    }
                 }
-                let from =
-                    if cause == Cause::Timeout && s.compensation.is_some() { Some(step) } else { step.checked_sub(1) };
-                self.start_compensation(from, format!("step {} failed: {reason}", s.name));
             }
             Phase::Compensation => {
                 self.events.push(HistoryEvent::CompensationFailed {
@@ -308,13 +341,33 @@ impl<'a, S: Saga> Transition<'a, S> {
 
     fn retry_later(&mut self, step: u32, phase: Phase, attempt: u32, delay: Duration) {
         let timer = self.schedule(delay, TimerPurpose::Retry { step, phase, attempt });
-        self.await_(step, phase, attempt, Some(timer.key));
+        self.await_(step, phase, attempt, Some(timer.key), None);
     }
 
-    /// A participant's reply for `(step, phase)`.
-    pub(crate) fn on_reply(&mut self, step: u32, phase: Phase, success: bool, message: &str, decoded: &Decoded) {
-        let attempt = match &self.record.awaiting {
-            Some(a) if a.step == step && a.phase == phase => a.attempt,
+    /// A participant's reply for `(step, phase)`, caused by the command `causation`.
+    ///
+    /// A reply belongs to the current attempt when its causation id is that attempt's command
+    /// (a producer that sets no causation id is taken at its word). A failure reply to an
+    /// earlier attempt is ignored: the current attempt is the one that counts, and it may
+    /// still succeed. A success reply to an earlier attempt is taken: the step did act.
+    pub(crate) fn on_reply(
+        &mut self,
+        step: u32,
+        phase: Phase,
+        success: bool,
+        message: &str,
+        decoded: &Decoded,
+        causation: Option<Uuid>,
+    ) {
+        let (attempt, current) = match &self.record.awaiting {
+            Some(a) if a.step == step && a.phase == phase => {
+                let current = match (a.command, causation) {
+                    (Some(command), Some(cause)) => command == cause,
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                };
+                (a.attempt, current)
+            }
             _ => {
                 self.events.push(HistoryEvent::Ignored {
                     reason: format!("reply {message} arrived for step {} which is not awaited", self.step_name(step)),
@@ -322,6 +375,15 @@ impl<'a, S: Saga> Transition<'a, S> {
                 return;
             }
         };
+        if !current && !success {
+            self.events.push(HistoryEvent::Ignored {
+                reason: format!(
+                    "{message} answers an earlier attempt of step {}; attempt {attempt} is the one that counts",
+                    self.step_name(step)
+                ),
+            });
+            return;
+        }
         if let Some(h) = self.def.reply_handler(step, phase, success) {
             (h.apply)(&mut self.state, decoded);
         }
@@ -367,21 +429,22 @@ impl<'a, S: Saga> Transition<'a, S> {
         match timer.purpose {
             TimerPurpose::Timeout { step, phase, attempt } => {
                 let waited = self.def.steps[step as usize].phase_timeout(phase).unwrap_or_default();
-                self.attempt_failed(step, phase, attempt, format!("no reply within {waited:?}"), Cause::Timeout);
+                self.attempt_failed(step, phase, attempt, format!("no reply within {waited:?}"), Cause::Unknown);
             }
             TimerPurpose::Retry { step, phase, attempt } => self.begin(step, phase, attempt),
             TimerPurpose::RunLocal { .. } => {}
         }
     }
 
-    /// The outcome of a local step's run.
+    /// The outcome of a local step's run; `outcome_unknown` when the run overran its timeout
+    /// or panicked, so that it may have acted before it failed.
     pub(crate) fn on_local_result(
         &mut self,
         step: u32,
         phase: Phase,
         attempt: u32,
         result: Result<S, StepError>,
-        timed_out: bool,
+        outcome_unknown: bool,
     ) {
         match result {
             Ok(state) => {
@@ -391,7 +454,9 @@ impl<'a, S: Saga> Transition<'a, S> {
                     Phase::Compensation => self.compensation_succeeded(step),
                 }
             }
-            Err(StepError::Transient(r)) if timed_out => self.attempt_failed(step, phase, attempt, r, Cause::Timeout),
+            Err(StepError::Transient(r)) if outcome_unknown => {
+                self.attempt_failed(step, phase, attempt, r, Cause::Unknown)
+            }
             Err(StepError::Transient(r)) => self.attempt_failed(step, phase, attempt, r, Cause::Transient),
             Err(StepError::Failed(r)) => self.attempt_failed(step, phase, attempt, r, Cause::Refused),
         }

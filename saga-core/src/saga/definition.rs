@@ -60,15 +60,18 @@ pub trait Saga: Serialize + DeserializeOwned + Send + Sync + Sized + 'static {
 /// The id of the instance of saga `saga` correlated by `key`.
 ///
 /// Deterministic, so a start message delivered twice, or two start messages with the same
-/// key, find the same instance without any lookup table.
+/// key, find the same instance without any lookup table. The saga name's length is part of
+/// what is hashed, so that no two (saga, key) pairs share a name whatever characters they
+/// hold (`("billing/refund", "42")` and `("billing", "refund/42")` differ).
 ///
 /// ```
 /// use saga_core::saga::instance_id;
 /// assert_eq!(instance_id("order", "42"), instance_id("order", "42"));
 /// assert_ne!(instance_id("order", "42"), instance_id("refund", "42"));
+/// assert_ne!(instance_id("billing/refund", "42"), instance_id("billing", "refund/42"));
 /// ```
 pub fn instance_id(saga: &str, key: &str) -> Uuid {
-    Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("sagaflow/saga/{saga}/{key}").as_bytes())
+    Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("sagaflow/saga/{}/{saga}/{key}", saga.len()).as_bytes())
 }
 
 /// What an integration event does to a running saga.
@@ -336,5 +339,18 @@ impl<S: Saga> SagaDefinition<S> {
             }
             Action::Local(_) => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::instance_id;
+
+    #[test]
+    fn instance_ids_differ_for_every_saga_and_key_pair_whatever_their_characters() {
+        let pairs =
+            [("billing/refund", "42"), ("billing", "refund/42"), ("a/", "b"), ("a", "/b"), ("", "a/b"), ("a/b", "")];
+        let ids: std::collections::HashSet<_> = pairs.iter().map(|(saga, key)| instance_id(saga, key)).collect();
+        assert_eq!(ids.len(), pairs.len());
     }
 }

@@ -34,8 +34,11 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// `max_attempts` attempts in all (the first included), the first retry after `initial`,
-    /// each later one twice as late, capped at 30 s, with jitter.
+    /// `max_attempts` attempts in all (the first included), the first retry after about
+    /// `initial`, each later one twice as late, capped at 30 s. With jitter (the default) each
+    /// delay is drawn between half of it and all of it ("equal jitter"), so the first retry
+    /// comes between `initial / 2` and `initial`; [`RetryPolicy::without_jitter`] makes it
+    /// exactly `initial`.
     pub fn exponential(max_attempts: u32, initial: Duration) -> Self {
         RetryPolicy {
             max_attempts: max_attempts.max(1),

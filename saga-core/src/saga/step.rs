@@ -251,9 +251,12 @@ impl<S: Send + 'static> Step<S> {
         self
     }
 
-    /// How timed-out or transiently failed attempts are retried. Defaults: no retry for
-    /// compensatable steps and the pivot, retry forever (100 ms doubling to 60 s) for
-    /// retriable steps.
+    /// How timed-out or transiently failed attempts are retried (a retry re-sends the command
+    /// under the same idempotency key). Defaults: no retry for compensatable steps; the pivot
+    /// retries until it gets a definitive answer (1 s doubling to 60 s, forever), because a
+    /// pivot whose outcome is unknown can be neither compensated around nor skipped; retriable
+    /// steps retry forever (100 ms doubling to 60 s). When a pivot's finite policy runs out
+    /// without a definitive answer, the instance is parked as `Failed` ("pivot outcome unknown").
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = Some(policy);
         self
@@ -293,7 +296,8 @@ impl<S: Send + 'static> Step<S> {
             (None, StepKind::Retriable) => {
                 RetryPolicy::forever(Duration::from_millis(100)).max_delay(Duration::from_secs(60))
             }
-            (None, _) => RetryPolicy::never(),
+            (None, StepKind::Pivot) => RetryPolicy::forever(Duration::from_secs(1)).max_delay(Duration::from_secs(60)),
+            (None, StepKind::Compensatable) => RetryPolicy::never(),
         }
     }
 

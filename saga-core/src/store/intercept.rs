@@ -6,10 +6,10 @@
 use uuid::Uuid;
 
 use super::{
-    Commit, Committed, Durable, EntityRecord, HistoryEntry, InstanceRecord, OutboxEntry, StatusKind, Store, StoreError,
-    TimerKey, TimerRecord,
+    Commit, Committed, Durable, Enqueued, EntityRecord, HistoryEntry, InstanceRecord, OutboxEntry, ParkedOutboxEntry,
+    QueueDeadLetter, QueuedMessage, StatusKind, Store, StoreError, TimerKey, TimerRecord,
 };
-use crate::message::Timestamp;
+use crate::message::{Envelope, Timestamp};
 
 /// What [`Intercepted`] does with each commit.
 ///
@@ -40,6 +40,12 @@ use crate::message::Timestamp;
 pub trait CommitHook: Send + Sync + 'static {
     /// Commits `commit` through `store` (or refuses it), doing what the hook is for around it.
     async fn commit(&self, store: &dyn Store, commit: Commit) -> Result<Committed, StoreError>;
+
+    /// The store's durability barrier; the default passes it through (a fault-injecting hook
+    /// can fail it too, as a disk that cannot sync would).
+    fn barrier(&self, store: &dyn Store) -> Durable {
+        store.barrier()
+    }
 }
 
 /// A [`Store`] whose commits go through a [`CommitHook`]; every other call goes straight to
@@ -67,7 +73,7 @@ impl<S: Store, H: CommitHook> Store for Intercepted<S, H> {
         self.hook.commit(&self.store, commit).await
     }
     fn barrier(&self) -> Durable {
-        self.store.barrier()
+        self.hook.barrier(&self.store)
     }
     async fn instance(&self, id: Uuid) -> Result<Option<InstanceRecord>, StoreError> {
         self.store.instance(id).await
@@ -98,13 +104,48 @@ impl<S: Store, H: CommitHook> Store for Intercepted<S, H> {
     async fn next_timer(&self, after: Timestamp) -> Result<Option<TimerKey>, StoreError> {
         self.store.next_timer(after).await
     }
-    async fn outbox(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
-        self.store.outbox(limit).await
+    async fn outbox(&self, after: Option<u64>, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.store.outbox(after, limit).await
     }
     async fn remove_outbox(&self, seqs: &[u64]) -> Result<(), StoreError> {
         self.store.remove_outbox(seqs).await
     }
+    async fn park_outbox(&self, seq: u64, reason: &str, at: Timestamp) -> Result<(), StoreError> {
+        self.store.park_outbox(seq, reason, at).await
+    }
+    async fn parked_outbox(&self, after: Option<u64>, limit: usize) -> Result<Vec<ParkedOutboxEntry>, StoreError> {
+        self.store.parked_outbox(after, limit).await
+    }
     async fn flush(&self) -> Result<(), StoreError> {
         self.store.flush().await
+    }
+    fn is_shared(&self) -> bool {
+        self.store.is_shared()
+    }
+    fn is_persistent(&self) -> bool {
+        self.store.is_persistent()
+    }
+    async fn enqueue(&self, messages: Vec<(String, Envelope)>) -> Result<Enqueued, StoreError> {
+        self.store.enqueue(messages).await
+    }
+    async fn queued(
+        &self,
+        subscription: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<QueuedMessage>, StoreError> {
+        self.store.queued(subscription, after, limit).await
+    }
+    async fn requeue(&self, message: &QueuedMessage) -> Result<(), StoreError> {
+        self.store.requeue(message).await
+    }
+    async fn dequeue(&self, subscription: &str, seqs: &[u64]) -> Result<(), StoreError> {
+        self.store.dequeue(subscription, seqs).await
+    }
+    async fn dead_letter_queued(&self, message: QueuedMessage, reason: &str, at: Timestamp) -> Result<(), StoreError> {
+        self.store.dead_letter_queued(message, reason, at).await
+    }
+    async fn queue_dead_letters(&self, after: Option<u64>, limit: usize) -> Result<Vec<QueueDeadLetter>, StoreError> {
+        self.store.queue_dead_letters(after, limit).await
     }
 }

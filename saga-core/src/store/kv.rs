@@ -7,8 +7,8 @@ use uuid::Uuid;
 
 use super::layout as key;
 use super::{
-    Commit, Committed, Durable, EntityRecord, FORMAT_VERSION, HistoryEntry, InstanceRecord, OutboxEntry, StatusKind,
-    Store, StoreError, TimerKey, TimerRecord,
+    Commit, Committed, Durable, Enqueued, EntityRecord, FORMAT_VERSION, HistoryEntry, InstanceRecord, OutboxEntry,
+    ParkedOutboxEntry, QueueDeadLetter, QueuedMessage, StatusKind, Store, StoreError, TimerKey, TimerRecord,
 };
 use crate::message::{Envelope, Timestamp};
 
@@ -60,6 +60,23 @@ impl std::fmt::Display for Subject {
             Subject::Entity { scope, key } => write!(f, "record {key:?} of {scope:?}"),
         }
     }
+}
+
+/// A parked outbox entry as stored (its serde form is part of the store format).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Parked {
+    reason: String,
+    parked_at: Timestamp,
+    envelope: Envelope,
+}
+
+/// A dead-lettered queue message as stored (its serde form is part of the store format).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DeadQueued {
+    subscription: String,
+    reason: String,
+    at: Timestamp,
+    envelope: Envelope,
 }
 
 /// One write of a batch.
@@ -163,6 +180,10 @@ pub trait OrderedKv: Send + Sync + 'static {
     fn flush(&self) -> BoxFuture<'static, Result<(), StoreError>>;
     /// Where the data lives, for error messages.
     fn location(&self) -> String;
+    /// Whether durable data survives the process (see [`Store::is_persistent`]). Default: no.
+    fn is_persistent(&self) -> bool {
+        false
+    }
 }
 
 /// The [`Store`] over an [`OrderedKv`] engine; see [`SledStore`](super::SledStore) and
@@ -170,6 +191,7 @@ pub trait OrderedKv: Send + Sync + 'static {
 pub struct KvStore<B> {
     kv: B,
     next_outbox_seq: AtomicU64,
+    next_queue_seq: AtomicU64,
 }
 
 impl<B> std::fmt::Debug for KvStore<B> {
@@ -210,12 +232,45 @@ impl<B: OrderedKv> KvStore<B> {
             }
         }
         kv.recover()?;
-        let outbox = [key::OUTBOX];
-        let next = match kv.last_key(&outbox, &key::prefix_end(&outbox))? {
-            Some(k) => key::u64_at("outbox", &k, 1)? + 1,
-            None => 1,
+        // Parked entries keep their position, so a new entry must come after them too.
+        let mut next = 1;
+        for prefix in [key::OUTBOX, key::PARKED] {
+            if let Some(k) = kv.last_key(&[prefix], &key::prefix_end(&[prefix]))? {
+                next = next.max(key::u64_at("outbox", &k, 1)? + 1);
+            }
+        }
+        let next_queue = Self::last_queue_seq(&kv)? + 1;
+        Ok(KvStore { kv, next_outbox_seq: AtomicU64::new(next), next_queue_seq: AtomicU64::new(next_queue) })
+    }
+
+    /// The highest position any queued or dead-lettered message has. Queues are keyed by
+    /// subscription first, so this hops from one subscription's last key to the next
+    /// subscription: two reads per subscription, whatever the queues hold.
+    fn last_queue_seq(kv: &B) -> Result<u64, StoreError> {
+        let mut last = match kv.last_key(&[key::DEAD], &key::prefix_end(&[key::DEAD]))? {
+            Some(k) => key::u64_at("dead letter", &k, 1)?,
+            None => 0,
         };
-        Ok(KvStore { kv, next_outbox_seq: AtomicU64::new(next) })
+        let end = key::prefix_end(&[key::QUEUE]);
+        let mut from = vec![key::QUEUE];
+        while let Some((first, _)) = kv.scan(&from, &end, 1)?.into_iter().next() {
+            let prefix = &first[..key::queue_prefix_len("queued message", &first)?];
+            let next = key::prefix_end(prefix);
+            if let Some(k) = kv.last_key(prefix, &next)? {
+                last = last.max(key::u64_at("queued message", &k, prefix.len())?);
+            }
+            from = next;
+        }
+        Ok(last)
+    }
+
+    fn decode_queued(k: &[u8], v: &[u8]) -> Result<QueuedMessage, StoreError> {
+        let len = key::queue_prefix_len("queued message", k)?;
+        Ok(QueuedMessage {
+            subscription: String::from_utf8_lossy(&k[3..len]).into_owned(),
+            seq: key::u64_at("queued message", k, len)?,
+            envelope: key::decode("queued message", k, v)?,
+        })
     }
 
     /// The engine underneath.
@@ -382,10 +437,10 @@ impl<B: OrderedKv> Store for KvStore<B> {
         }
     }
 
-    async fn outbox(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
-        let prefix = [key::OUTBOX];
+    async fn outbox(&self, after: Option<u64>, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        let from = key::sequenced_from(key::OUTBOX, after);
         self.kv
-            .scan(&prefix, &key::prefix_end(&prefix), limit)?
+            .scan(&from, &key::prefix_end(&[key::OUTBOX]), limit)?
             .iter()
             .map(|(k, v)| {
                 Ok(OutboxEntry {
@@ -401,7 +456,115 @@ impl<B: OrderedKv> Store for KvStore<B> {
         self.kv.remove(&keys)
     }
 
+    async fn park_outbox(&self, seq: u64, reason: &str, at: Timestamp) -> Result<(), StoreError> {
+        let k = key::outbox(seq);
+        let Some(bytes) = self.kv.get(&k)? else {
+            // Already published and removed (by a sweep that raced with this one): nothing to park.
+            return Ok(());
+        };
+        let envelope: Envelope = key::decode("outbox", &k, &bytes)?;
+        let parked = Parked { reason: reason.to_owned(), parked_at: at, envelope };
+        let mut batch = Batch::default();
+        batch.delete(k);
+        batch.put(key::parked(seq), key::encode("parked outbox", &parked)?);
+        self.kv.apply(batch)?.map_err(StoreError::from)
+    }
+
+    async fn parked_outbox(&self, after: Option<u64>, limit: usize) -> Result<Vec<ParkedOutboxEntry>, StoreError> {
+        let from = key::sequenced_from(key::PARKED, after);
+        self.kv
+            .scan(&from, &key::prefix_end(&[key::PARKED]), limit)?
+            .iter()
+            .map(|(k, v)| {
+                let parked: Parked = key::decode("parked outbox", k, v)?;
+                Ok(ParkedOutboxEntry {
+                    seq: key::u64_at("parked outbox", k, 1)?,
+                    envelope: parked.envelope,
+                    reason: parked.reason,
+                    parked_at: parked.parked_at,
+                })
+            })
+            .collect()
+    }
+
     async fn flush(&self) -> Result<(), StoreError> {
         self.kv.flush().await
+    }
+
+    fn is_persistent(&self) -> bool {
+        self.kv.is_persistent()
+    }
+
+    async fn enqueue(&self, messages: Vec<(String, Envelope)>) -> Result<Enqueued, StoreError> {
+        let first = self.next_queue_seq.fetch_add(messages.len() as u64, Ordering::SeqCst);
+        let mut batch = Batch::default();
+        let mut seqs = Vec::with_capacity(messages.len());
+        for (seq, (subscription, envelope)) in (first..).zip(&messages) {
+            batch.put(key::queued(subscription, seq), key::encode("queued message", envelope)?);
+            seqs.push(seq);
+        }
+        self.kv.apply(batch)?.map_err(StoreError::from)?;
+        Ok(Enqueued { seqs, durable: self.kv.durable() })
+    }
+
+    async fn queued(
+        &self,
+        subscription: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<QueuedMessage>, StoreError> {
+        let prefix = key::queue_prefix(subscription);
+        let from = match after.and_then(|s| s.checked_add(1)) {
+            Some(next) => key::queued(subscription, next),
+            None if after.is_some() => return Ok(Vec::new()),
+            None => prefix.clone(),
+        };
+        self.kv.scan(&from, &key::prefix_end(&prefix), limit)?.iter().map(|(k, v)| Self::decode_queued(k, v)).collect()
+    }
+
+    async fn requeue(&self, message: &QueuedMessage) -> Result<(), StoreError> {
+        let k = key::queued(&message.subscription, message.seq);
+        if self.kv.get(&k)?.is_none() {
+            return Ok(());
+        }
+        let mut batch = Batch::default();
+        batch.put(k, key::encode("queued message", &message.envelope)?);
+        self.kv.apply(batch)?.map_err(StoreError::from)
+    }
+
+    async fn dequeue(&self, subscription: &str, seqs: &[u64]) -> Result<(), StoreError> {
+        let keys: Vec<_> = seqs.iter().map(|s| key::queued(subscription, *s)).collect();
+        self.kv.remove(&keys)
+    }
+
+    async fn dead_letter_queued(&self, message: QueuedMessage, reason: &str, at: Timestamp) -> Result<(), StoreError> {
+        let dead = DeadQueued {
+            subscription: message.subscription.clone(),
+            reason: reason.to_owned(),
+            at,
+            envelope: message.envelope,
+        };
+        let mut batch = Batch::default();
+        batch.delete(key::queued(&message.subscription, message.seq));
+        batch.put(key::dead(message.seq), key::encode("dead letter", &dead)?);
+        self.kv.apply(batch)?.map_err(StoreError::from)
+    }
+
+    async fn queue_dead_letters(&self, after: Option<u64>, limit: usize) -> Result<Vec<QueueDeadLetter>, StoreError> {
+        let from = key::sequenced_from(key::DEAD, after);
+        self.kv
+            .scan(&from, &key::prefix_end(&[key::DEAD]), limit)?
+            .iter()
+            .map(|(k, v)| {
+                let dead: DeadQueued = key::decode("dead letter", k, v)?;
+                Ok(QueueDeadLetter {
+                    seq: key::u64_at("dead letter", k, 1)?,
+                    subscription: dead.subscription,
+                    envelope: dead.envelope,
+                    reason: dead.reason,
+                    at: dead.at,
+                })
+            })
+            .collect()
     }
 }

@@ -11,8 +11,11 @@
 //! | `i` | consumer id, `x`, message id | empty: the inbox (a saga's consumer id is its instance id) |
 //! | `s` | status tag, instance id | empty: the status index |
 //! | `o` | sequence (u64 BE) | envelope: the outbox, in publication order |
+//! | `p` | sequence (u64 BE) | reason, time, envelope: outbox entries the relay parked |
 //! | `t` | due (u64 BE), instance id, timer id | timer: the due-time index |
 //! | `e` | scope length (u16 BE), scope, key | version (u64 BE) ++ value: participant records |
+//! | `q` | subscription length (u16 BE), subscription, sequence (u64 BE) | envelope: the local bus's durable queues |
+//! | `d` | sequence (u64 BE) | subscription, reason, time, envelope: messages dead-lettered from those queues |
 //! | `w` | sequence (u64 BE), chunk (u32 BE) | chunk count (u32 BE) ++ a chunk of a batch's encoded writes while they are applied (sled's write-ahead record) |
 //!
 //! An instance's record, history and inbox share the prefix `i` + id, so a transition's writes
@@ -33,10 +36,13 @@ pub(crate) const INSTANCE: u8 = b'i';
 pub(crate) const STATUS: u8 = b's';
 const INBOX_TAG: u8 = b'x';
 pub(crate) const OUTBOX: u8 = b'o';
+pub(crate) const PARKED: u8 = b'p';
 pub(crate) const TIMER: u8 = b't';
 const HISTORY_TAG: u8 = b'h';
 pub(crate) const ENTITY: u8 = b'e';
 pub(crate) const WRITE_AHEAD: u8 = b'w';
+pub(crate) const QUEUE: u8 = b'q';
+pub(crate) const DEAD: u8 = b'd';
 
 pub(crate) fn instance(id: Uuid) -> Vec<u8> {
     let mut k = Vec::with_capacity(17);
@@ -67,10 +73,27 @@ pub(crate) fn inbox(consumer: Uuid, message_id: Uuid) -> Vec<u8> {
 }
 
 pub(crate) fn outbox(seq: u64) -> Vec<u8> {
+    sequenced(OUTBOX, seq)
+}
+
+pub(crate) fn parked(seq: u64) -> Vec<u8> {
+    sequenced(PARKED, seq)
+}
+
+fn sequenced(prefix: u8, seq: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(9);
-    k.push(OUTBOX);
+    k.push(prefix);
     k.extend_from_slice(&seq.to_be_bytes());
     k
+}
+
+/// The first key of a sequenced range after `after` (or the range's start).
+pub(crate) fn sequenced_from(prefix: u8, after: Option<u64>) -> Vec<u8> {
+    match after.and_then(|s| s.checked_add(1)) {
+        Some(next) => sequenced(prefix, next),
+        None if after.is_some() => vec![prefix + 1],
+        None => vec![prefix],
+    }
 }
 
 pub(crate) fn write_ahead(seq: u64, chunk: u32) -> Vec<u8> {
@@ -117,9 +140,14 @@ pub(crate) fn history_prefix(id: Uuid) -> Vec<u8> {
 }
 
 pub(crate) fn entity_prefix(scope: &str) -> Vec<u8> {
+    scoped_prefix(ENTITY, scope)
+}
+
+/// `tag`, the scope's length and the scope: no scope's prefix is a prefix of another's.
+fn scoped_prefix(tag: u8, scope: &str) -> Vec<u8> {
     let len = u16::try_from(scope.len()).unwrap_or(u16::MAX);
     let mut k = Vec::with_capacity(3 + scope.len());
-    k.push(ENTITY);
+    k.push(tag);
     k.extend_from_slice(&len.to_be_bytes());
     k.extend_from_slice(&scope.as_bytes()[..usize::from(len)]);
     k
@@ -129,6 +157,28 @@ pub(crate) fn entity(scope: &str, key: &str) -> Vec<u8> {
     let mut k = entity_prefix(scope);
     k.extend_from_slice(key.as_bytes());
     k
+}
+
+pub(crate) fn queue_prefix(subscription: &str) -> Vec<u8> {
+    scoped_prefix(QUEUE, subscription)
+}
+
+pub(crate) fn queued(subscription: &str, seq: u64) -> Vec<u8> {
+    let mut k = queue_prefix(subscription);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The length of the queue prefix a queued message's key starts with.
+pub(crate) fn queue_prefix_len(what: &'static str, key: &[u8]) -> Result<usize, StoreError> {
+    key.get(1..3)
+        .map(|b| 3 + usize::from(u16::from_be_bytes([b[0], b[1]])))
+        .filter(|len| key.len() >= *len)
+        .ok_or_else(|| StoreError::Corrupt { what, key: hex(key), reason: "key too short".into() })
+}
+
+pub(crate) fn dead(seq: u64) -> Vec<u8> {
+    sequenced(DEAD, seq)
 }
 
 /// The smallest key greater than every key starting with `prefix`.

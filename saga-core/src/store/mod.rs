@@ -23,8 +23,8 @@ pub use intercept::{CommitHook, Intercepted};
 pub use kv::{Batch, KeyValue, KvStore, OrderedKv, Rejection, Write, leading_version};
 pub use memory::{MemoryKv, MemoryStore};
 pub use records::{
-    Awaiting, EntityRecord, HistoryEntry, HistoryEvent, InstanceRecord, MessageRef, OutboxEntry, Phase, SagaStatus,
-    StatusKind, TimerKey, TimerPurpose, TimerRecord,
+    Awaiting, EntityRecord, HistoryEntry, HistoryEvent, InstanceRecord, MessageRef, OutboxEntry, ParkedOutboxEntry,
+    Phase, QueueDeadLetter, QueuedMessage, SagaStatus, StatusKind, TimerKey, TimerPurpose, TimerRecord,
 };
 #[cfg(feature = "sled")]
 pub use sled::{SledKv, SledOptions, SledStore};
@@ -36,9 +36,11 @@ use uuid::Uuid;
 
 use crate::message::{Envelope, Timestamp};
 
-/// The on-disk format this build writes and reads (2: an instance's history and inbox moved
-/// under its record's prefix).
-pub const FORMAT_VERSION: u32 = 2;
+/// The on-disk format this build writes and reads (4: the local bus's durable queues and their
+/// dead letters; 3: an instance remembers the command of its current attempt and whether an
+/// attempt's outcome is unknown, instance ids encode the saga name's length, and the outbox
+/// has a parked section).
+pub const FORMAT_VERSION: u32 = 4;
 
 /// A future that resolves once a commit is durable under the store's [`Durability`].
 pub type Durable = BoxFuture<'static, Result<(), StoreError>>;
@@ -74,6 +76,7 @@ impl Default for Durability {
 
 /// Why the store could not do what was asked, and what to do about it.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// The store could not be opened.
     #[error(
@@ -125,9 +128,22 @@ pub enum StoreError {
         /// The message.
         message_id: Uuid,
     },
-    /// The storage engine failed (disk full, I/O error).
+    /// The storage engine failed (disk full, I/O error, the database unreachable). The same
+    /// operation may succeed later: the engine retries it without spending a message's retry
+    /// budget.
     #[error("storage engine failed: {0}")]
     Io(String),
+    /// The store stopped accepting writes and will not accept them again while it stays open:
+    /// a sync failed (the kernel may have dropped the unsynced data, so a later sync that
+    /// succeeds proves nothing), or a commit failed half applied. Reopening it (restarting
+    /// the process) recovers what is on disk.
+    #[error(
+        "the store no longer accepts writes: {reason}; restart the process (reopening the store recovers what is on disk)"
+    )]
+    Broken {
+        /// What happened.
+        reason: String,
+    },
     /// A record could not be encoded.
     #[error("cannot encode a {what} record: {reason}")]
     Encode {
@@ -189,6 +205,28 @@ pub struct Committed {
     pub outbox: Vec<OutboxEntry>,
 }
 
+/// What [`Store::enqueue`] hands back.
+pub struct Enqueued {
+    /// The positions the messages were given, in order.
+    pub seqs: Vec<u64>,
+    /// Resolves once they are durable: only then has the queue taken responsibility.
+    pub durable: Durable,
+}
+
+impl std::fmt::Debug for Enqueued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enqueued").field("seqs", &self.seqs).finish_non_exhaustive()
+    }
+}
+
+impl StoreError {
+    /// Whether the store itself is unavailable (its engine failed, or it is broken), as
+    /// opposed to a problem with what was asked (a conflict, a duplicate, a corrupt record).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Io(_) | StoreError::Broken { .. } | StoreError::Open { .. })
+    }
+}
+
 impl std::fmt::Debug for Committed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let seqs: Vec<u64> = self.outbox.iter().map(|e| e.seq).collect();
@@ -234,12 +272,48 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<TimerRecord>, StoreError>;
     /// The earliest timer due strictly after `after`.
     async fn next_timer(&self, after: Timestamp) -> Result<Option<TimerKey>, StoreError>;
-    /// The oldest outbox entries, at most `limit`.
-    async fn outbox(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError>;
+    /// Outbox entries in publication order, after position `after` (for paging), at most `limit`.
+    async fn outbox(&self, after: Option<u64>, limit: usize) -> Result<Vec<OutboxEntry>, StoreError>;
     /// Removes published outbox entries.
     async fn remove_outbox(&self, seqs: &[u64]) -> Result<(), StoreError>;
+    /// Moves an outbox entry the relay gave up on to the parked outbox, with the reason.
+    async fn park_outbox(&self, seq: u64, reason: &str, at: Timestamp) -> Result<(), StoreError>;
+    /// Parked outbox entries in position order, after `after`, at most `limit`.
+    async fn parked_outbox(&self, after: Option<u64>, limit: usize) -> Result<Vec<ParkedOutboxEntry>, StoreError>;
     /// Makes everything committed so far durable.
     async fn flush(&self) -> Result<(), StoreError>;
+    /// Whether several processes may run on this store at once (a shared database). A store
+    /// one process owns (sled, memory) answers `false`, and the runtime then refuses to share
+    /// its subscriptions with another consumer: a second runtime on its own store would take
+    /// messages for instances it does not hold.
+    fn is_shared(&self) -> bool {
+        false
+    }
+    /// Whether what the store acknowledged as durable survives the process (sled: yes; the
+    /// in-memory store: no). A runtime on a persistent store queues its in-process messages
+    /// in it by default (the local bus).
+    fn is_persistent(&self) -> bool {
+        false
+    }
+
+    /// Appends messages to subscriptions' durable queues, one `(subscription, envelope)` each,
+    /// for the local bus. They are readable at once and durable when `durable` resolves.
+    async fn enqueue(&self, messages: Vec<(String, Envelope)>) -> Result<Enqueued, StoreError>;
+    /// A subscription's queued messages in position order, after `after`, at most `limit`.
+    async fn queued(
+        &self,
+        subscription: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<QueuedMessage>, StoreError>;
+    /// Rewrites a queued message in place (its delivery count grew); nothing if it is gone.
+    async fn requeue(&self, message: &QueuedMessage) -> Result<(), StoreError>;
+    /// Removes consumed messages from a subscription's queue.
+    async fn dequeue(&self, subscription: &str, seqs: &[u64]) -> Result<(), StoreError>;
+    /// Moves a queued message to the dead letters, with the reason, in one atomic write.
+    async fn dead_letter_queued(&self, message: QueuedMessage, reason: &str, at: Timestamp) -> Result<(), StoreError>;
+    /// Dead-lettered queue messages in position order, after `after`, at most `limit`.
+    async fn queue_dead_letters(&self, after: Option<u64>, limit: usize) -> Result<Vec<QueueDeadLetter>, StoreError>;
 }
 
 #[async_trait::async_trait]
@@ -279,13 +353,48 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     async fn next_timer(&self, after: Timestamp) -> Result<Option<TimerKey>, StoreError> {
         (**self).next_timer(after).await
     }
-    async fn outbox(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
-        (**self).outbox(limit).await
+    async fn outbox(&self, after: Option<u64>, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        (**self).outbox(after, limit).await
     }
     async fn remove_outbox(&self, seqs: &[u64]) -> Result<(), StoreError> {
         (**self).remove_outbox(seqs).await
     }
+    async fn park_outbox(&self, seq: u64, reason: &str, at: Timestamp) -> Result<(), StoreError> {
+        (**self).park_outbox(seq, reason, at).await
+    }
+    async fn parked_outbox(&self, after: Option<u64>, limit: usize) -> Result<Vec<ParkedOutboxEntry>, StoreError> {
+        (**self).parked_outbox(after, limit).await
+    }
     async fn flush(&self) -> Result<(), StoreError> {
         (**self).flush().await
+    }
+    fn is_shared(&self) -> bool {
+        (**self).is_shared()
+    }
+    fn is_persistent(&self) -> bool {
+        (**self).is_persistent()
+    }
+    async fn enqueue(&self, messages: Vec<(String, Envelope)>) -> Result<Enqueued, StoreError> {
+        (**self).enqueue(messages).await
+    }
+    async fn queued(
+        &self,
+        subscription: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<QueuedMessage>, StoreError> {
+        (**self).queued(subscription, after, limit).await
+    }
+    async fn requeue(&self, message: &QueuedMessage) -> Result<(), StoreError> {
+        (**self).requeue(message).await
+    }
+    async fn dequeue(&self, subscription: &str, seqs: &[u64]) -> Result<(), StoreError> {
+        (**self).dequeue(subscription, seqs).await
+    }
+    async fn dead_letter_queued(&self, message: QueuedMessage, reason: &str, at: Timestamp) -> Result<(), StoreError> {
+        (**self).dead_letter_queued(message, reason, at).await
+    }
+    async fn queue_dead_letters(&self, after: Option<u64>, limit: usize) -> Result<Vec<QueueDeadLetter>, StoreError> {
+        (**self).queue_dead_letters(after, limit).await
     }
 }

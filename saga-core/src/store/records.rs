@@ -104,6 +104,14 @@ pub struct Awaiting {
     pub attempt: u32,
     /// The timer that fires if nothing arrives (timeout, retry backoff or local run lease).
     pub timer: Option<TimerKey>,
+    /// The id of the command the current attempt sent. A participant's reply carries it as
+    /// its causation id, which is how a reply is matched to the attempt that caused it.
+    /// `None` while no command is out for the current attempt (a local run, a retry wait).
+    pub command: Option<Uuid>,
+    /// Whether some attempt of this step and phase may have acted without saying so (no reply
+    /// came in time, or its local code panicked). When the step gives up, its own compensation
+    /// then runs too, and a pivot is parked instead of compensated around.
+    pub outcome_unknown: bool,
 }
 
 /// One saga instance as stored.
@@ -280,6 +288,16 @@ pub enum HistoryEvent {
         /// The new status.
         to: SagaStatus,
     },
+    /// A reply arrived after the instance had finished (kept so that an operator sees, say,
+    /// that a pivot whose outcome was unknown did succeed).
+    LateReply {
+        /// The reply's name.
+        name: String,
+        /// Whether it is the step's success reply.
+        success: bool,
+        /// The status the instance had finished with.
+        status: StatusKind,
+    },
 }
 
 /// Everything one commit did to an instance.
@@ -304,6 +322,20 @@ pub struct EntityRecord {
     pub value: Vec<u8>,
 }
 
+/// An outbox entry the relay gave up on (the bus refused it for good, or nothing took its
+/// name for too long), kept with the reason for an operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkedOutboxEntry {
+    /// Its position in the outbox.
+    pub seq: u64,
+    /// The message.
+    pub envelope: crate::message::Envelope,
+    /// Why it was parked.
+    pub reason: String,
+    /// When it was parked.
+    pub parked_at: Timestamp,
+}
+
 /// A message waiting in the outbox to be published.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxEntry {
@@ -311,4 +343,31 @@ pub struct OutboxEntry {
     pub seq: u64,
     /// The message.
     pub envelope: crate::message::Envelope,
+}
+
+/// A message waiting in a subscription's durable queue (the local bus keeps its queues in the
+/// store, so that a crash loses none of them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedMessage {
+    /// The subscription it waits on.
+    pub subscription: String,
+    /// Its position, unique in the store (arrival order).
+    pub seq: u64,
+    /// The message, with the number of deliveries so far in `attempt`.
+    pub envelope: crate::message::Envelope,
+}
+
+/// A queued message that was dead-lettered, with why and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDeadLetter {
+    /// The position it had in its queue.
+    pub seq: u64,
+    /// The subscription it was delivered on.
+    pub subscription: String,
+    /// The message as last delivered.
+    pub envelope: crate::message::Envelope,
+    /// Why it was dead-lettered.
+    pub reason: String,
+    /// When.
+    pub at: crate::message::Timestamp,
 }

@@ -35,19 +35,27 @@
 //! then refuses every later write until it is reopened (which replays the record), because a
 //! later commit over the half-applied one would be overwritten by that replay.
 //!
+//! A failed sync is fatal in the same way ("fsyncgate"): after `fsync` or `fdatasync` reports
+//! an error, the kernel may already have dropped the dirty pages it could not write, so a
+//! later sync that succeeds proves nothing about them. The store latches broken
+//! ([`StoreError::Broken`]): the failed flush's waiters and every later commit and durability
+//! request get the error, and only reopening the store (which reads what really is on disk)
+//! clears it. Nothing is ever acked on the strength of a retried sync.
+//!
 //! Readers outside the lock may see another unit's commit half applied. The engine's own
 //! reads are safe: an instance is read only by its lane, and a participant record it saves is
 //! version-checked under the lock. A participant handler that loads a record it does not save
 //! can see such a half state (sled transactions excluded it).
 //!
 //! sled's `flush` writes its log buffers with `sync_file_range`, which neither flushes the
-//! disk's write cache nor the file's metadata; the flush thread therefore also `fdatasync`s
-//! sled's log file, and every blob file sled wrote since the last flush (sled puts a log
-//! message larger than about 128 KiB, such as a big value or a whole leaf rewritten after ten
-//! updates, in a blob file that it never syncs), before it answers any waiter.
+//! disk's write cache nor the file's metadata; the flush thread therefore also syncs every blob
+//! file sled wrote since the last flush (sled puts a log message larger than about 128 KiB,
+//! such as a big value or a whole leaf rewritten after ten updates, in a blob file that it
+//! never syncs) and then `fdatasync`s sled's log file, before it answers any waiter. Blobs go
+//! first: a log message that survives a power cut must not point to a blob that did not.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -117,13 +125,31 @@ pub struct SledKv {
     group: Option<Flusher>,
     writer: Mutex<Writer>,
     log: Arc<LogFile>,
+    broken: Broken,
 }
 
 /// What the writer lock guards: see the module docs.
 struct Writer {
     next_record: u64,
-    /// Set when a commit failed half applied: nothing more is written until a reopen replays it.
-    broken: Option<String>,
+}
+
+/// Set once when a commit failed half applied or a sync failed: from then on nothing is
+/// written or acked until a reopen (see the module docs).
+#[derive(Clone, Default)]
+struct Broken(Arc<OnceLock<String>>);
+
+impl Broken {
+    fn set(&self, reason: String) -> StoreError {
+        let reason = self.0.get_or_init(|| reason).clone();
+        StoreError::Broken { reason }
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        match self.0.get() {
+            Some(reason) => Err(StoreError::Broken { reason: reason.clone() }),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The largest chunk of a write-ahead record: well under sled's blob threshold (a quarter of
@@ -154,12 +180,32 @@ fn is_lock_contention(e: &sled::Error) -> bool {
         || (text.starts_with("could not acquire lock") && text.contains("WouldBlock"))
 }
 
+/// sled's errors as the store's: damaged data is `Corrupt` (the message that met it is
+/// dead-lettered; retrying cannot help), a bug sled reports stops the store, the rest is I/O
+/// that may work again.
 fn io(e: sled::Error) -> StoreError {
-    StoreError::Io(e.to_string())
+    match e {
+        sled::Error::Corruption { at, .. } => StoreError::Corrupt {
+            what: "sled page",
+            key: at.map_or_else(|| "unknown".to_owned(), |at| format!("{at:?}")),
+            reason: "sled found corrupted data".into(),
+        },
+        sled::Error::ReportableBug(bug) => StoreError::Broken { reason: format!("sled reported a bug: {bug}") },
+        other => StoreError::Io(other.to_string()),
+    }
 }
 
 impl SledKv {
     fn open(path: &Path, options: SledOptions) -> Result<Self, StoreError> {
+        Self::open_syncing(path, options, LogFile::open)
+    }
+
+    /// Opens with `log` giving the files to sync (tests give one whose syncs fail).
+    fn open_syncing(
+        path: &Path,
+        options: SledOptions,
+        log: impl FnOnce(&Path) -> Result<LogFile, StoreError>,
+    ) -> Result<Self, StoreError> {
         let config = sled::Config::new()
             .path(path)
             .cache_capacity(options.cache_bytes)
@@ -192,19 +238,19 @@ impl SledKv {
             Durability::Immediate => (Duration::ZERO, 1),
             Durability::None => (Duration::ZERO, usize::MAX),
         };
-        let log = Arc::new(LogFile::open(path)?);
-        let group = Some(Flusher::start(db.clone(), log.clone(), max_delay, max_batch)?);
-        let writer = Mutex::new(Writer { next_record: 1, broken: None });
-        Ok(SledKv { db, path: path.to_path_buf(), durability: options.durability, group, writer, log })
+        let log = Arc::new(log(path)?);
+        let broken = Broken::default();
+        let group = Some(Flusher::start(db.clone(), log.clone(), broken.clone(), max_delay, max_batch)?);
+        let writer = Mutex::new(Writer { next_record: 1 });
+        Ok(SledKv { db, path: path.to_path_buf(), durability: options.durability, group, writer, log, broken })
     }
 
     fn writer(&self) -> std::sync::MutexGuard<'_, Writer> {
         // A commit panicked while it held the lock, maybe half applied: treat it as a failed
         // one (see the module docs).
         self.writer.lock().unwrap_or_else(|poisoned| {
-            let mut writer = poisoned.into_inner();
-            writer.broken.get_or_insert_with(|| "a commit panicked while it was being applied".into());
-            writer
+            self.broken.set(format!("a commit panicked while it was being applied in {}", self.path.display()));
+            poisoned.into_inner()
         })
     }
 
@@ -253,16 +299,21 @@ impl LogFile {
             reason: format!("cannot open sled's log file {} to sync it: {e}", path.display()),
         };
         let log = std::fs::File::open(&path).map_err(open_error)?;
-        // The directory entries of a new store (its log file, its blob folder) must survive too.
+        // sled writes its `conf` file once, when it creates the store, and never syncs it: a
+        // power cut could leave it named but torn (its checksum missing), and sled then refuses
+        // to open. Sync it, then the directory entries of a new store (the log file, `conf`, the
+        // blob folder), so that they survive too.
+        std::fs::File::open(dir.join("conf")).and_then(|conf| conf.sync_data()).map_err(open_error)?;
         std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(open_error)?;
         Ok(LogFile { dir: dir.to_path_buf(), log, synced_blobs: Mutex::new(Default::default()) })
     }
 
-    /// sled's flush, then a real sync of what it wrote.
+    /// sled's flush, then a real sync of what it wrote: the blobs first, so that no synced log
+    /// message points to a blob that is not.
     fn flush(&self, db: &sled::Db) -> Result<(), StoreError> {
         db.flush().map_err(io)?;
-        self.log.sync_data().map_err(|e| sync_error(&self.dir.join("db"), e))?;
-        self.sync_new_blobs()
+        self.sync_new_blobs()?;
+        self.log.sync_data().map_err(|e| sync_error(&self.dir.join("db"), e))
     }
 
     /// sled writes a log message larger than a quarter of a segment (a big value, or a whole
@@ -375,20 +426,34 @@ fn reassemble(chunks: &[KeyValue]) -> Result<Option<Vec<Write>>, StoreError> {
 }
 
 impl Flusher {
-    fn start(db: sled::Db, log: Arc<LogFile>, max_delay: Duration, max_batch: usize) -> Result<Self, StoreError> {
+    fn start(
+        db: sled::Db,
+        log: Arc<LogFile>,
+        broken: Broken,
+        max_delay: Duration,
+        max_batch: usize,
+    ) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel::<Waiter>();
         let thread = std::thread::Builder::new()
             .name("sagaflow-flush".into())
-            .spawn(move || group_commit_loop(&db, &log, &rx, max_delay, max_batch.max(1)))
+            .spawn(move || group_commit_loop(&db, &log, &broken, &rx, max_delay, max_batch.max(1)))
             .map_err(|e| StoreError::Io(format!("cannot start the flush thread: {e}")))?;
         Ok(Flusher { waiters: Some(tx), thread: Some(thread) })
     }
 }
 
 /// Takes the waiters that queued up during the last flush, collects more until `max_batch` or
-/// `max_delay` after the first, flushes once, and answers them all. Every waiter was registered after its commit was applied, so the flush
-/// (which starts after the waiter was received) covers that commit.
-fn group_commit_loop(db: &sled::Db, log: &LogFile, rx: &mpsc::Receiver<Waiter>, max_delay: Duration, max_batch: usize) {
+/// `max_delay` after the first, flushes once, and answers them all. Every waiter was registered
+/// after its commit was applied, so the flush (which starts after the waiter was received)
+/// covers that commit. A failed flush latches the store broken, and no later flush runs.
+fn group_commit_loop(
+    db: &sled::Db,
+    log: &LogFile,
+    broken: &Broken,
+    rx: &mpsc::Receiver<Waiter>,
+    max_delay: Duration,
+    max_batch: usize,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         // The commits that arrived during the previous flush join at once.
@@ -401,7 +466,12 @@ fn group_commit_loop(db: &sled::Db, log: &LogFile, rx: &mpsc::Receiver<Waiter>, 
                 Err(_) => break,
             }
         }
-        let result = log.flush(db);
+        let result = broken.check().and_then(|()| {
+            log.flush(db).map_err(|e| {
+                tracing::error!(error = %e, "a flush of the sled store failed; the store stops accepting writes until it is reopened");
+                broken.set(format!("a flush failed ({e})"))
+            })
+        });
         for w in batch {
             // The committer may have gone away (its runtime was dropped): nothing to tell.
             let _ = w.send(result.clone());
@@ -440,11 +510,7 @@ impl OrderedKv for SledKv {
 
     fn apply(&self, batch: Batch) -> Result<Result<(), Rejection>, StoreError> {
         let mut writer = self.writer();
-        if let Some(reason) = &writer.broken {
-            return Err(StoreError::Io(format!(
-                "{reason}; reopen the store (opening replays the interrupted commit) before writing again"
-            )));
-        }
+        self.broken.check()?;
         let verdict = batch.check(|k| self.db.get(k).map(|v| v.map(|v| leading_version(&v)))).map_err(io)?;
         if let Err(rejection) = verdict {
             return Ok(Err(rejection));
@@ -458,9 +524,7 @@ impl OrderedKv for SledKv {
         let seq = writer.next_record;
         writer.next_record += 1;
         if let Err(e) = self.apply_with_record(seq, &writes) {
-            let reason = format!("a commit failed half applied in {}: {e}", self.path.display());
-            writer.broken = Some(reason.clone());
-            return Err(StoreError::Io(reason));
+            return Err(self.broken.set(format!("a commit failed half applied in {}: {e}", self.path.display())));
         }
         Ok(Ok(()))
     }
@@ -481,12 +545,15 @@ impl OrderedKv for SledKv {
 
     fn durable(&self) -> Durable {
         match self.durability {
-            Durability::None => futures::future::ready(Ok(())).boxed(),
+            Durability::None => futures::future::ready(self.broken.check()).boxed(),
             Durability::Immediate | Durability::Group { .. } => self.flush(),
         }
     }
 
     fn flush(&self) -> BoxFuture<'static, Result<(), StoreError>> {
+        if let Err(e) = self.broken.check() {
+            return futures::future::ready(Err(e)).boxed();
+        }
         let stopped = || StoreError::Io("the flush thread has stopped".into());
         let (tx, rx) = oneshot::channel();
         let sent = self.group.as_ref().and_then(|g| g.waiters.as_ref()).is_some_and(|w| w.send(tx).is_ok());
@@ -498,6 +565,10 @@ impl OrderedKv for SledKv {
 
     fn location(&self) -> String {
         self.path.display().to_string()
+    }
+
+    fn is_persistent(&self) -> bool {
+        true
     }
 }
 
@@ -588,7 +659,8 @@ mod tests {
             panic!("a commit panics half applied");
         }));
         let err = kv.apply(batch(&[(b"xa", b"1"), (b"xb", b"2")])).unwrap_err();
-        assert!(err.to_string().contains("reopen the store"), "{err}");
+        assert!(matches!(err, StoreError::Broken { .. }), "{err}");
+        assert!(err.to_string().contains("reopening the store"), "{err}");
         drop(store);
         let store = SledStore::open(dir.path()).unwrap();
         store.engine().apply(batch(&[(b"xa", b"1"), (b"xb", b"2")])).unwrap().unwrap();
@@ -622,6 +694,30 @@ mod tests {
         }
         let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(store.engine().get(b"xb").unwrap(), Some(big));
+    }
+
+    /// A log file whose syncs fail (fdatasync on /dev/null is EINVAL), as a failing disk's would.
+    fn failing_log(dir: &Path) -> Result<LogFile, StoreError> {
+        let log = std::fs::File::open("/dev/null").map_err(|e| StoreError::Io(e.to_string()))?;
+        Ok(LogFile { dir: dir.to_path_buf(), log, synced_blobs: Mutex::new(Default::default()) })
+    }
+
+    #[tokio::test]
+    async fn a_failed_sync_latches_the_store_broken_until_it_is_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SledStore::open(dir.path()).unwrap());
+        let options = SledOptions::default().durability(Durability::Immediate);
+        let kv = SledKv::open_syncing(dir.path(), options.clone(), failing_log).unwrap();
+        kv.apply(batch(&[(b"xa", b"1")])).unwrap().unwrap();
+        let failed = kv.durable().await.unwrap_err();
+        assert!(matches!(failed, StoreError::Broken { .. }), "{failed}");
+        // Never success after a retry: later syncs, writes and barriers all refuse.
+        assert!(matches!(kv.durable().await, Err(StoreError::Broken { .. })));
+        assert!(matches!(kv.apply(batch(&[(b"xb", b"2")])), Err(StoreError::Broken { .. })));
+        drop(kv);
+        let reopened = SledStore::open_with(dir.path(), options).unwrap();
+        reopened.engine().apply(batch(&[(b"xc", b"3")])).unwrap().unwrap();
+        reopened.engine().durable().await.unwrap();
     }
 
     #[test]

@@ -346,7 +346,7 @@ impl TestRuntime {
 
     /// Messages parked by the bus, with their reasons.
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
-        self.bus.memory().dead_letters()
+        self.bus.memory().all_dead_letters()
     }
 
     /// A participant's record.

@@ -46,6 +46,7 @@ pub fn render(history: &[HistoryEntry]) -> String {
                 HistoryEvent::TimerFired { .. } => "timer fired".to_owned(),
                 HistoryEvent::Ignored { reason } => format!("ignored: {reason}"),
                 HistoryEvent::StatusChanged { to } => format!("status -> {to:?}"),
+                HistoryEvent::LateReply { name, status, .. } => format!("late reply {name} (the saga had {status:?})"),
             };
             let _ = writeln!(out, "                     {line}");
         }

@@ -15,6 +15,8 @@
 //! | durable pull consumer | `<subscription>_<hash>_<name>_<hash>` | one per subscription and bound message name, filtered on that name's subject, explicit acks |
 //! | stream | `SAGAFLOW_DEAD` | captures `sagaflow.dead.>`: dead letters; file storage, limits retention |
 //! | subject | `sagaflow.dead.<subscription>` | a subscription's dead letters, each with a `sagaflow-dead-reason` header |
+//! | key-value bucket | `SAGAFLOW_OWNERS` | who consumes each exclusive subscription (see `ownership`) |
+//! | object store | `SAGAFLOW_PAYLOADS` | payloads too large for one NATS message (see `large`) |
 //!
 //! Both streams are created on [`NatsBus::connect`], or brought in line if they exist (their
 //! subjects, retention, age limit and replicas; other settings an operator tuned are kept).
@@ -27,8 +29,10 @@
 //! on nats-server 2.9, whose consumers filter a single subject; binding a new name to an
 //! existing subscription simply adds its durable, and never removes another one. Interest
 //! retention means a message is kept until every subscription bound to its name has acked it,
-//! and a message published while no subscription is bound to its name is dropped (as with a
-//! RabbitMQ exchange without bindings): subscribe before publishing, as the runtime does.
+//! and that the stream drops a message no durable is bound to; so `publish` first checks that
+//! some durable filters on the message's subject (from a listing of the stream's durables,
+//! trusted for 30 s) and refuses it as [`BusError::Unroutable`] otherwise, and the outbox keeps
+//! it and tries again. A durable removed within those 30 s can still lose a message.
 //!
 //! # Guarantees
 //!
@@ -41,12 +45,18 @@
 //!   A delivery that is not acked within `ack_wait` (the consumer crashed or hung) is delivered
 //!   again. Delivery is at least once: consumers deduplicate on the message id.
 //! - **Redelivery with a delay.** A nack is a JetStream `-NAK` with that delay; the next
-//!   delivery carries the next attempt number (the JetStream delivery count).
+//!   delivery carries the next attempt number (the JetStream delivery count). A delivery the
+//!   engine keeps while it waits for its store is kept alive with `+WPI` (in progress), which
+//!   restarts its `ack_wait`.
+//! - **Large messages.** A payload over the server's `max_payload` travels through the object
+//!   store (claim check), so the bus carries whatever the engine accepts.
+//! - **Exclusive subscriptions.** [`Bus::subscribe_exclusive`] takes a claim on the
+//!   subscription that another live process cannot take, and that a crashed one loses at once.
 //! - **Dead letters** are copied to the dead-letter stream with their reason, and the copy is
 //!   confirmed by the server before the original is terminated (`+TERM`). A message delivered
 //!   [`NatsOptions::max_deliver`] times without being acked is dead-lettered with the reason
 //!   "delivered N times without being acked", whether the last attempt was nacked or its
-//!   consumer went away. [`NatsBus::dead_letters`] reads them back.
+//!   consumer went away. [`Bus::dead_letters`] reads them back.
 //! - **Malformed messages are not lost.** A message without sagaflow headers (published by
 //!   another tool) is delivered with what can be inferred: its name from the subject, its id
 //!   from `Nats-Msg-Id` or from its stream position, so the engine handles it or dead-letters
@@ -120,6 +130,9 @@ use uuid::Uuid;
 use super::{Acker, Bus, BusError, Consumer, DeadLetter, Delivery, DeliveryStream};
 use crate::message::{Envelope, Timestamp};
 
+mod large;
+mod ownership;
+
 const H_MESSAGE_ID: &str = "sagaflow-message-id";
 const H_NAME: &str = "sagaflow-name";
 const H_CREATED_AT: &str = "sagaflow-created-at";
@@ -179,6 +192,7 @@ pub struct NatsOptions {
     connection_name: Option<String>,
     credentials_file: Option<PathBuf>,
     confirm_acks: bool,
+    large_payload_max_age: Duration,
 }
 
 impl std::fmt::Debug for NatsOptions {
@@ -201,6 +215,7 @@ impl std::fmt::Debug for NatsOptions {
             .field("connection_name", &self.connection_name)
             .field("credentials_file", &self.credentials_file)
             .field("confirm_acks", &self.confirm_acks)
+            .field("large_payload_max_age", &self.large_payload_max_age)
             .finish()
     }
 }
@@ -234,6 +249,7 @@ impl NatsOptions {
             connection_name: None,
             credentials_file: None,
             confirm_acks: true,
+            large_payload_max_age: Duration::from_secs(7 * 86_400),
         }
     }
 
@@ -433,6 +449,21 @@ impl NatsOptions {
         self
     }
 
+    /// How long the payload of a message too large for one NATS message is kept in the object
+    /// store (default 7 days; see the module docs): make it longer than a message may wait
+    /// unconsumed.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let options = saga_core::bus::NatsOptions::new("nats://127.0.0.1:4222")
+    ///     .large_payload_max_age(Duration::from_secs(30 * 86_400));
+    /// # let _ = options;
+    /// ```
+    pub fn large_payload_max_age(mut self, max_age: Duration) -> Self {
+        self.large_payload_max_age = max_age;
+        self
+    }
+
     fn validate(&self) -> Result<(), BusError> {
         let invalid = |what: String| Err(BusError::Transport(format!("invalid NatsOptions: {what}")));
         if self.url.trim().is_empty() {
@@ -532,7 +563,25 @@ struct Inner {
     subscriptions: Mutex<HashMap<String, watch::Sender<bool>>>,
     /// Set to true by `close`.
     closed: watch::Sender<bool>,
+    /// The subjects some durable consumes, as last listed.
+    interest: Mutex<Interest>,
+    owners: ownership::Owners,
+    payloads: large::Payloads,
 }
+
+/// What the bus knows of the durables that take each subject: a message published to a
+/// subject no durable filters on is dropped by the interest-retention stream, so `publish`
+/// refuses it instead.
+#[derive(Default)]
+struct Interest {
+    subjects: std::collections::HashSet<String>,
+    listed: Option<std::time::Instant>,
+}
+
+/// How long a listing of the stream's durables is trusted for a subject it showed.
+const INTEREST_FRESH: Duration = Duration::from_secs(30);
+/// How soon a subject no durable took may be looked up again.
+const INTEREST_RELIST: Duration = Duration::from_millis(250);
 
 /// One message name bound to one subscription: one durable consumer.
 struct Binding {
@@ -620,44 +669,11 @@ impl NatsBus {
                 dead,
                 subscriptions: Mutex::new(HashMap::new()),
                 closed,
+                interest: Mutex::default(),
+                owners: ownership::Owners::default(),
+                payloads: large::Payloads::default(),
             }),
         })
-    }
-
-    /// The dead letters of `subscription`, oldest first, at most `limit`, without removing
-    /// them. A dead letter's envelope is the message as last delivered (its `attempt` is the
-    /// delivery count), and `at` is when it was parked.
-    ///
-    /// ```no_run
-    /// # async fn demo(bus: saga_core::bus::NatsBus) -> Result<(), saga_core::bus::BusError> {
-    /// for dead in bus.dead_letters("billing", 50).await? {
-    ///     eprintln!("{} after {} attempts: {}", dead.envelope.message_id, dead.envelope.attempt, dead.reason);
-    /// }
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn dead_letters(&self, subscription: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
-        let subject = self.inner.dead_subject(subscription)?;
-        let mut found = Vec::new();
-        let mut sequence = 1;
-        while found.len() < limit {
-            let request = self.inner.dead.raw_message_builder().sequence(sequence).next_by_subject(subject.clone());
-            match request.send().await {
-                Ok(message) => {
-                    sequence = message.sequence.saturating_add(1);
-                    found.push(self.inner.read_dead_letter(subscription, &message));
-                }
-                Err(e) if matches!(e.kind(), stream::RawMessageErrorKind::NoMessageFound) => break,
-                Err(e) => {
-                    return Err(BusError::Transport(format!(
-                        "cannot read dead letters of {subscription:?} from stream {} at {}: {e}; \
-                         check that the stream exists and the connection to NATS",
-                        self.inner.options.dead_letter_stream, self.inner.url
-                    )));
-                }
-            }
-        }
-        Ok(found)
     }
 
     /// Removes every dead letter of `subscription` (after an operator replayed or discarded
@@ -679,6 +695,57 @@ impl NatsBus {
             ))
         })?;
         Ok(purged.purged)
+    }
+
+    /// Creates the subscription's durables and pulls from them; `exclusive` first takes the
+    /// subscription's claim (see `ownership`), a plain consumer checks that nobody holds one.
+    async fn consume(&self, subscription: &str, names: &[&str], exclusive: bool) -> Result<Consumer, BusError> {
+        if subscription.is_empty() {
+            return Err(BusError::Transport("the subscription name is empty".into()));
+        }
+        if *self.inner.closed.borrow() {
+            return Err(BusError::Closed);
+        }
+        let claim = if exclusive {
+            Some(self.inner.claim(subscription).await?)
+        } else {
+            self.inner.check_not_owned(subscription).await?;
+            None
+        };
+        let mut names: Vec<&str> = names.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        let mut bound = Vec::with_capacity(names.len());
+        for name in names {
+            let binding = Arc::new(Binding {
+                subscription: subscription.to_owned(),
+                name: name.to_owned(),
+                durable: durable_name(subscription, name),
+            });
+            let consumer = self.inner.ensure_consumer(&binding).await?;
+            bound.push((binding, consumer));
+        }
+        let closed = self.inner.register(subscription);
+        let (tx, rx) = mpsc::channel(1);
+        let pumps = bound
+            .into_iter()
+            .map(|(binding, consumer)| {
+                tokio::spawn(pump(self.inner.clone(), binding, consumer, tx.clone(), closed.clone()))
+            })
+            .collect::<Vec<_>>();
+        // With no name bound there is nothing to pump, yet the consumer lasts until closed.
+        let idle = pumps.is_empty().then_some(tx);
+        Ok(Consumer::new(
+            subscription,
+            Box::new(NatsDeliveries {
+                rx,
+                pumps,
+                closed,
+                bus_closed: self.inner.closed.subscribe(),
+                _idle: idle,
+                claim,
+            }),
+        ))
     }
 }
 
@@ -841,7 +908,8 @@ impl Inner {
             num_replicas: self.options.replicas,
             ..Default::default()
         };
-        self.stream.create_consumer(config).await.map_err(|e| {
+        let subject = config.filter_subject.clone();
+        let consumer = self.stream.create_consumer(config).await.map_err(|e| {
             BusError::Transport(format!(
                 "cannot create durable consumer {} on stream {} at {} for subscription {:?} and message {:?}: {e}; \
                  check the connection to NATS, and if the durable exists with another configuration, delete it \
@@ -854,7 +922,44 @@ impl Inner {
                 self.options.stream,
                 binding.durable
             ))
-        })
+        })?;
+        lock(&self.interest).subjects.insert(subject);
+        Ok(consumer)
+    }
+
+    /// Whether some durable takes `subject`, from a listing of the stream's durables that is at
+    /// most [`INTEREST_FRESH`] old (a durable removed since may still count).
+    async fn has_interest(&self, subject: &str) -> Result<bool, BusError> {
+        {
+            let interest = lock(&self.interest);
+            let age = interest.listed.map(|at| at.elapsed());
+            let known = interest.subjects.iter().any(|filter| subject_matches(filter, subject));
+            match age {
+                Some(age) if known && age < INTEREST_FRESH => return Ok(true),
+                Some(age) if !known && age < INTEREST_RELIST => return Ok(false),
+                _ => {}
+            }
+        }
+        let mut subjects = std::collections::HashSet::new();
+        let mut consumers = self.stream.consumers();
+        while let Some(info) = consumers.next().await {
+            let info = info.map_err(|e| {
+                BusError::Transport(format!(
+                    "cannot list the durable consumers of stream {} at {}: {e}; check the connection to NATS",
+                    self.options.stream, self.url
+                ))
+            })?;
+            // No filter at all (neither form) takes the whole stream: the empty filter.
+            if info.config.filter_subjects.is_empty() {
+                subjects.insert(info.config.filter_subject);
+            } else {
+                subjects.extend(info.config.filter_subjects);
+            }
+        }
+        let mut interest = lock(&self.interest);
+        let known = subjects.iter().any(|filter| subject_matches(filter, subject));
+        *interest = Interest { subjects, listed: Some(std::time::Instant::now()) };
+        Ok(known)
     }
 
     /// Opens a stream of messages on a durable; `None` if the durable is gone.
@@ -910,8 +1015,27 @@ impl Inner {
             subject: raw.subject.to_string(),
         };
         let fallback_id = Uuid::new_v5(&HASH_NAMESPACE, format!("{}:{sequence}", self.options.stream).as_bytes());
-        let decoded =
-            decode_envelope(raw.headers.as_ref(), &raw.payload, self.name_of_subject(&raw.subject), fallback_id);
+        let payload = match self.check_out(raw.headers.as_ref(), &raw.payload).await {
+            Ok(payload) => Ok(payload),
+            Err(large::CheckOut::Missing(reason)) => Err(reason),
+            Err(large::CheckOut::Unavailable(reason)) => {
+                tracing::warn!(
+                    subscription = %binding.subscription,
+                    subject = %raw.subject,
+                    sequence,
+                    %reason,
+                    "cannot fetch a large message's payload now; it comes back in {RETRY_PARKING_AFTER:?}"
+                );
+                if let Err(e) = acker.acker.ack_with(AckKind::Nak(Some(RETRY_PARKING_AFTER))).await {
+                    tracing::debug!(error = %e, "nak failed too; the server redelivers after ack_wait");
+                }
+                return None;
+            }
+        };
+        let decoded = payload.and_then(|payload| {
+            decode_envelope(raw.headers.as_ref(), &payload, self.name_of_subject(&raw.subject), fallback_id)
+                .map_err(|problem| format!("malformed sagaflow metadata: {problem}"))
+        });
         let (headers, payload, reason) = match decoded {
             Ok(mut envelope) => {
                 envelope.attempt = attempt;
@@ -921,7 +1045,7 @@ impl Inner {
                 let reason = exhausted(self.options.max_deliver);
                 tracing::warn!(
                     subscription = %binding.subscription,
-                    message = %envelope.name,
+                    message_name = %envelope.name,
                     message_id = %envelope.message_id,
                     %reason,
                     "dead-lettering a message that keeps coming back"
@@ -931,8 +1055,7 @@ impl Inner {
                     Err(e) => (copy_headers(raw.headers.as_ref()), raw.payload.to_vec(), format!("{reason} ({e})")),
                 }
             }
-            Err(problem) => {
-                let reason = format!("malformed sagaflow metadata: {problem}");
+            Err(reason) => {
                 tracing::warn!(
                     subscription = %binding.subscription,
                     subject = %raw.subject,
@@ -985,23 +1108,54 @@ impl Inner {
     }
 }
 
+/// Whether a consumer filtering on `filter` takes `subject` (an empty filter takes the whole
+/// stream; `*` matches one token, a trailing `>` the rest).
+fn subject_matches(filter: &str, subject: &str) -> bool {
+    if filter.is_empty() {
+        return true;
+    }
+    let (mut f, mut s) = (filter.split('.'), subject.split('.'));
+    loop {
+        match (f.next(), s.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 fn exhausted(max_deliver: u32) -> String {
     format!("delivered {max_deliver} times without being acked")
 }
 
 #[async_trait::async_trait]
 impl Bus for NatsBus {
-    async fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
+    async fn publish(&self, mut envelope: Envelope) -> Result<(), BusError> {
         let inner = &self.inner;
         if *inner.closed.borrow() {
             return Err(BusError::Closed);
         }
         let subject = inner.msg_subject(&envelope.name)?;
+        if !inner.has_interest(&subject).await? {
+            return Err(BusError::Unroutable {
+                name: envelope.name,
+                detail: format!(
+                    "no durable consumer of stream {} filters on {subject}, and the stream keeps a message only \
+                     for the consumers it has (has its consumer subscribed yet?)",
+                    inner.options.stream
+                ),
+            });
+        }
         let mut headers = envelope_headers(&envelope)
             .map_err(|e| BusError::Transport(format!("cannot publish message {}: {e}", envelope.message_id)))?;
         insert(&mut headers, async_nats::header::NATS_MESSAGE_ID, &envelope.message_id.to_string());
         insert(&mut headers, async_nats::header::NATS_EXPECTED_STREAM, &inner.options.stream);
-        let publish = Publish::build().payload(envelope.payload.into()).headers(headers);
+        let id = envelope.message_id.to_string();
+        let (name, payload) = (envelope.name.clone(), std::mem::take(&mut envelope.payload));
+        let body = inner.check_in(&mut headers, &id, payload).await?;
+        let publish = Publish::build().payload(body.into()).headers(headers);
         let failed = |e: &dyn std::fmt::Display, kind: Option<PublishErrorKind>| {
             let hint = match kind {
                 Some(PublishErrorKind::StreamNotFound) => format!(
@@ -1023,54 +1177,33 @@ impl Bus for NatsBus {
                 envelope.name, envelope.message_id, inner.url
             ))
         };
-        let confirmation =
-            inner.js.send_publish(subject.clone(), publish).await.map_err(|e| failed(&e, Some(e.kind())))?;
-        let ack = confirmation.await.map_err(|e| failed(&e, Some(e.kind())))?;
+        let refused = |e: &dyn std::fmt::Display, kind: PublishErrorKind| match kind {
+            PublishErrorKind::MaxPayloadExceeded => {
+                BusError::Refused { name: name.clone(), reason: format!("{}", failed(e, Some(kind))) }
+            }
+            other => failed(e, Some(other)),
+        };
+        let confirmation = inner.js.send_publish(subject.clone(), publish).await.map_err(|e| refused(&e, e.kind()))?;
+        let ack = confirmation.await.map_err(|e| refused(&e, e.kind()))?;
         if ack.duplicate {
-            tracing::debug!(message = %envelope.name, message_id = %envelope.message_id, "already stored; deduplicated");
+            tracing::debug!(message_name = %envelope.name, message_id = %envelope.message_id, "already stored; deduplicated");
         }
         Ok(())
     }
 
     async fn subscribe(&self, subscription: &str, names: &[&str]) -> Result<Consumer, BusError> {
-        if subscription.is_empty() {
-            return Err(BusError::Transport("the subscription name is empty".into()));
-        }
-        if *self.inner.closed.borrow() {
-            return Err(BusError::Closed);
-        }
-        let mut names: Vec<&str> = names.to_vec();
-        names.sort_unstable();
-        names.dedup();
-        let mut bound = Vec::with_capacity(names.len());
-        for name in names {
-            let binding = Arc::new(Binding {
-                subscription: subscription.to_owned(),
-                name: name.to_owned(),
-                durable: durable_name(subscription, name),
-            });
-            let consumer = self.inner.ensure_consumer(&binding).await?;
-            bound.push((binding, consumer));
-        }
-        let closed = self.inner.register(subscription);
-        let (tx, rx) = mpsc::channel(1);
-        let pumps = bound
-            .into_iter()
-            .map(|(binding, consumer)| {
-                tokio::spawn(pump(self.inner.clone(), binding, consumer, tx.clone(), closed.clone()))
-            })
-            .collect::<Vec<_>>();
-        // With no name bound there is nothing to pump, yet the consumer lasts until closed.
-        let idle = pumps.is_empty().then_some(tx);
-        Ok(Consumer::new(
-            subscription,
-            Box::new(NatsDeliveries { rx, pumps, closed, bus_closed: self.inner.closed.subscribe(), _idle: idle }),
-        ))
+        self.consume(subscription, names, false).await
+    }
+
+    async fn subscribe_exclusive(&self, subscription: &str, names: &[&str]) -> Result<Consumer, BusError> {
+        self.consume(subscription, names, true).await
     }
 
     async fn unsubscribe(&self, subscription: &str) -> Result<(), BusError> {
         let inner = &self.inner;
         let local = inner.deregister(subscription);
+        // Its durables go: the next publish must look again rather than trust the listing.
+        lock(&inner.interest).listed = None;
         let prefix = durable_prefix(subscription);
         let failed = |e: &dyn std::fmt::Display| {
             BusError::Transport(format!(
@@ -1109,6 +1242,34 @@ impl Bus for NatsBus {
             .drain()
             .await
             .map_err(|e| BusError::Transport(format!("closing the NATS connection to {} failed: {e}", self.inner.url)))
+    }
+
+    async fn dead_letters(&self, subscription: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
+        let subject = self.inner.dead_subject(subscription)?;
+        let mut found = Vec::new();
+        let mut sequence = 1;
+        while found.len() < limit {
+            let request = self.inner.dead.raw_message_builder().sequence(sequence).next_by_subject(subject.clone());
+            match request.send().await {
+                Ok(message) => {
+                    sequence = message.sequence.saturating_add(1);
+                    let mut dead = self.inner.read_dead_letter(subscription, &message);
+                    if let Ok(payload) = self.inner.check_out(Some(&message.headers), &message.payload).await {
+                        dead.envelope.payload = payload;
+                    }
+                    found.push(dead);
+                }
+                Err(e) if matches!(e.kind(), stream::RawMessageErrorKind::NoMessageFound) => break,
+                Err(e) => {
+                    return Err(BusError::Transport(format!(
+                        "cannot read dead letters of {subscription:?} from stream {} at {}: {e}; \
+                         check that the stream exists and the connection to NATS",
+                        self.inner.options.dead_letter_stream, self.inner.url
+                    )));
+                }
+            }
+        }
+        Ok(found)
     }
 }
 
@@ -1210,6 +1371,9 @@ struct NatsDeliveries {
     closed: watch::Receiver<bool>,
     bus_closed: watch::Receiver<bool>,
     _idle: Option<mpsc::Sender<Delivery>>,
+    /// An exclusive consumer's claim on its subscription, given up with the consumer; the
+    /// consumer ends if the claim is lost.
+    claim: Option<ownership::Claim>,
 }
 
 impl Drop for NatsDeliveries {
@@ -1227,10 +1391,18 @@ impl DeliveryStream for NatsDeliveries {
         if *self.closed.borrow() || *self.bus_closed.borrow() {
             return None;
         }
+        let mut lost = self.claim.as_ref().map(|c| c.lost.clone());
+        let claim_lost = async {
+            match &mut lost {
+                Some(lost) => closed_signal(lost).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             _ = closed_signal(&mut self.closed) => None,
             _ = closed_signal(&mut self.bus_closed) => None,
+            () = claim_lost => None,
             delivery = self.rx.recv() => delivery,
         }
     }
@@ -1292,7 +1464,9 @@ impl NatsAcker {
                 self.binding.subscription, inner.options.dead_letter_stream, inner.url
             ))
         };
-        let publish = Publish::build().payload(payload.into()).headers(headers);
+        let object = format!("dead-{}-{}", self.binding.durable, self.sequence);
+        let body = inner.check_in(&mut headers, &object, payload).await?;
+        let publish = Publish::build().payload(body.into()).headers(headers);
         inner.js.send_publish(subject, publish).await.map_err(|e| failed(&e))?.await.map_err(|e| failed(&e))?;
         self.settle(AckKind::Term).await.map_err(|e| self.settle_failed("terminate the dead-lettered", None, &e))
     }
@@ -1300,6 +1474,14 @@ impl NatsAcker {
 
 #[async_trait::async_trait]
 impl Acker for NatsAcker {
+    async fn keep_alive(&self) -> Result<(), BusError> {
+        // `+WPI`: the server restarts this delivery's ack_wait.
+        self.acker
+            .ack_with(AckKind::Progress)
+            .await
+            .map_err(|e| self.settle_failed("extend the ack wait of", None, &e.to_string()))
+    }
+
     async fn ack(self: Box<Self>) -> Result<(), BusError> {
         self.settle(AckKind::Ack).await.map_err(|e| self.settle_failed("ack", None, &e))
     }
@@ -1316,7 +1498,7 @@ impl Acker for NatsAcker {
     async fn dead_letter(self: Box<Self>, envelope: Envelope, reason: String) -> Result<(), BusError> {
         tracing::debug!(
             subscription = %self.binding.subscription,
-            message = %envelope.name,
+            message_name = %envelope.name,
             message_id = %envelope.message_id,
             %reason,
             "message dead-lettered"
@@ -1762,6 +1944,7 @@ impl NatsTarget {
     /// # async fn demo() -> Result<(), saga_core::bus::BusError> {
     /// use saga_core::bus::NatsTarget;
     /// if let Some(target) = NatsTarget::from_env().await {
+    ///     use saga_core::bus::Bus as _;
     ///     let dead = target.nats_bus()?.dead_letters("billing", 10).await?;
     ///     # let _ = dead;
     /// }
@@ -1779,17 +1962,6 @@ impl super::conformance::ConformanceTarget for NatsTarget {
         match &self.bus {
             Ok(bus) => Arc::new(bus.clone()),
             Err(e) => Arc::new(Unreachable(e.clone())),
-        }
-    }
-
-    async fn dead_letters(&self, _: &Arc<dyn Bus>, subscription: &str) -> Vec<(Envelope, String)> {
-        let Ok(bus) = &self.bus else { return Vec::new() };
-        match bus.dead_letters(subscription, 1000).await {
-            Ok(dead) => dead.into_iter().map(|d| (d.envelope, d.reason)).collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read dead letters");
-                Vec::new()
-            }
         }
     }
 

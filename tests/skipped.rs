@@ -1,0 +1,26 @@
+//! Says which suites this build leaves out, and how to run them: the broker suites do not even
+//! compile without their cargo feature, so they cannot say it themselves.
+
+#[test]
+fn say_which_suites_this_build_leaves_out() {
+    let say = |suite: &str, how: &str| {
+        use std::io::Write as _;
+        // Straight to stderr, past the test harness's output capture.
+        let _ = writeln!(std::io::stderr(), "skipped: {suite} (build with {how} to run it)");
+    };
+    if cfg!(not(feature = "rabbitmq")) {
+        say(
+            "the RabbitMQ suites (rabbitmq_bus, brokers, eshop_interop, crash, power_loss, topology on RabbitMQ)",
+            "--features rabbitmq and SAGA_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f",
+        );
+    }
+    if cfg!(not(feature = "nats")) {
+        say(
+            "the NATS JetStream suites (nats_bus, brokers, topology on NATS)",
+            "--features nats and SAGA_TEST_NATS_URL=nats://127.0.0.1:4222",
+        );
+    }
+    if cfg!(not(feature = "failpoints")) {
+        say("the crash-point suite (crash)", "--features rabbitmq,failpoints and SAGA_TEST_AMQP_URL");
+    }
+}
