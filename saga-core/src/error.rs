@@ -57,4 +57,22 @@ pub enum Error {
     /// The runtime was configured inconsistently.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A wait ([`SagaRuntime::wait_until_terminal`](crate::engine::SagaRuntime::wait_until_terminal)
+    /// or [`wait_until_all_terminal`](crate::engine::SagaRuntime::wait_until_all_terminal)) ran out.
+    #[error(
+        "after waiting {waited:?}, {} saga instance(s) are not terminal (the first: {:?}) and {in_flight} message(s) \
+         or unit(s) of work are in flight; look at them with SagaRuntime::instance and SagaRuntime::history \
+         (a saga waiting on a timer needs the clock to reach it)",
+        .unfinished.len(),
+        .unfinished.first()
+    )]
+    TimedOut {
+        /// How long the call waited.
+        waited: std::time::Duration,
+        /// Instances that were not terminal when it gave up (for a wait on all of them, at
+        /// most 100).
+        unfinished: Vec<uuid::Uuid>,
+        /// Messages queued in this process and units of work running when it gave up.
+        in_flight: usize,
+    },
 }

@@ -19,6 +19,7 @@
 
 mod driver;
 mod health;
+mod inspect;
 mod instance;
 mod lanes;
 mod participant;
@@ -235,6 +236,7 @@ impl SagaRuntimeBuilder {
         // goes to a name nobody is bound to yet. A store this process owns must not be shared
         // through a subscription with another runtime.
         let exclusive = !core.store.is_shared();
+        let subscriptions = routers.iter().map(|r| r.subscription.clone()).collect();
         let mut consumers = Vec::new();
         for router in routers {
             let names = router.names();
@@ -264,7 +266,7 @@ impl SagaRuntimeBuilder {
             .into_iter()
             .map(|(router, consumer)| tokio::spawn(consume(core.clone(), Arc::new(router), consumer)))
             .collect();
-        Ok(SagaRuntime { core, tasks, consumers: consumer_tasks, drivers: self.drivers })
+        Ok(SagaRuntime { core, tasks, consumers: consumer_tasks, drivers: self.drivers, subscriptions })
     }
 }
 
@@ -459,6 +461,8 @@ pub struct SagaRuntime {
     tasks: Vec<JoinHandle<()>>,
     consumers: Vec<JoinHandle<()>>,
     drivers: Vec<Arc<dyn Driver>>,
+    /// The bus subscriptions the runtime consumes (for its dead letters).
+    subscriptions: Vec<Arc<str>>,
 }
 
 impl std::fmt::Debug for SagaRuntime {
@@ -477,9 +481,49 @@ impl SagaRuntime {
 
     /// Publishes a message with a fresh id (to start sagas or notify participants). Fails
     /// with [`BusError::Unroutable`](crate::bus::BusError::Unroutable) when nothing would
-    /// receive it.
+    /// receive it. A client that may retry should use [`Self::publish_idempotent`].
     pub async fn publish<M: Message>(&self, message: &M) -> Result<Uuid, Error> {
         let envelope = Envelope::encode(&*self.core.codec, message)?;
+        let id = envelope.message_id;
+        self.core.bus.publish(envelope).await?;
+        Ok(id)
+    }
+
+    /// Publishes a message under an id derived from its name and the caller's idempotency
+    /// `key` (an order number, a request id), and returns that id once the message is durable.
+    ///
+    /// For a client that must not lose an accepted submission nor repeat it:
+    ///
+    /// - **durable**: the call returns only once the bus holds the message durably (the
+    ///   durable local bus: written to the store and synced; RabbitMQ: confirmed by the broker;
+    ///   NATS JetStream: acknowledged by the stream). A crash after it returns does not lose
+    ///   the message. The in-memory bus keeps nothing across a crash.
+    /// - **idempotent**: publishing the same name and key again (a client retrying after a
+    ///   timeout or a crash) gives the same message id, and every consumer that already
+    ///   processed it takes the second copy for a redelivery: one saga instance, one effect.
+    ///   The consumers' inboxes remember ids as long as their records are kept.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use saga_core::{bus::{Bus, InMemoryBus}, engine::SagaRuntime, message::Message, store::MemoryStore};
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct PlaceOrder { order: u32 }
+    /// impl Message for PlaceOrder { const NAME: &'static str = "order.place"; }
+    ///
+    /// let bus = InMemoryBus::new();
+    /// let mut ordering = bus.subscribe("ordering", &["order.place"]).await.unwrap();
+    /// let runtime = SagaRuntime::builder().store(MemoryStore::new()).bus(bus).build().await.unwrap();
+    /// let first = runtime.publish_idempotent("order-7", &PlaceOrder { order: 7 }).await.unwrap();
+    /// let retried = runtime.publish_idempotent("order-7", &PlaceOrder { order: 7 }).await.unwrap();
+    /// assert_eq!(first, retried);
+    /// // Both copies carry the id, so a consumer's inbox drops the second.
+    /// assert_eq!(ordering.next().await.unwrap().envelope().message_id, first);
+    /// assert_eq!(ordering.next().await.unwrap().envelope().message_id, first);
+    /// # });
+    /// ```
+    pub async fn publish_idempotent<M: Message>(&self, key: &str, message: &M) -> Result<Uuid, Error> {
+        let mut envelope = Envelope::encode(&*self.core.codec, message)?;
+        envelope.message_id = crate::message::idempotent_message_id(M::NAME, key);
         let id = envelope.message_id;
         self.core.bus.publish(envelope).await?;
         Ok(id)

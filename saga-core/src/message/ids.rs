@@ -6,6 +6,21 @@ pub fn new_message_id() -> Uuid {
     Uuid::now_v7()
 }
 
+/// The id of message `name` submitted from outside under the caller's idempotency `key`
+/// (UUID v5): the same name and key give the same id, so consumers take a retried
+/// submission for a redelivery. See `SagaRuntime::publish_idempotent`.
+///
+/// ```
+/// use saga_core::message::idempotent_message_id;
+/// assert_eq!(idempotent_message_id("order.place", "7"), idempotent_message_id("order.place", "7"));
+/// assert_ne!(idempotent_message_id("order.place", "7"), idempotent_message_id("order.cancel", "7"));
+/// assert_ne!(idempotent_message_id("a/b", "c"), idempotent_message_id("a", "b/c"));
+/// ```
+pub fn idempotent_message_id(name: &str, key: &str) -> Uuid {
+    // The name's length keeps "a/b" + "c" apart from "a" + "b/c".
+    Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("sagaflow/submission/{}/{name}/{key}", name.len()).as_bytes())
+}
+
 /// The id of the `position`-th message that `consumer` (a saga instance or a participant)
 /// sends because of message `cause` (UUID v5).
 ///

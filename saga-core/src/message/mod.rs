@@ -11,7 +11,7 @@ mod ids;
 
 pub use codec::{Codec, CodecError, CodecExt, JsonCodec};
 pub use envelope::{DecodeError, Envelope, Timestamp, headers};
-pub use ids::{derive_id, new_message_id};
+pub use ids::{derive_id, idempotent_message_id, new_message_id};
 
 use serde::{Serialize, de::DeserializeOwned};
 
