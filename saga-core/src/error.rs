@@ -60,11 +60,11 @@ pub enum Error {
     /// A wait ([`SagaRuntime::wait_until_terminal`](crate::engine::SagaRuntime::wait_until_terminal)
     /// or [`wait_until_all_terminal`](crate::engine::SagaRuntime::wait_until_all_terminal)) ran out.
     #[error(
-        "after waiting {waited:?}, {} saga instance(s) are not terminal (the first: {:?}) and {in_flight} message(s) \
-         or unit(s) of work are in flight; look at them with SagaRuntime::instance and SagaRuntime::history \
-         (a saga waiting on a timer needs the clock to reach it)",
+        "after waiting {waited:?}, {} saga instance(s) are not terminal{} and {in_flight} message(s) or unit(s) of \
+         work are in flight; look at them with SagaRuntime::instance and SagaRuntime::history (a saga waiting on a \
+         timer needs the clock to reach it)",
         .unfinished.len(),
-        .unfinished.first()
+        .unfinished.first().map(|id| format!(" (the first: {id})")).unwrap_or_default()
     )]
     TimedOut {
         /// How long the call waited.
