@@ -1,14 +1,21 @@
 //! The reliability suite's worker: the whole order workload in one process (the order saga
-//! and its catalog, payment and shipping participants) on a sled store and RabbitMQ, so that a
-//! test can SIGKILL it at any moment, start it again on the same directory, and check that
-//! nothing was lost or done twice.
+//! and its catalog, payment and shipping participants) on a sled store, on the default durable
+//! local bus or on RabbitMQ, so that a test can SIGKILL it at any moment, start it again on the
+//! same directory, and check that nothing was lost or done twice.
 //!
 //! ```text
-//! crash_worker run DIR NAMESPACE ORDERS     seeds stock and submits orders once (idempotent across
-//!                                           restarts), then works until killed or done
-//! crash_worker check DIR ORDERS             exits 0 if every order is terminal and the books balance
-//! crash_worker verify DIR ACKS              exits 0 if every commit listed in the file ACKS is in the store
+//! crash_worker run DIR BUS ORDERS SEED   seeds stock and submits the orders (idempotent across
+//!                                        restarts), then works until killed or done
+//! crash_worker check DIR ORDERS SEED     prints each order's outcome; exits 0 if every order is
+//!                                        terminal, the books balance and nothing is left queued
+//! crash_worker verify DIR ACKS           exits 0 if every commit listed in the file ACKS is in the store
 //! ```
+//!
+//! `BUS` is `local` (the durable local bus, the default for a sled store) or
+//! `rabbitmq:NAMESPACE` (feature `rabbitmq`, broker at `SAGA_TEST_AMQP_URL`). `SEED` picks the
+//! workload: which buyers' cards are declined, what each order buys, which orders the carrier
+//! is busy for once. Two stores that ran the same seed print the same outcomes from `check`,
+//! whatever crashes one of them went through.
 //!
 //! Built with the `failpoints` feature, it also aborts at the crash point `FAILPOINTS` names.
 //! With `SAGA_PRINT_ACKS=1`, `run` prints a line on stdout for every commit the moment it is
@@ -22,12 +29,13 @@ mod domain;
 #[allow(dead_code)]
 mod services;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use sagaflow::bus::{Bus, RabbitMqBus, RabbitMqOptions};
-use sagaflow::message::{Envelope, JsonCodec};
+use sagaflow::engine::SagaRuntimeBuilder;
+use sagaflow::message::Timestamp;
 use sagaflow::prelude::*;
 use sagaflow::store::{Commit, CommitHook, Committed, Intercepted, Store, StoreError};
 use uuid::Uuid;
@@ -37,11 +45,29 @@ use services::*;
 
 const PRODUCTS: u32 = 8;
 const UNITS: u32 = 10_000;
+/// Where `run` writes the runtime's subscription names, for `check` to look at their queues.
+const SUBSCRIPTIONS: &str = "subscriptions";
 
-fn order(n: u32) -> OrderSubmitted {
-    let buyer = if n % 10 == 3 { format!("declined-{n}") } else { format!("buyer-{n}") };
-    let items = vec![OrderItem { product_id: 1 + n % PRODUCTS, units: 1 + n % 3 }];
-    OrderSubmitted { order_id: Uuid::from_u128(7_000_000 + u128::from(n)), buyer, items, total_cents: 1_000 }
+/// The orders of one seed.
+struct Workload {
+    orders: u32,
+    seed: u64,
+}
+
+impl Workload {
+    fn parse(orders: &str, seed: &str) -> Result<Self, Box<dyn std::error::Error>> {
+        Ok(Workload { orders: orders.parse()?, seed: seed.parse()? })
+    }
+
+    /// Order `n`: about one buyer in ten has a card that is declined; stock is ample, so no
+    /// order's outcome depends on which ran first. The carrier is busy once for an order
+    /// whose id is a multiple of five (see `services::ship_order`).
+    fn order(&self, n: u32) -> OrderSubmitted {
+        let mut random = fastrand::Rng::with_seed(self.seed ^ (u64::from(n) << 32));
+        let buyer = if random.u32(..10) == 0 { format!("declined-{n}") } else { format!("buyer-{n}") };
+        let items = vec![OrderItem { product_id: random.u32(1..=PRODUCTS), units: random.u32(1..=3) }];
+        OrderSubmitted { order_id: Uuid::from_u64_pair(self.seed, u64::from(n)), buyer, items, total_cents: 1_000 }
+    }
 }
 
 /// Prints what each commit made durable, once it is (see the module docs).
@@ -73,43 +99,62 @@ impl CommitHook for PrintAcks {
     }
 }
 
-async fn run(dir: &Path, namespace: &str, orders: u32) -> Result<(), Box<dyn std::error::Error>> {
-    let url = std::env::var("SAGA_TEST_AMQP_URL")?;
-    let bus = RabbitMqBus::connect(RabbitMqOptions::new(url).namespace(namespace)).await?;
+/// Puts the runtime on the bus `spec` names (see the module docs).
+async fn on_bus(builder: SagaRuntimeBuilder, spec: &str) -> Result<SagaRuntimeBuilder, Box<dyn std::error::Error>> {
+    match spec.split_once(':') {
+        None if spec == "local" => Ok(builder),
+        #[cfg(feature = "rabbitmq")]
+        Some(("rabbitmq", namespace)) => {
+            use sagaflow::bus::{RabbitMqBus, RabbitMqOptions};
+            let url = std::env::var("SAGA_TEST_AMQP_URL")?;
+            Ok(builder.bus(RabbitMqBus::connect(RabbitMqOptions::new(url).namespace(namespace)).await?))
+        }
+        _ => Err(format!("unknown bus {spec:?}: `local`, or `rabbitmq:NAMESPACE` with the rabbitmq feature").into()),
+    }
+}
+
+async fn run(dir: &Path, bus: &str, work: &Workload) -> Result<(), Box<dyn std::error::Error>> {
     let store = SledStore::open(dir.join("store"))?;
-    let builder = SagaRuntime::builder().bus(bus.clone());
+    let builder = on_bus(SagaRuntime::builder(), bus).await?;
     let builder = match std::env::var("SAGA_PRINT_ACKS").as_deref() {
         Ok("1") => builder.store(Intercepted::new(store, PrintAcks)),
         _ => builder.store(store),
     };
     let runtime = register(builder).build().await?;
-    // Submitting again after a crash is harmless: the messages keep their ids, so the catalog's
-    // inbox drops a second delivery of the stock, and a second start finds its instance.
+    std::fs::write(dir.join(SUBSCRIPTIONS), runtime.subscriptions().collect::<Vec<_>>().join("\n"))?;
+    // Submitting again after a crash is harmless, as for any client that retries: the ids come
+    // from idempotency keys, so the catalog's inbox drops a second delivery of the stock, and a
+    // second start finds its instance. The marker only saves the time of doing it again.
     let marker = dir.join("submitted");
     if !marker.exists() {
-        let fixed = |n: u128, mut e: Envelope| {
-            e.message_id = Uuid::from_u128(n);
-            e
-        };
         for product_id in 1..=PRODUCTS {
-            let e = Envelope::encode(&JsonCodec, &StockAdded { product_id, units: UNITS })?;
-            bus.publish(fixed(u128::from(product_id), e)).await?;
+            runtime
+                .publish_idempotent(&format!("stock-{product_id}"), &StockAdded { product_id, units: UNITS })
+                .await?;
         }
-        for n in 0..orders {
-            bus.publish(fixed(1_000 + u128::from(n), Envelope::encode(&JsonCodec, &order(n))?)).await?;
+        let orders: Vec<u32> = (0..work.orders).collect();
+        for batch in orders.chunks(100) {
+            let submissions = batch.iter().map(|&n| {
+                let order = work.order(n);
+                let runtime = &runtime;
+                async move { runtime.publish_idempotent(&format!("order-{n}"), &order).await }
+            });
+            futures::future::try_join_all(submissions).await?;
         }
         std::fs::write(&marker, b"")?;
     }
     loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Timers and retries are counted as open, so this returns once the work is done.
+        runtime.wait_until_all_terminal(Duration::from_secs(3_600)).await?;
         let store = runtime.store();
-        let open = store.instances_with_status(StatusKind::Running, usize::MAX).await?.len()
-            + store.instances_with_status(StatusKind::Compensating, usize::MAX).await?.len();
-        let done = store.instances_with_status(StatusKind::Completed, usize::MAX).await?.len()
-            + store.instances_with_status(StatusKind::Compensated, usize::MAX).await?.len();
-        if open == 0 && done >= orders as usize {
+        let mut done = 0;
+        for kind in [StatusKind::Completed, StatusKind::Compensated, StatusKind::Failed] {
+            done += store.instances_with_status(kind, usize::MAX).await?.len();
+        }
+        if done >= work.orders as usize {
             break;
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     runtime.shutdown().await?;
     Ok(())
@@ -146,62 +191,98 @@ async fn record<T: serde::de::DeserializeOwned>(store: &dyn Store, scope: &str, 
     serde_json::from_slice(&store.entity(scope, key).await.ok()??.value).ok()
 }
 
-async fn check(dir: &Path, orders: u32) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+/// What `check` found: one line per order and product (the same for two runs of one seed),
+/// and the broken invariants.
+#[derive(Default)]
+struct Audit {
+    outcomes: Vec<String>,
+    problems: Vec<String>,
+}
+
+async fn check(dir: &Path, work: &Workload) -> Result<Audit, Box<dyn std::error::Error>> {
     let store = SledStore::open(dir.join("store"))?;
-    let mut problems = Vec::new();
-    let ids = |k| store.instances_with_status(k, usize::MAX);
-    let completed = ids(StatusKind::Completed).await?;
-    let compensated = ids(StatusKind::Compensated).await?;
-    let open = ids(StatusKind::Running).await?.len() + ids(StatusKind::Compensating).await?.len();
-    let failed = ids(StatusKind::Failed).await?.len();
-    if open + failed > 0 || completed.len() + compensated.len() != orders as usize {
-        problems.push(format!(
-            "not all terminal: {} completed, {} compensated, {failed} failed, {open} open of {orders}",
-            completed.len(),
-            compensated.len()
+    let mut audit = Audit::default();
+    let mut by_order = BTreeMap::new();
+    for kind in StatusKind::ALL {
+        for id in store.instances_with_status(kind, usize::MAX).await? {
+            let Some(instance) = store.instance(id).await? else { continue };
+            let saga: OrderSaga = serde_json::from_slice(&instance.state)?;
+            by_order.insert(saga.order_id, (instance.status, saga));
+        }
+    }
+    let mut reserved = 0u64;
+    for n in 0..work.orders {
+        let order = work.order(n);
+        let id = order.order_id;
+        let Some((status, saga)) = by_order.remove(&id) else {
+            audit.problems.push(format!("order {n} ({id}) has no saga instance"));
+            continue;
+        };
+        let reservation = record::<Reservation>(&store, "catalog", &reservation_key(id)).await;
+        let charged = record::<Charge>(&store, "payment.charge", &format!("charge/{id}")).await.is_some();
+        let shipped = record::<u32>(&store, "shipping.ship", &format!("shipment/{id}")).await.is_some();
+        // The carrier counts every ship request it applies: one, or two where it was busy the
+        // first time. A request applied twice shows here.
+        let requests = record::<u32>(&store, "shipping.ship", &format!("attempts/{id}")).await.unwrap_or(0);
+        let held = reservation.as_ref().is_some_and(|r| !r.released);
+        if held {
+            reserved += reservation.iter().flat_map(|r| &r.items).map(|i| u64::from(i.units)).sum::<u64>();
+        }
+        let declined = order.buyer.starts_with("declined-");
+        let expected = match (&status, declined) {
+            (SagaStatus::Completed, false) => {
+                let requests_expected = if id.as_u128() % 5 == 0 { 2 } else { 1 };
+                (held && charged && shipped && requests == requests_expected)
+                    .then_some(())
+                    .ok_or(format!("held {held}, charged {charged}, shipped {shipped}, {requests} ship requests"))
+            }
+            (SagaStatus::Compensated, true) => (!held && !charged && !shipped && requests == 0)
+                .then_some(())
+                .ok_or(format!("held {held}, charged {charged}, shipped {shipped}, {requests} ship requests")),
+            (status, _) => Err(format!("ended {status:?} with a buyer {}", order.buyer)),
+        };
+        if let Err(what) = expected {
+            audit.problems.push(format!("order {n} ({id}): {what}"));
+        }
+        audit.outcomes.push(format!(
+            "order {n} {status:?} failure={:?} reservation={} charged={charged} shipped={shipped} ship_requests={requests}",
+            saga.failure,
+            match reservation {
+                None => "none",
+                Some(r) if r.released => "released",
+                Some(_) => "held",
+            },
         ));
     }
-    let declined = (0..orders).filter(|n| n % 10 == 3).count();
-    if compensated.len() != declined {
-        problems.push(format!("{} compensated, expected the {declined} declined", compensated.len()));
+    for (id, (status, _)) in by_order {
+        audit.problems.push(format!("instance for unknown order {id} ({status:?})"));
     }
     let mut on_shelves = 0u64;
     for p in 1..=PRODUCTS {
-        on_shelves += u64::from(record::<u32>(&store, "catalog", &stock_key(p)).await.unwrap_or(0));
-    }
-    let mut reserved = 0u64;
-    for id in &completed {
-        let Some(instance) = store.instance(*id).await? else { continue };
-        let o: OrderSaga = serde_json::from_slice(&instance.state)?;
-        match record::<Reservation>(&store, "catalog", &reservation_key(o.order_id)).await {
-            Some(r) if !r.released => reserved += r.items.iter().map(|i| u64::from(i.units)).sum::<u64>(),
-            _ => problems.push(format!("order {} completed without a held reservation", o.order_id)),
-        }
-        if record::<Charge>(&store, "payment.charge", &format!("charge/{}", o.order_id)).await.is_none() {
-            problems.push(format!("order {} completed without a charge", o.order_id));
-        }
-        if record::<u32>(&store, "shipping.ship", &format!("shipment/{}", o.order_id)).await.is_none() {
-            problems.push(format!("order {} completed without a shipment", o.order_id));
-        }
-        // The carrier counts every ship request it applies: one, or two where it was busy the
-        // first time. A request applied twice shows here.
-        let requests = record::<u32>(&store, "shipping.ship", &format!("attempts/{}", o.order_id)).await.unwrap_or(0);
-        let expected = if o.order_id.as_u128() % 5 == 0 { 2 } else { 1 };
-        if requests != expected {
-            problems.push(format!("order {} had {requests} ship requests applied, expected {expected}", o.order_id));
-        }
+        let units = record::<u32>(&store, "catalog", &stock_key(p)).await.unwrap_or(0);
+        on_shelves += u64::from(units);
+        audit.outcomes.push(format!("product {p} {units} on the shelves"));
     }
     let delivered = u64::from(PRODUCTS * UNITS);
     if on_shelves + reserved != delivered {
-        problems.push(format!("stock: {on_shelves} on shelves + {reserved} reserved != {delivered} delivered"));
+        audit.problems.push(format!("stock: {on_shelves} on shelves + {reserved} reserved != {delivered} delivered"));
     }
     if !store.outbox(None, 10).await?.is_empty() {
-        problems.push("the outbox is not empty".into());
+        audit.problems.push("the outbox is not empty".into());
     }
-    if let Some(t) = store.next_timer(sagaflow::message::Timestamp(0)).await? {
-        problems.push(format!("a timer is left: {t:?}"));
+    if let Some(t) = store.next_timer(Timestamp(0)).await? {
+        audit.problems.push(format!("a timer is left: {t:?}"));
     }
-    Ok(problems)
+    // The local bus's queues live in the store; on a broker they are empty here.
+    for subscription in std::fs::read_to_string(dir.join(SUBSCRIPTIONS))?.lines() {
+        if let Some(left) = store.queued(subscription, None, 1).await?.first() {
+            audit.problems.push(format!("{subscription}'s queue still holds {}", left.envelope.name));
+        }
+    }
+    if let Some(dead) = store.queue_dead_letters(None, 1).await?.first() {
+        audit.problems.push(format!("a message was dead-lettered: {} ({})", dead.envelope.name, dead.reason));
+    }
+    Ok(audit)
 }
 
 #[tokio::main]
@@ -210,25 +291,30 @@ async fn main() -> ExitCode {
     #[cfg(feature = "failpoints")]
     let _armed = sagaflow::crash_points::arm_from_env();
     let args: Vec<String> = std::env::args().collect();
-    let result = match args.get(1).map(String::as_str) {
-        Some("run") if args.len() == 5 => match args[4].parse() {
-            Ok(orders) => run(Path::new(&args[2]), &args[3], orders).await.map(|()| Vec::new()),
-            Err(e) => Err(e.into()),
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args.as_slice() {
+        [_, "run", dir, bus, orders, seed] => match Workload::parse(orders, seed) {
+            Ok(work) => run(Path::new(dir), bus, &work).await.map(|()| Audit::default()),
+            Err(e) => Err(e),
         },
-        Some("check") if args.len() == 4 => match args[3].parse() {
-            Ok(orders) => check(Path::new(&args[2]), orders).await,
-            Err(e) => Err(e.into()),
+        [_, "check", dir, orders, seed] => match Workload::parse(orders, seed) {
+            Ok(work) => check(Path::new(dir), &work).await,
+            Err(e) => Err(e),
         },
-        Some("verify") if args.len() == 4 => verify(Path::new(&args[2]), Path::new(&args[3])).await,
-        _ => Err("usage: crash_worker run DIR NAMESPACE ORDERS | check DIR ORDERS | verify DIR ACKS".into()),
+        [_, "verify", dir, acks] => {
+            verify(Path::new(dir), Path::new(acks)).await.map(|problems| Audit { problems, ..Audit::default() })
+        }
+        _ => Err("usage: crash_worker run DIR BUS ORDERS SEED | check DIR ORDERS SEED | verify DIR ACKS".into()),
     };
     match result {
-        Ok(problems) if problems.is_empty() => ExitCode::SUCCESS,
-        Ok(problems) => {
-            for p in problems {
+        Ok(audit) => {
+            for line in &audit.outcomes {
+                println!("{line}");
+            }
+            for p in &audit.problems {
                 eprintln!("{p}");
             }
-            ExitCode::FAILURE
+            if audit.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
         Err(e) => {
             eprintln!("error: {e}");

@@ -8,10 +8,10 @@
 //! A cut: freeze the filesystem (from that instant nothing reaches the "disk"), SIGKILL the
 //! worker, unmount, drop what was not synced (all of it, or a random prefix of each file's
 //! unsynced writes, alternately), mount again. `SAGA_POWER_CUTS` cuts (default 12) over epochs
-//! of `SAGA_POWER_CUT_ORDERS` orders (default 150). Runs as root on Linux with `/dev/fuse`,
-//! and with `SAGA_TEST_AMQP_URL` set (the worker's bus is RabbitMQ); otherwise it says why it
-//! is skipped.
-#![cfg(all(feature = "rabbitmq", target_os = "linux"))]
+//! of `SAGA_POWER_CUT_ORDERS` orders (default 400). The worker runs on the default durable
+//! local bus, so its queues are on the same disk and are cut with the rest. Runs as root on
+//! Linux with `/dev/fuse`; otherwise it says why it is skipped.
+#![cfg(target_os = "linux")]
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use powercut::{Disk, Mount, Unsynced};
-use worker::{Lcg, env_or, worker};
+use worker::{env_or, worker};
 
 mod worker;
 
@@ -32,9 +32,10 @@ struct Run {
 }
 
 impl Run {
-    fn start(worker: &Path, dir: &Path, namespace: &str, orders: u64) -> Run {
+    /// Runs the workload of `orders` orders with seed `seed` on the local bus.
+    fn start(worker: &Path, dir: &Path, orders: u64, seed: u64) -> Run {
         let mut child = Command::new(worker)
-            .args(["run", dir.to_str().expect("a UTF-8 path"), namespace, &orders.to_string()])
+            .args(["run", dir.to_str().expect("a UTF-8 path"), "local", &orders.to_string(), &seed.to_string()])
             .env("SAGA_PRINT_ACKS", "1")
             .stdout(Stdio::piped())
             .spawn()
@@ -72,38 +73,31 @@ fn run_checker(worker: &Path, args: &[&str]) -> Result<(), String> {
 
 #[test]
 fn power_cuts_at_random_moments_lose_no_acked_commit_and_repeat_no_effect() {
-    if std::env::var("SAGA_TEST_AMQP_URL").is_err() {
-        sagaflow::bus::conformance::say_skipped("power-loss test", "SAGA_TEST_AMQP_URL");
-        return;
-    }
     if let Err(why) = powercut::available() {
         eprintln!("skipped: power-loss test ({why})");
         return;
     }
-    let (cuts, orders) = (env_or("SAGA_POWER_CUTS", 12), env_or("SAGA_POWER_CUT_ORDERS", 150));
-    let (_bin, worker) = worker("rabbitmq");
+    let (cuts, orders) = (env_or("SAGA_POWER_CUTS", 12), env_or("SAGA_POWER_CUT_ORDERS", 400));
+    let (_bin, worker) = worker("");
     let scratch = tempfile::tempdir().expect("a temporary directory");
     let mountpoint = tempfile::tempdir().expect("a mount point");
     let disk = Disk::new();
     let mut mount: Option<Mount> = Some(disk.mount(mountpoint.path()).expect("the filesystem mounts"));
-    let mut random = Lcg(0x5851_F42D_4C95_7F2D);
+    let mut random = fastrand::Rng::with_seed(0x5851_F42D_4C95_7F2D);
     let (mut epoch, mut epochs, mut made, mut checked_acks) = (0u64, 1u64, 0u64, 0usize);
-    let new_namespace = |epoch: u64| format!("power-{epoch}-{}", uuid::Uuid::now_v7().simple());
-    let mut namespace = new_namespace(epoch);
     let started = Instant::now();
     while made < cuts {
         let dir = mountpoint.path().join(format!("epoch-{epoch}"));
-        let mut run = Run::start(&worker, &dir, &namespace, orders);
-        std::thread::sleep(Duration::from_millis(200 + random.below(1_800)));
+        let mut run = Run::start(&worker, &dir, orders, epoch);
+        std::thread::sleep(Duration::from_millis(100 + random.u64(..1_000)));
         if let Some(status) = run.child.try_wait().expect("the worker can be waited for") {
             // The epoch's orders are all done: check it, and begin the next.
             assert!(status.success(), "the worker failed on its own");
             run.reader.join().expect("the reader");
-            run_checker(&worker, &["check", dir.to_str().unwrap(), &orders.to_string()])
+            run_checker(&worker, &["check", dir.to_str().unwrap(), &orders.to_string(), &epoch.to_string()])
                 .unwrap_or_else(|problems| panic!("epoch {epoch} after its cuts:\n{problems}"));
             epoch += 1;
             epochs += 1;
-            namespace = new_namespace(epoch);
             continue;
         }
         // The power goes: nothing written from now on reaches the disk.
@@ -113,8 +107,7 @@ fn power_cuts_at_random_moments_lose_no_acked_commit_and_repeat_no_effect() {
         run.child.wait().expect("the worker can be waited for");
         run.reader.join().expect("the reader");
         mount.take().expect("mounted").unmount().expect("the filesystem unmounts");
-        let unsynced =
-            if made % 2 == 0 { Unsynced::Dropped } else { Unsynced::RandomPrefix { seed: random.below(u64::MAX) } };
+        let unsynced = if made % 2 == 0 { Unsynced::Dropped } else { Unsynced::RandomPrefix { seed: random.u64(..) } };
         disk.cut_power(unsynced).expect("the power can be cut");
         made += 1;
         mount = Some(disk.mount(mountpoint.path()).expect("the filesystem mounts again"));
@@ -129,10 +122,10 @@ fn power_cuts_at_random_moments_lose_no_acked_commit_and_repeat_no_effect() {
     }
     // The last epoch runs to its end without a cut, then everything is checked.
     let dir = mountpoint.path().join(format!("epoch-{epoch}"));
-    let mut last = Run::start(&worker, &dir, &namespace, orders);
+    let mut last = Run::start(&worker, &dir, orders, epoch);
     let status = last.child.wait().expect("the worker can be waited for");
     assert!(status.success(), "the last run failed");
-    run_checker(&worker, &["check", dir.to_str().unwrap(), &orders.to_string()])
+    run_checker(&worker, &["check", dir.to_str().unwrap(), &orders.to_string(), &epoch.to_string()])
         .unwrap_or_else(|problems| panic!("epoch {epoch} after its cuts:\n{problems}"));
     let stats = disk.stats();
     eprintln!(
@@ -145,23 +138,19 @@ fn power_cuts_at_random_moments_lose_no_acked_commit_and_repeat_no_effect() {
 
 #[test]
 fn after_a_sync_fails_nothing_more_is_acked_and_what_was_acked_survives_a_cut() {
-    if std::env::var("SAGA_TEST_AMQP_URL").is_err() {
-        sagaflow::bus::conformance::say_skipped("failing-sync test", "SAGA_TEST_AMQP_URL");
-        return;
-    }
     if let Err(why) = powercut::available() {
         eprintln!("skipped: failing-sync test ({why})");
         return;
     }
     let orders = 400;
-    let (_bin, worker) = worker("rabbitmq");
+    let (_bin, worker) = worker("");
     let scratch = tempfile::tempdir().expect("a temporary directory");
     let mountpoint = tempfile::tempdir().expect("a mount point");
     let disk = Disk::new();
     let mount = disk.mount(mountpoint.path()).expect("the filesystem mounts");
     let dir = mountpoint.path().join("store");
-    let namespace = format!("failing-sync-{}", uuid::Uuid::now_v7().simple());
-    let mut run = Run::start(&worker, &dir, &namespace, orders);
+    let epoch = 0;
+    let mut run = Run::start(&worker, &dir, orders, epoch);
     let count = |run: &Run| run.acks.lock().unwrap().len();
     let deadline = Instant::now() + Duration::from_secs(30);
     while count(&run) < 200 {
@@ -188,9 +177,9 @@ fn after_a_sync_fails_nothing_more_is_acked_and_what_was_acked_survives_a_cut() 
     std::fs::write(&acks, acked.join("\n")).expect("the acks can be written");
     run_checker(&worker, &["verify", dir.to_str().unwrap(), acks.to_str().unwrap()])
         .unwrap_or_else(|problems| panic!("after the failed syncs:\n{problems}"));
-    let mut last = Run::start(&worker, &dir, &namespace, orders);
+    let mut last = Run::start(&worker, &dir, orders, epoch);
     assert!(last.child.wait().expect("the worker can be waited for").success(), "the last run failed");
-    run_checker(&worker, &["check", dir.to_str().unwrap(), &orders.to_string()])
+    run_checker(&worker, &["check", dir.to_str().unwrap(), &orders.to_string(), &epoch.to_string()])
         .unwrap_or_else(|problems| panic!("at the end:\n{problems}"));
     eprintln!("{} commits acked before the syncs failed, none after; all of them survived the cut", acked.len());
     drop(mount);

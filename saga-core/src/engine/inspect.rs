@@ -170,6 +170,22 @@ impl SagaRuntime {
         Ok(found)
     }
 
+    /// The bus subscriptions this runtime consumes, one per saga and handler (`saga.<name>`, the
+    /// handler's name) or the one set with
+    /// [`SagaRuntimeBuilder::subscription`](super::SagaRuntimeBuilder::subscription): the names
+    /// a broker's queues, a bus's dead letters and the local bus's queues in the store go by.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use saga_core::{engine::SagaRuntime, store::MemoryStore};
+    /// let runtime = SagaRuntime::builder().store(MemoryStore::new()).subscription("Ordering").build().await.unwrap();
+    /// assert_eq!(runtime.subscriptions().collect::<Vec<_>>(), ["Ordering"]);
+    /// # });
+    /// ```
+    pub fn subscriptions(&self) -> impl Iterator<Item = &str> {
+        self.subscriptions.iter().map(|s| &**s)
+    }
+
     /// Messages queued in this process (when the bus can tell) and units of work running.
     fn in_flight(&self) -> usize {
         self.core.activity.pending() + self.core.bus.activity().map_or(0, |a| a.pending())
