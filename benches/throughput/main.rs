@@ -48,7 +48,7 @@ struct Args {
     #[arg(long, hide = true)]
     bench: bool,
     /// Run one configuration in this process and print its row (memory, sled-none, sled-group,
-    /// sled-immediate, rabbitmq, rabbitmq-sled): for profilers, which do not follow child processes.
+    /// sled-group-local, sled-immediate, rabbitmq, rabbitmq-sled): for profilers, which do not follow child processes.
     #[arg(long)]
     config: Option<String>,
     /// Sagas for `--config`.
@@ -57,7 +57,7 @@ struct Args {
     /// Sagas in flight for `--config`.
     #[arg(long, default_value_t = 1024)]
     in_flight: usize,
-    /// Run only these parts (comma-separated: memory, sled-none, sled-group, sled-immediate,
+    /// Run only these parts (comma-separated: memory, sled-none, sled-group, sled-group-local, sled-immediate,
     /// paced, rabbitmq, scale, recovery).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -145,7 +145,7 @@ fn main() -> ExitCode {
     if let Some(name) = &args.config {
         let Some(config) = Config::parse(name) else {
             eprintln!(
-                "unknown configuration {name:?}: memory, sled-none, sled-group, sled-immediate, rabbitmq or rabbitmq-sled"
+                "unknown configuration {name:?}: memory, sled-none, sled-group, sled-group-local, sled-immediate, rabbitmq or rabbitmq-sled"
             );
             return ExitCode::FAILURE;
         };
@@ -185,6 +185,9 @@ fn main() -> ExitCode {
     let mut group_rate = None;
     if wanted("sled-group") || wanted("paced") {
         group_rate = job(workload(Config::SledGroup, plan.sled_group), &mut outcomes).map(|o| o.sagas_per_s);
+    }
+    if wanted("sled-group") || wanted("sled-group-local") {
+        job(workload(Config::SledGroupLocal, plan.sled_group), &mut outcomes);
     }
     if wanted("paced") {
         if let Some(peak) = group_rate {

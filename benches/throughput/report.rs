@@ -155,6 +155,23 @@ pub fn targets(outcomes: &[Outcome], plan: &Plan) -> Vec<Target> {
             verdict: verdict(ratio.map(|r| r >= min)),
         });
     }
+    let in_memory = find(crate::run::Config::SledGroup.label());
+    let local = find(crate::run::Config::SledGroupLocal.label());
+    let ratio = in_memory.zip(local).map(|(m, l)| l.sagas_per_s / m.sagas_per_s.max(1e-9));
+    out.push(Target {
+        target: format!(
+            "{} ≥ {} (sagas/s)",
+            crate::run::Config::SledGroupLocal.label(),
+            crate::run::Config::SledGroup.label()
+        ),
+        measured: match (in_memory, local, ratio) {
+            (Some(m), Some(l), Some(r)) => {
+                format!("{} against {} sagas/s: {:.1}%", num(l.sagas_per_s), num(m.sagas_per_s), r * 100.0)
+            }
+            _ => "-".into(),
+        },
+        verdict: verdict(ratio.map(|r| r >= 1.0)),
+    });
     let paced = outcomes.iter().find(|o| o.rate_target.is_some());
     let p99 = paced.and_then(|o| o.latency).map(|l| l.p99_ms);
     out.push(Target {

@@ -28,6 +28,8 @@ pub enum Config {
     Memory,
     SledNone,
     SledGroup,
+    /// sled `Group` with the durable local bus: the embedded default.
+    SledGroupLocal,
     SledImmediate,
     /// RabbitMQ with the memory store: the broker path alone, as its baseline measures it.
     RabbitMq,
@@ -41,6 +43,7 @@ impl Config {
             "memory" => Config::Memory,
             "sled-none" => Config::SledNone,
             "sled-group" => Config::SledGroup,
+            "sled-group-local" => Config::SledGroupLocal,
             "sled-immediate" => Config::SledImmediate,
             "rabbitmq" => Config::RabbitMq,
             "rabbitmq-sled" => Config::RabbitMqSled,
@@ -53,6 +56,7 @@ impl Config {
             Config::Memory => "memory store, in-memory bus",
             Config::SledNone => "sled None, in-memory bus",
             Config::SledGroup => "sled Group, in-memory bus",
+            Config::SledGroupLocal => "sled Group, durable local bus",
             Config::SledImmediate => "sled Immediate, in-memory bus",
             Config::RabbitMq => "memory store, RabbitMQ bus",
             Config::RabbitMqSled => "sled Group, RabbitMQ bus",
@@ -64,7 +68,7 @@ impl Config {
             Config::Memory | Config::RabbitMq => None,
             Config::SledNone => Some(Durability::None),
             Config::SledImmediate => Some(Durability::Immediate),
-            Config::SledGroup | Config::RabbitMqSled => Some(Durability::default()),
+            Config::SledGroup | Config::SledGroupLocal | Config::RabbitMqSled => Some(Durability::default()),
         }
     }
 }
@@ -278,6 +282,10 @@ async fn workload(config: Config, sagas: u64, in_flight: usize, rate: Option<f64
             let store = sled(dir.path(), config.durability().unwrap_or_default());
             build(store, ProbeBus::new(InMemoryBus::new(), probe.clone()), &probe).await
         }
+        Config::SledGroupLocal => {
+            let store: Arc<dyn Store> = Arc::new(sled(dir.path(), config.durability().unwrap_or_default()));
+            build(store.clone(), ProbeBus::new(LocalBus::open(store), probe.clone()), &probe).await
+        }
         Config::RabbitMq | Config::RabbitMqSled => {
             #[cfg(feature = "rabbitmq")]
             {
@@ -370,7 +378,9 @@ fn run_baseline(
             let name = format!("tokio mpsc hops ({hops} per saga)");
             (name, "messages", outcome.sagas * hops, elapsed, outcome.messages_per_s)
         }
-        Config::SledNone | Config::SledGroup | Config::SledImmediate => {
+        // The local bus row is measured against the in-memory row's baseline (the same commits
+        // without the queue writes), so the two rows compare directly.
+        Config::SledNone | Config::SledGroup | Config::SledGroupLocal | Config::SledImmediate => {
             let shapes = rt.block_on(commit_shapes(500));
             let bytes = shapes.iter().map(Shape::bytes).sum::<u64>() as f64 / shapes.len().max(1) as f64;
             outcome.bytes_per_commit = Some(bytes);
