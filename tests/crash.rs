@@ -89,14 +89,13 @@ impl Epoch {
         String::from_utf8(check.stdout).expect("UTF-8 outcomes")
     }
 
-    /// Starts the worker `rounds` times and SIGKILLs it after a random share of `clean` (how
-    /// long the whole work takes without a crash), so that the kills fall across the work on
-    /// any machine. Returns how many kills found the worker still at work.
-    fn kill_repeatedly(&self, rounds: u64, clean: Duration, random: &mut fastrand::Rng) -> u64 {
+    /// Starts the worker `rounds` times and SIGKILLs it after the moment `strike_after` gives.
+    /// Returns how many kills found the worker still at work.
+    fn kill_repeatedly(&self, rounds: u64, mut strike_after: impl FnMut() -> Duration) -> u64 {
         let mut crashes = 0;
         for _ in 0..rounds {
             let mut child = self.start(None, Stdio::inherit());
-            std::thread::sleep(clean.mul_f64(0.03 + random.f64() * 0.17) + Duration::from_millis(50));
+            std::thread::sleep(strike_after());
             if child.try_wait().expect("the worker can be waited for").is_none() {
                 child.kill().expect("SIGKILL");
                 crashes += 1;
@@ -120,7 +119,10 @@ fn sigkill_on_the_local_bus_ends_every_order_as_a_clean_run_does() {
     let crashed = Epoch::new(&worker, false, orders, seed);
     let mut random = fastrand::Rng::with_seed(seed);
     let started = Instant::now();
-    let crashes = crashed.kill_repeatedly(rounds, clean_took, &mut random);
+    // A random share of the clean run's duration, so that the kills fall across the work on
+    // any machine.
+    let crashes =
+        crashed.kill_repeatedly(rounds, || clean_took.mul_f64(0.03 + random.f64() * 0.17) + Duration::from_millis(50));
     let outcomes = crashed.finish_and_check(crashes);
     let differ: Vec<String> = expected
         .lines()
@@ -158,17 +160,8 @@ fn sigkill_on_rabbitmq_at_random_moments_loses_nothing_and_repeats_nothing() {
     let (_bin, worker) = worker("rabbitmq");
     let epoch = Epoch::new(&worker, true, orders, 0x9E37_79B9);
     let mut random = fastrand::Rng::with_seed(0x9E37_79B9_7F4A_7C15);
-    let mut crashes = 0;
-    for _ in 0..rounds {
-        let mut child = epoch.start(None, Stdio::inherit());
-        // A spread of kill moments, from right after start to well into the work.
-        std::thread::sleep(Duration::from_millis(150 + random.u64(..1_500)));
-        if child.try_wait().expect("the worker can be waited for").is_none() {
-            child.kill().expect("SIGKILL");
-            crashes += 1;
-        }
-        child.wait().expect("the worker can be waited for");
-    }
+    // A spread of kill moments, from right after start to well into the work.
+    let crashes = epoch.kill_repeatedly(rounds, || Duration::from_millis(150 + random.u64(..1_500)));
     epoch.finish_and_check(crashes);
     eprintln!("{orders} orders, {crashes} SIGKILLs, every order terminal, books balance");
 }
