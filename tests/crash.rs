@@ -6,12 +6,12 @@
 //!   and every order must end as it did there (`SAGA_CRASH_LOCAL_ORDERS` orders, default 1,000;
 //!   `SAGA_CRASH_ROUNDS` kills, default 6; docs/reliability.md reports a run at 2,000 orders).
 //!   On RabbitMQ, `SAGA_CRASH_ORDERS` orders (default 400).
-//! - an abort at a named crash point (feature `failpoints`): round `r` arms point
-//!   `r % points` to fire after a random number of hits, `SAGA_CRASH_POINT_ROUNDS` rounds
+//! - an abort at a named crash point (feature `failpoints`): each round arms the point hit
+//!   least so far to fire after a random number of hits, `SAGA_CRASH_POINT_ROUNDS` rounds
 //!   (default two per point) over epochs of `SAGA_CRASH_POINT_ORDERS` orders (default
 //!   200); when an epoch's orders are all done its store is checked and a new epoch begins.
-//!   On the local bus every point is on the path, its own included; on RabbitMQ all but the
-//!   local bus's.
+//!   On the local bus every point is on the path but the relay's (a commit writes its
+//!   messages straight into the queues); on RabbitMQ all but the local bus's.
 //!
 //! The RabbitMQ tests run when `SAGA_TEST_AMQP_URL` is set.
 
@@ -192,8 +192,11 @@ fn abort_at_every_crash_point(features: &str, rabbitmq: bool, points: &[&str]) {
     let (mut epochs, mut epoch_crashes, mut runs) = (1, 0, 0);
     let mut epoch = Epoch::new(&worker, rabbitmq, orders, epochs);
     let started = Instant::now();
-    for round in 0..rounds {
-        let point = points[round as usize % points.len()];
+    for _ in 0..rounds {
+        // The point hit least so far: a round that found no work left for its point (the
+        // epoch ended first) gives that point the next round too.
+        let least = (0..points.len()).min_by_key(|&i| hits[i]).unwrap_or_default();
+        let point = points[least];
         let after = random.u64(..max_hits_before_crash(point, orders));
         let actions = if after == 0 { "1*return".to_owned() } else { format!("{after}*off->1*return") };
         let mut child = epoch.start(Some(&format!("{point}={actions}")), Stdio::piped());
@@ -236,7 +239,10 @@ fn abort_at_every_crash_point(features: &str, rabbitmq: bool, points: &[&str]) {
 #[cfg(feature = "failpoints")]
 #[test]
 fn an_abort_at_every_crash_point_on_the_local_bus_loses_nothing_and_repeats_nothing() {
-    abort_at_every_crash_point("failpoints", false, sagaflow::crash_points::ALL);
+    // A commit writes its messages straight into the local bus's queues: the relay publishes
+    // nothing on this path, so its point is never reached.
+    let points: Vec<&str> = sagaflow::crash_points::ALL.iter().copied().filter(|p| !p.starts_with("relay.")).collect();
+    abort_at_every_crash_point("failpoints", false, &points);
 }
 
 #[cfg(all(feature = "rabbitmq", feature = "failpoints"))]

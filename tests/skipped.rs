@@ -10,7 +10,7 @@ fn say_which_suites_this_build_leaves_out() {
     };
     if cfg!(not(feature = "rabbitmq")) {
         say(
-            "the RabbitMQ suites (rabbitmq_bus, brokers, eshop_interop, crash, power_loss, topology on RabbitMQ)",
+            "the RabbitMQ suites (rabbitmq_bus, brokers, eshop_interop, crash on RabbitMQ, topology on RabbitMQ)",
             "--features rabbitmq and SAGA_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f",
         );
     }
@@ -21,6 +21,9 @@ fn say_which_suites_this_build_leaves_out() {
         );
     }
     if cfg!(not(feature = "failpoints")) {
-        say("the crash-point suite (crash)", "--features rabbitmq,failpoints and SAGA_TEST_AMQP_URL");
+        say(
+            "the crash-point suite (crash, an_abort_at_every_crash_point_*)",
+            "--features failpoints (on RabbitMQ also --features rabbitmq and SAGA_TEST_AMQP_URL)",
+        );
     }
 }

@@ -4,7 +4,8 @@
 //! and counts every commit the engine makes; for the order saga's commits that finish an
 //! instance (or, while parking, start one) it wraps the commit's
 //! `Durable` future, so a saga's end time is the moment the engine itself sees its last commit
-//! durable, which is when it would ack. [`ProbeBus`] wraps any [`Bus`] and counts publishes.
+//! durable, which is when it would ack. [`ProbeBus`] wraps any [`Bus`] and counts publishes
+//! (and the messages a commit wrote into local-bus queues).
 //! The wrappers cost one branch per commit and one boxed future per finished saga.
 
 use std::path::Path;
@@ -17,7 +18,9 @@ use sagaflow::activity::Activity;
 use sagaflow::bus::{Bus, BusError, Consumer};
 use sagaflow::message::{Envelope, Message};
 use sagaflow::saga::Saga;
-use sagaflow::store::{Commit, CommitHook, Committed, InstanceRecord, SagaStatus, StatusKind, Store, StoreError};
+use sagaflow::store::{
+    Commit, CommitHook, Committed, InstanceRecord, QueuedMessage, SagaStatus, StatusKind, Store, StoreError,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
@@ -304,6 +307,16 @@ impl<B: Bus> Bus for ProbeBus<B> {
     }
     fn activity(&self) -> Option<Arc<Activity>> {
         self.inner.activity()
+    }
+    fn stored_routes(&self, store: &dyn Store, name: &str) -> Option<Vec<String>> {
+        self.inner.stored_routes(store, name)
+    }
+    /// Counted like publishes: on the local bus a commit's messages go this way instead.
+    fn deliver_stored(&self, messages: Vec<QueuedMessage>) -> Result<(), BusError> {
+        self.probe.publishes.fetch_add(messages.len() as u64, Ordering::Relaxed);
+        let bytes: usize = messages.iter().map(|m| m.envelope.payload.len()).sum();
+        self.probe.publish_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.inner.deliver_stored(messages)
     }
 }
 

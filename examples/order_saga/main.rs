@@ -64,26 +64,22 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     // On a persistent store the default bus is the durable local bus: a crash loses no message.
     let runtime = register(SagaRuntime::builder().store(store)).build().await?;
 
+    // A key per submission: a client that retries after a crash or a timeout submits the same
+    // message again, and the runtime turns it into one saga.
     for product_id in 1..=PRODUCTS {
-        runtime.publish(&StockAdded { product_id, units: UNITS_PER_PRODUCT }).await?;
+        let stock = StockAdded { product_id, units: UNITS_PER_PRODUCT };
+        runtime.publish_idempotent(&format!("stock-{product_id}"), &stock).await?;
     }
     runtime.settle().await;
 
     let started = Instant::now();
     for n in 0..args.orders {
-        runtime.publish(&order(n)).await?;
+        runtime.publish_idempotent(&format!("order-{n}"), &order(n)).await?;
     }
-    // Settled means nothing in flight; a step waiting for its retry timer is not in flight,
-    // so wait until no instance is left running.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        runtime.settle().await;
-        let open = runtime.instances(StatusKind::Running).await?.len()
-            + runtime.instances(StatusKind::Compensating).await?.len();
-        if open == 0 || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // Settled is not finished (a step may wait for its retry timer): wait until every saga
+    // ended. If some do not, the summary counts them as still running.
+    if let Err(e) = runtime.wait_until_all_terminal(Duration::from_secs(120)).await {
+        eprintln!("{e}");
     }
     let elapsed = started.elapsed();
     let ok = summary(&runtime, args.orders, elapsed, &dir).await?;
@@ -139,7 +135,10 @@ async fn summary(
             runtime.record::<u32>("shipping.ship", &format!("shipment/{}", state.order_id)).await?.is_some(),
         );
     }
-    println!("order saga: {orders} orders on the sled store at {}", dir.display());
+    println!(
+        "order saga: {orders} orders on the sled store at {}, over the durable local bus (its queues in the store)",
+        dir.display()
+    );
     let books = Books {
         completed: completed.len(),
         compensated: compensated.len(),

@@ -32,11 +32,13 @@ pub const ALL: &[&str] = &[
     "sled.during_apply",
     // The commit is applied to the store but its flush has not been asked for.
     "store.after_commit_before_flush",
-    // The commit is durable; the delivery is not acked and the outbox not handed to the relay.
+    // The commit is durable; the delivery is not acked, its outbox not handed to the relay
+    // and its local-bus messages not delivered.
     "lane.after_flush_before_ack",
     // The bus confirmed the outbox entries; they are still in the store.
     "relay.after_publish_before_outbox_removal",
-    // Local bus: a published message is durable in its queue, no consumer has it yet.
+    // Local bus: a message is durable in its queue (published, or written by a commit), no
+    // consumer has it yet.
     "local_bus.after_enqueue_before_delivery",
     // Local bus: a delivery was acked (its consumer's commit is durable), its queue entry
     // is not removed yet.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use saga_core::bus::{Bus, LocalBus};
 use saga_core::message::Envelope;
-use saga_core::store::{SledStore, Store};
+use saga_core::store::{Commit, SledStore, Store};
 
 mod conformance {
     use std::sync::Arc;
@@ -136,4 +136,49 @@ async fn a_publish_no_subscription_takes_is_refused_and_nothing_is_queued() {
     let err = bus.publish(message(1)).await.unwrap_err();
     assert!(matches!(err, saga_core::bus::BusError::Unroutable { .. }), "{err}");
     assert!(store.queued("billing", None, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_routed_into_the_queues_keeps_its_messages_there_until_they_are_acked() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let bus = LocalBus::open(store.clone());
+    let mut billing = bus.subscribe("billing", &["orders.placed"]).await.unwrap();
+    let routes = bus.stored_routes(&*store, "orders.placed").expect("the bus's own store is routed into its queues");
+    assert_eq!(routes, ["billing"]);
+    let queued = routes.into_iter().map(|r| (r, message(7))).collect();
+    let committed = store.commit(Commit { queued, ..Commit::default() }).await.unwrap();
+    committed.durable.await.unwrap();
+    assert!(committed.outbox.is_empty(), "no outbox entry for a routed message");
+    bus.deliver_stored(committed.queued).unwrap();
+    let first = next(&mut billing).await;
+    assert_eq!(first.envelope().payload, 7u32.to_be_bytes());
+    drop(first); // its consumer died before acking: the store keeps the message
+    drop(billing);
+
+    let (bus, store) = reopen(dir.path(), bus, store).await;
+    let mut billing = bus.subscribe("billing", &["orders.placed"]).await.unwrap();
+    let again = next(&mut billing).await;
+    assert_eq!(again.envelope().payload, 7u32.to_be_bytes());
+    again.ack().await.unwrap();
+    drop(billing);
+    let (bus, store) = reopen(dir.path(), bus, store).await;
+    let mut billing = bus.subscribe("billing", &["orders.placed"]).await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_millis(300), billing.next()).await.is_err(), "acked means gone");
+    drop((bus, store));
+}
+
+#[tokio::test]
+async fn only_commits_to_the_buss_own_store_and_to_a_bound_name_are_routed_into_its_queues() {
+    let (mine, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let store = open(mine.path());
+    let bus = LocalBus::open(store.clone());
+    let _billing = bus.subscribe("billing", &["orders.placed"]).await.unwrap();
+    let wrapped: Arc<dyn Store> = Arc::new(store.clone());
+    assert!(bus.stored_routes(&*wrapped, "orders.placed").is_some(), "a wrapper of the same store is that store");
+    assert!(
+        bus.stored_routes(&*open(other.path()), "orders.placed").is_none(),
+        "another store goes through the outbox"
+    );
+    assert!(bus.stored_routes(&*store, "orders.shipped").is_none(), "a name nobody takes goes through the outbox");
 }

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use super::{Bus, BusError, Consumer, DeadLetter, InMemoryBus};
 use crate::activity::Activity;
 use crate::message::Envelope;
-use crate::store::Store;
+use crate::store::{QueuedMessage, Store};
 
 /// A durable, in-process [`Bus`]: queues kept in the store, so a crash loses nothing queued.
 ///
@@ -131,5 +131,14 @@ impl Bus for LocalBus {
     }
     async fn dead_letters(&self, subscription: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
         self.read_dead_letters(Some(subscription), limit).await
+    }
+    fn stored_routes(&self, store: &dyn Store, name: &str) -> Option<Vec<String>> {
+        if store.identity() != self.store.identity() {
+            return None;
+        }
+        Some(self.queues.bound(name)).filter(|routes| !routes.is_empty())
+    }
+    fn deliver_stored(&self, messages: Vec<QueuedMessage>) -> Result<(), BusError> {
+        self.queues.deliver_stored(messages)
     }
 }

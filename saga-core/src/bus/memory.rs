@@ -83,6 +83,12 @@ struct Item {
     seq: u64,
 }
 
+/// The moment a message is durable in its queue and no consumer has it yet (published, or
+/// written by a commit).
+fn kept_not_delivered() {
+    crate::crash_points::crash_point!("local_bus.after_enqueue_before_delivery");
+}
+
 fn journal_error(e: StoreError) -> BusError {
     BusError::Transport(format!("the store that keeps the local bus's queues failed: {e}"))
 }
@@ -227,6 +233,27 @@ impl InMemoryBus {
         Ok(Consumer::new(subscription, Box::new(MemoryStream { bus: self.inner.clone(), queue, _holder: holder })))
     }
 
+    /// The subscriptions bound to `name` right now.
+    pub(super) fn bound(&self, name: &str) -> Vec<String> {
+        lock(&self.inner.topology)
+            .bindings
+            .get(name)
+            .map_or_else(Vec::new, |b| b.iter().map(|q| q.name.clone()).collect())
+    }
+
+    /// Queues messages already kept in the journal (a durable commit wrote them there). A
+    /// subscription removed meanwhile no longer takes its copy.
+    pub(super) fn deliver_stored(&self, messages: Vec<QueuedMessage>) -> Result<(), BusError> {
+        kept_not_delivered();
+        for m in messages {
+            let queue = lock(&self.inner.topology).queues.get(&m.subscription).cloned();
+            if let Some(queue) = queue {
+                self.inner.enqueue(&queue, m.envelope, m.seq)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Puts a message straight onto one subscription's queue, whatever its name is bound to,
     /// as an operator would with a broker's admin tool (and as a stale binding would).
     pub fn inject(&self, subscription: &str, envelope: Envelope) -> Result<(), BusError> {
@@ -263,7 +290,7 @@ impl Inner {
         let copies = targets.iter().map(|q| (q.name.clone(), envelope.clone())).collect();
         let enqueued = journal.enqueue(copies).await.map_err(journal_error)?;
         enqueued.durable.await.map_err(journal_error)?;
-        crate::crash_points::crash_point!("local_bus.after_enqueue_before_delivery");
+        kept_not_delivered();
         Ok(enqueued.seqs)
     }
 

@@ -37,6 +37,7 @@ use std::sync::Arc;
 
 use crate::activity::Activity;
 use crate::message::Envelope;
+use crate::store::{QueuedMessage, Store};
 
 /// What can go wrong talking to a transport.
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +146,29 @@ pub trait Bus: Send + Sync + 'static {
         None
     }
 
+    /// The subscriptions that take `name`, for a bus that keeps its queues in `store` (the
+    /// [`LocalBus`]): the runtime then writes a committed message into those queues in the
+    /// commit itself, instead of into the outbox for the relay to publish, and hands the
+    /// copies over with [`Bus::deliver_stored`] once the commit is durable. One write instead
+    /// of four (outbox entry, publish's enqueue, outbox removal, flush), and the same
+    /// guarantee: the message is in the store from the moment the commit is.
+    ///
+    /// `None` (the default, and for a store that is not the bus's own or a name nobody
+    /// takes): the message goes through the outbox and [`Bus::publish`]. Wrappers around
+    /// another bus should forward this and `deliver_stored`, or leave both to the defaults.
+    fn stored_routes(&self, store: &dyn Store, name: &str) -> Option<Vec<String>> {
+        let _ = (store, name);
+        None
+    }
+
+    /// Takes messages a durable commit wrote into this bus's queues (see
+    /// [`Bus::stored_routes`]) and delivers them. They are already kept: a failure only
+    /// delays them until the store's queues are loaded again (the next start).
+    fn deliver_stored(&self, messages: Vec<QueuedMessage>) -> Result<(), BusError> {
+        let _ = messages;
+        Err(BusError::Transport("this bus keeps no queues in a store: it cannot take stored messages".to_owned()))
+    }
+
     /// Reads, without removing, up to `limit` messages the bus dead-lettered on
     /// `subscription` (the name the runtime subscribed with), oldest first, each with the
     /// reason it was parked. Every transport of this crate keeps them in the same shape;
@@ -197,6 +221,12 @@ impl<B: Bus + ?Sized> Bus for Arc<B> {
     }
     fn activity(&self) -> Option<Arc<Activity>> {
         (**self).activity()
+    }
+    fn stored_routes(&self, store: &dyn Store, name: &str) -> Option<Vec<String>> {
+        (**self).stored_routes(store, name)
+    }
+    fn deliver_stored(&self, messages: Vec<QueuedMessage>) -> Result<(), BusError> {
+        (**self).deliver_stored(messages)
     }
     async fn dead_letters(&self, subscription: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
         (**self).dead_letters(subscription, limit).await

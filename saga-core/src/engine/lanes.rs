@@ -4,7 +4,8 @@
 //! so one instance is never transitioned concurrently while different instances run in
 //! parallel. A lane does not wait for the flush of its commit: it hands the commit's durable
 //! future, the delivery and the outbox to its completion task and moves on. The completion task
-//! acks, relays and releases follow-up work strictly after durability. The next unit for the
+//! acks, relays, delivers the messages the commit wrote into local-bus queues and releases
+//! follow-up work strictly after durability. The next unit for the
 //! same instance may read the not-yet-durable state: if the process dies, both commits are lost
 //! together (the store's log is ordered) and both deliveries are redelivered, because neither
 //! was acked.
@@ -26,7 +27,7 @@ use super::driver::{Driver, Failure, Input, PendingCommit, Unit};
 use crate::activity::ActivityGuard;
 use crate::bus::Delivery;
 use crate::saga::RetryPolicy;
-use crate::store::{Durable, OutboxEntry, StoreError, TimerKey};
+use crate::store::{Durable, OutboxEntry, QueuedMessage, StoreError, TimerKey};
 
 /// How many times a unit of work is re-run after optimistic-concurrency conflicts before its
 /// message is redelivered later.
@@ -106,6 +107,7 @@ struct Completion {
     delivery: Option<Delivery>,
     settle: Settle,
     outbox: Vec<OutboxEntry>,
+    queued: Vec<QueuedMessage>,
     follow_up: Option<Work>,
     timer: Option<TimerKey>,
     timers_added: bool,
@@ -265,6 +267,7 @@ async fn run_unit(core: &Arc<Core>, work: Work) -> Completion {
         delivery,
         settle: Settle::Ack,
         outbox: Vec::new(),
+        queued: Vec::new(),
         follow_up: None,
         timer,
         timers_added: false,
@@ -278,6 +281,7 @@ async fn run_unit(core: &Arc<Core>, work: Work) -> Completion {
             completion.committed = true;
             completion.timers_added = timers_added;
             completion.outbox = committed.outbox;
+            completion.queued = committed.queued;
             completion.durable = Some(committed.durable);
             completion.follow_up = follow_up.map(|t| Work {
                 driver: driver.clone(),
@@ -323,7 +327,7 @@ async fn run_unit(core: &Arc<Core>, work: Work) -> Completion {
 async fn retry_commit(core: &Core, p: PendingCommit) -> Result<Unit, Failure> {
     let PendingCommit { commit, follow_up, timers_added } = p;
     let kept = commit.clone();
-    match core.store.commit(commit).await {
+    match core.commit(commit).await {
         Ok(committed) => Ok(Unit::Committed { committed, follow_up, timers_added }),
         Err(StoreError::Duplicate { message_id, .. }) => Ok(Unit::Skipped(format!("{message_id} already processed"))),
         Err(e) if e.is_unavailable() => {
@@ -367,6 +371,12 @@ async fn run_completions(core: Arc<Core>, mut rx: mpsc::Receiver<Completion>, fo
             crate::crash_points::crash_point!("lane.after_flush_before_ack");
         }
         core.relay.send(std::mem::take(&mut c.outbox));
+        if !c.queued.is_empty() {
+            if let Err(e) = core.bus.deliver_stored(std::mem::take(&mut c.queued)) {
+                // They are in the store's queues: the next start delivers them.
+                log_unit!(warn, c.context, error = %e, "could not deliver this unit's messages; they wait in the store for the next start");
+            }
+        }
         if c.timers_added {
             core.timers.poke();
         }

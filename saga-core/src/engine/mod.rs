@@ -46,7 +46,7 @@ use crate::bus::{Bus, Consumer, InMemoryBus, LocalBus};
 use crate::clock::{Clock, SystemClock};
 use crate::message::{Codec, CodecExt, Envelope, JsonCodec, Message};
 use crate::saga::{Saga, instance_id};
-use crate::store::{HistoryEntry, ParkedOutboxEntry, StatusKind, Store};
+use crate::store::{Commit, Committed, HistoryEntry, ParkedOutboxEntry, StatusKind, Store, StoreError};
 use driver::Driver;
 use health::HealthState;
 use lanes::{Lanes, Work};
@@ -70,6 +70,29 @@ pub(crate) struct Core {
     /// How long an outbox entry may stay unroutable before the relay parks it.
     pub(crate) unroutable_grace: Duration,
     pub(crate) health: HealthState,
+}
+
+impl Core {
+    /// Commits a unit of work. Its messages for subscriptions whose queues the store keeps (the
+    /// local bus, see [`Bus::stored_routes`]) are written into those queues by the commit
+    /// itself; the others go to the outbox, for the relay.
+    pub(crate) async fn commit(&self, mut commit: Commit) -> Result<Committed, StoreError> {
+        if !commit.outbox.is_empty() {
+            let mut relayed = Vec::with_capacity(commit.outbox.len());
+            for envelope in std::mem::take(&mut commit.outbox) {
+                match self.bus.stored_routes(&*self.store, &envelope.name) {
+                    Some(mut routes) => {
+                        let last = routes.pop();
+                        commit.queued.extend(routes.into_iter().map(|r| (r, envelope.clone())));
+                        commit.queued.extend(last.map(|r| (r, envelope)));
+                    }
+                    None => relayed.push(envelope),
+                }
+            }
+            commit.outbox = relayed;
+        }
+        self.store.commit(commit).await
+    }
 }
 
 /// Configures and starts a [`SagaRuntime`].

@@ -345,7 +345,7 @@ impl<H: Handler> Driver for ParticipantDriver<H> {
             ..Commit::default()
         };
         crate::crash_points::crash_point!("participant.before_commit");
-        match core.store.commit(commit).await {
+        match core.commit(commit).await {
             Ok(committed) => Ok(Unit::Committed { committed, follow_up: None, timers_added: false }),
             Err(StoreError::Duplicate { message_id, .. }) => {
                 Ok(Unit::Skipped(format!("{message_id} already processed")))

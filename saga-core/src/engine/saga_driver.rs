@@ -176,7 +176,7 @@ impl<S: Saga> SagaDriver<S> {
             crate::crash_points::crash_point!("saga.during_compensation");
         }
         let kept = keep.then(|| commit.clone());
-        match core.store.commit(commit).await {
+        match core.commit(commit).await {
             Ok(committed) => Ok(Unit::Committed { committed, follow_up, timers_added }),
             Err(crate::store::StoreError::Duplicate { message_id, .. }) => {
                 Ok(Unit::Skipped(format!("{message_id} already processed")))
@@ -320,7 +320,7 @@ impl<S: Saga> SagaDriver<S> {
             history: Some(history),
             ..Commit::default()
         };
-        match core.store.commit(commit).await {
+        match core.commit(commit).await {
             Ok(committed) => Ok(Unit::Committed { committed, follow_up: None, timers_added: false }),
             Err(StoreError::Duplicate { message_id, .. }) => {
                 Ok(Unit::Skipped(format!("{message_id} already processed")))
@@ -349,7 +349,7 @@ impl<S: Saga> SagaDriver<S> {
     }
 
     async fn drop_timer(&self, core: &Core, timer: &TimerRecord) -> Result<Unit, Failure> {
-        let committed = core.store.commit(Commit { timers_remove: vec![timer.key], ..Commit::default() }).await?;
+        let committed = core.commit(Commit { timers_remove: vec![timer.key], ..Commit::default() }).await?;
         Ok(Unit::Committed { committed, follow_up: None, timers_added: false })
     }
 }

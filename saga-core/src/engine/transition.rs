@@ -100,11 +100,11 @@ impl<'a, S: Saga> Transition<'a, S> {
             // copy). One random-keyed write fewer per saga, and one key fewer per parked saga.
             inbox: previous.map(|_| (self.record.id, cause.id)),
             instance: Some(InstanceWrite { record: self.record, previous }),
-            entities: Vec::new(),
             outbox: self.outbox,
             timers_add: self.timers_add,
             timers_remove: self.timers_remove,
             history: Some(history),
+            ..Commit::default()
         };
         Ok((commit, self.follow_up, self.events))
     }

@@ -125,6 +125,9 @@ impl<S: Store, H: CommitHook> Store for Intercepted<S, H> {
     fn is_persistent(&self) -> bool {
         self.store.is_persistent()
     }
+    fn identity(&self) -> *const () {
+        self.store.identity()
+    }
     async fn enqueue(&self, messages: Vec<(String, Envelope)>) -> Result<Enqueued, StoreError> {
         self.store.enqueue(messages).await
     }

@@ -278,9 +278,11 @@ impl<B: OrderedKv> KvStore<B> {
         &self.kv
     }
 
-    fn prepare(&self, commit: &Commit) -> Result<(Batch, Vec<u64>), StoreError> {
+    /// The commit's writes, with the positions given to its outbox and queued messages.
+    fn prepare(&self, commit: &Commit) -> Result<(Batch, Vec<u64>, Vec<u64>), StoreError> {
         let mut b = Batch::default();
         let mut seqs = Vec::with_capacity(commit.outbox.len());
+        let mut queue_seqs = Vec::with_capacity(commit.queued.len());
         if let Some((consumer, message_id)) = commit.inbox {
             let k = key::inbox(consumer, message_id);
             b.checks.push(Check::Absent { key: k.clone(), rejection: Rejection::Duplicate { consumer, message_id } });
@@ -322,24 +324,36 @@ impl<B: OrderedKv> KvStore<B> {
                 seqs.push(seq);
             }
         }
+        if !commit.queued.is_empty() {
+            let first = self.next_queue_seq.fetch_add(commit.queued.len() as u64, Ordering::SeqCst);
+            for (seq, (subscription, env)) in (first..).zip(&commit.queued) {
+                b.put(key::queued(subscription, seq), key::encode("queued message", env)?);
+                queue_seqs.push(seq);
+            }
+        }
         for t in &commit.timers_add {
             b.put(key::timer(&t.key), key::encode("timer", t)?);
         }
         for t in &commit.timers_remove {
             b.delete(key::timer(t));
         }
-        Ok((b, seqs))
+        Ok((b, seqs, queue_seqs))
     }
 }
 
 #[async_trait::async_trait]
 impl<B: OrderedKv> Store for KvStore<B> {
     async fn commit(&self, commit: Commit) -> Result<Committed, StoreError> {
-        let (batch, seqs) = self.prepare(&commit)?;
+        let (batch, seqs, queue_seqs) = self.prepare(&commit)?;
         self.kv.apply(batch)?.map_err(StoreError::from)?;
         crate::crash_points::crash_point!("store.after_commit_before_flush");
         let outbox = seqs.into_iter().zip(commit.outbox).map(|(seq, envelope)| OutboxEntry { seq, envelope }).collect();
-        Ok(Committed { durable: self.kv.durable(), outbox })
+        let queued = queue_seqs
+            .into_iter()
+            .zip(commit.queued)
+            .map(|(seq, (subscription, envelope))| QueuedMessage { subscription, seq, envelope })
+            .collect();
+        Ok(Committed { durable: self.kv.durable(), outbox, queued })
     }
 
     fn barrier(&self) -> Durable {

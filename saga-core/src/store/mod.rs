@@ -188,6 +188,10 @@ pub struct Commit {
     pub entities: Vec<EntityWrite>,
     /// Messages to publish once the commit is durable.
     pub outbox: Vec<Envelope>,
+    /// Messages for subscriptions whose queues this store keeps (the durable local bus), one
+    /// `(subscription, envelope)` each: written to those queues with the commit, so they need
+    /// no outbox entry and no relay (`Bus::stored_routes`).
+    pub queued: Vec<(String, Envelope)>,
     /// Timers to add.
     pub timers_add: Vec<TimerRecord>,
     /// Timers to remove.
@@ -203,6 +207,9 @@ pub struct Committed {
     /// The commit's outbox messages with the positions the store gave them, in order: hand
     /// them to the relay once `durable` resolved.
     pub outbox: Vec<OutboxEntry>,
+    /// The commit's queued messages with their queue positions, in order: hand them to the
+    /// bus (`Bus::deliver_stored`) once `durable` resolved.
+    pub queued: Vec<QueuedMessage>,
 }
 
 /// What [`Store::enqueue`] hands back.
@@ -295,6 +302,12 @@ pub trait Store: Send + Sync + 'static {
     fn is_persistent(&self) -> bool {
         false
     }
+    /// What tells this store apart from every other one, through any wrapper (`Arc`,
+    /// [`Intercepted`]): a bus that keeps its queues in a store writes a commit's messages
+    /// into them only when the commit goes to that very store.
+    fn identity(&self) -> *const () {
+        (self as *const Self).cast()
+    }
 
     /// Appends messages to subscriptions' durable queues, one `(subscription, envelope)` each,
     /// for the local bus. They are readable at once and durable when `durable` resolves.
@@ -373,6 +386,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn is_persistent(&self) -> bool {
         (**self).is_persistent()
+    }
+    fn identity(&self) -> *const () {
+        (**self).identity()
     }
     async fn enqueue(&self, messages: Vec<(String, Envelope)>) -> Result<Enqueued, StoreError> {
         (**self).enqueue(messages).await
