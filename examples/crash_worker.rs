@@ -19,8 +19,10 @@
 //!
 //! Built with the `failpoints` feature, it also aborts at the crash point `FAILPOINTS` names.
 //! With `SAGA_PRINT_ACKS=1`, `run` prints a line on stdout for every commit the moment it is
-//! durable (when the engine may ack what caused it): `instance <id> <version>` or
-//! `inbox <consumer> <message id>`; `verify` reads such lines back (the power-loss test).
+//! durable (when the engine may ack what caused it): `instance <id> <version>`,
+//! `inbox <consumer> <message id>`, or `consumed <subscription> <position>` for a message
+//! whose local-bus queue entry the commit removed in place of an inbox entry; `verify` reads
+//! such lines back (the power-loss test).
 
 #[path = "order_saga/domain.rs"]
 #[allow(dead_code)]
@@ -80,8 +82,10 @@ impl CommitHook for PrintAcks {
         if let Some(w) = &commit.instance {
             lines.push(format!("instance {} {}", w.record.id, w.record.version));
         }
-        if let Some((consumer, message)) = commit.inbox {
-            lines.push(format!("inbox {consumer} {message}"));
+        match (&commit.inbox, &commit.consumes) {
+            (Some(_), Some((subscription, seq))) => lines.push(format!("consumed {subscription} {seq}")),
+            (Some((consumer, message)), None) => lines.push(format!("inbox {consumer} {message}")),
+            (None, _) => {}
         }
         let mut committed = store.commit(commit).await?;
         let durable = committed.durable;
@@ -179,6 +183,14 @@ async fn verify(dir: &Path, acks: &Path) -> Result<Vec<String>, Box<dyn std::err
             }
             ["inbox", consumer, message] if !store.processed(consumer.parse()?, message.parse()?).await? => {
                 problems.push(format!("acked message {message} of consumer {consumer} is not in its inbox"));
+            }
+            ["consumed", subscription, seq] => {
+                let seq: u64 = seq.parse()?;
+                let left = store.queued(subscription, seq.checked_sub(1), 1).await?;
+                if left.first().is_some_and(|m| m.seq == seq) {
+                    problems
+                        .push(format!("acked consumption of {subscription}'s entry {seq} is lost: it is queued again"));
+                }
             }
             // The last line may have been cut short by the kill.
             _ => {}

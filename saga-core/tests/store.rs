@@ -108,6 +108,22 @@ async fn contract(store: &dyn Store) {
     commit(store, write(1)).await.unwrap();
     assert_eq!(store.entity("catalog", "stock/1").await.unwrap().unwrap().version, 2);
     assert_eq!(store.entities("catalog", 10).await.unwrap()[0].0, "stock/1");
+
+    // A commit writes messages into queues, and one that consumes a queue entry in place of
+    // its inbox entry takes it once: a second commit for it is a duplicate, and no inbox
+    // entry is written.
+    let sent = Commit { queued: vec![("billing".into(), Envelope::new("c", vec![3]))], ..Commit::default() };
+    let committed = store.commit(sent).await.unwrap();
+    committed.durable.await.unwrap();
+    let entry = committed.queued[0].seq;
+    assert_eq!(store.queued("billing", None, 10).await.unwrap().len(), 1);
+    let (consumer, message) = (Uuid::now_v7(), committed.queued[0].envelope.message_id);
+    let consume =
+        Commit { inbox: Some((consumer, message)), consumes: Some(("billing".into(), entry)), ..Commit::default() };
+    assert!(store.commit(consume.clone()).await.unwrap().consumed_queue_entry);
+    assert!(store.queued("billing", None, 10).await.unwrap().is_empty(), "the entry went with the commit");
+    assert!(matches!(commit(store, consume).await, Err(StoreError::Duplicate { .. })));
+    assert!(!store.processed(consumer, message).await.unwrap(), "the entry was the dedupe record, not the inbox");
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@ use std::time::Duration;
 
 use super::BusError;
 use crate::message::Envelope;
+use crate::store::QueueEntry;
 
 /// How a transport settles one delivery. Implemented by each transport.
 #[async_trait::async_trait]
@@ -19,6 +20,19 @@ pub trait Acker: Send + Sync + 'static {
     /// consumer (JetStream's `ack_wait`). The default does nothing, for transports without one.
     async fn keep_alive(&self) -> Result<(), BusError> {
         Ok(())
+    }
+
+    /// Where the message waits in a queue the runtime's store keeps (the local bus), so that
+    /// the consumer's commit can remove it ([`Commit::consumes`](crate::store::Commit::consumes)).
+    /// Default: `None`, the transport keeps its queues itself.
+    fn queue_entry(&self) -> Option<QueueEntry> {
+        None
+    }
+
+    /// Acks a delivery whose queue entry the consumer's durable commit already removed
+    /// (see [`Acker::queue_entry`]). Default: a plain [`Acker::ack`].
+    async fn ack_consumed(self: Box<Self>) -> Result<(), BusError> {
+        self.ack().await
     }
 }
 
@@ -72,6 +86,19 @@ impl Delivery {
             Some(acker) => acker.keep_alive().await,
             None => Err(BusError::Closed),
         }
+    }
+
+    /// Where the message waits in a queue the runtime's store keeps, for transports that
+    /// keep their queues there (the local bus); see [`Acker::queue_entry`].
+    pub fn queue_entry(&self) -> Option<QueueEntry> {
+        self.acker.as_ref().and_then(|a| a.queue_entry())
+    }
+
+    /// Acks a delivery whose queue entry the consumer's durable commit removed (the engine
+    /// calls it after a commit with [`Commit::consumes`](crate::store::Commit::consumes)).
+    pub async fn ack_consumed(mut self) -> Result<(), BusError> {
+        let (acker, _) = self.take()?;
+        acker.ack_consumed().await
     }
 
     /// Parks the message with a reason; it will not be delivered again.

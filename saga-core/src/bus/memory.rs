@@ -18,7 +18,7 @@ use tokio::sync::{Notify, OnceCell, mpsc};
 use super::{Acker, Bus, BusError, Consumer, Delivery, DeliveryStream};
 use crate::activity::Activity;
 use crate::message::{Envelope, Timestamp};
-use crate::store::{QueuedMessage, Store, StoreError};
+use crate::store::{QueueEntry, QueuedMessage, Store, StoreError};
 
 /// A message the bus parked because it could not be handled.
 #[derive(Debug, Clone)]
@@ -81,6 +81,9 @@ pub(super) struct Inner {
 struct Item {
     envelope: Envelope,
     seq: u64,
+    /// A commit wrote it to the journal, and it is the message's only copy
+    /// ([`QueueEntry::only_copy`]).
+    only_copy: bool,
 }
 
 /// The moment a message is durable in its queue and no consumer has it yet (published, or
@@ -248,7 +251,7 @@ impl InMemoryBus {
         for m in messages {
             let queue = lock(&self.inner.topology).queues.get(&m.subscription).cloned();
             if let Some(queue) = queue {
-                self.inner.enqueue(&queue, m.envelope, m.seq)?;
+                self.inner.enqueue(&queue, Item { envelope: m.envelope, seq: m.seq, only_copy: true })?;
             }
         }
         Ok(())
@@ -262,7 +265,7 @@ impl InMemoryBus {
             .get(subscription)
             .cloned()
             .ok_or_else(|| BusError::UnknownSubscription(subscription.to_owned()))?;
-        self.inner.enqueue(&queue, envelope, 0)
+        self.inner.enqueue(&queue, Item { envelope, seq: 0, only_copy: false })
     }
 }
 
@@ -278,7 +281,7 @@ impl Inner {
             let Some(last) = page.last() else { return Ok(()) };
             after = Some(last.seq);
             for m in page {
-                self.enqueue(queue, m.envelope, m.seq)?;
+                self.enqueue(queue, Item { envelope: m.envelope, seq: m.seq, only_copy: false })?;
             }
         }
     }
@@ -294,12 +297,12 @@ impl Inner {
         Ok(enqueued.seqs)
     }
 
-    fn enqueue(&self, queue: &Queue, envelope: Envelope, seq: u64) -> Result<(), BusError> {
+    fn enqueue(&self, queue: &Queue, item: Item) -> Result<(), BusError> {
         if queue.closed.load(Ordering::SeqCst) {
             return Ok(());
         }
         self.activity.add(1);
-        if queue.tx.send(Item { envelope, seq }).is_err() {
+        if queue.tx.send(item).is_err() {
             self.activity.done(1);
             return Err(BusError::Closed);
         }
@@ -385,7 +388,7 @@ impl Bus for InMemoryBus {
         }
         let seqs = self.inner.journal(&targets, &envelope).await?;
         for (queue, seq) in targets.iter().zip(seqs) {
-            self.inner.enqueue(queue, envelope.clone(), seq)?;
+            self.inner.enqueue(queue, Item { envelope: envelope.clone(), seq, only_copy: false })?;
         }
         Ok(())
     }
@@ -469,7 +472,8 @@ impl DeliveryStream for MemoryStream {
             _ = closing => None,
             item = async { self.queue.rx.lock().await.recv().await } => item,
         }?;
-        let acker = MemoryAcker { bus: self.bus.clone(), queue: self.queue.clone(), seq: item.seq };
+        let acker =
+            MemoryAcker { bus: self.bus.clone(), queue: self.queue.clone(), seq: item.seq, only_copy: item.only_copy };
         Some(Delivery::new(item.envelope, Box::new(acker)))
     }
 }
@@ -478,6 +482,7 @@ struct MemoryAcker {
     bus: Arc<Inner>,
     queue: Arc<Queue>,
     seq: u64,
+    only_copy: bool,
 }
 
 impl MemoryAcker {
@@ -485,7 +490,7 @@ impl MemoryAcker {
     /// delivery is settled from `Drop`). A failed journal write is logged: the message is
     /// queued again in memory either way, and the journal keeps its older copy.
     fn redeliver_later(self: Box<Self>, envelope: Envelope, delay: Duration) {
-        let item = Item { envelope, seq: self.seq };
+        let item = Item { envelope, seq: self.seq, only_copy: self.only_copy };
         if delay.is_zero() && self.bus.journal.is_none() {
             // Nothing to write: the message is back in its queue before this returns.
             let _ = self.bus.redeliver(&self.queue, item).now_or_never();
@@ -513,7 +518,7 @@ impl Acker for MemoryAcker {
 
     async fn nack(self: Box<Self>, envelope: Envelope, delay: Duration) -> Result<(), BusError> {
         if delay.is_zero() {
-            let item = Item { envelope, seq: self.seq };
+            let item = Item { envelope, seq: self.seq, only_copy: self.only_copy };
             return self.bus.redeliver(&self.queue, item).await;
         }
         self.redeliver_later(envelope, delay);
@@ -521,7 +526,21 @@ impl Acker for MemoryAcker {
     }
 
     async fn dead_letter(self: Box<Self>, envelope: Envelope, reason: String) -> Result<(), BusError> {
-        self.bus.park(&self.queue.name, Item { envelope, seq: self.seq }, reason).await
+        self.bus.park(&self.queue.name, Item { envelope, seq: self.seq, only_copy: self.only_copy }, reason).await
+    }
+
+    fn queue_entry(&self) -> Option<QueueEntry> {
+        self.bus.journal.as_ref().map(|_| QueueEntry {
+            subscription: self.queue.name.clone(),
+            seq: self.seq,
+            only_copy: self.only_copy,
+        })
+    }
+
+    async fn ack_consumed(self: Box<Self>) -> Result<(), BusError> {
+        // The consumer's commit removed the entry: nothing left to write.
+        self.bus.activity.done(1);
+        Ok(())
     }
 
     fn abandon(self: Box<Self>, envelope: Envelope) {

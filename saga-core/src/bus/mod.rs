@@ -156,6 +156,27 @@ pub trait Bus: Send + Sync + 'static {
     /// `None` (the default, and for a store that is not the bus's own or a name nobody
     /// takes): the message goes through the outbox and [`Bus::publish`]. Wrappers around
     /// another bus should forward this and `deliver_stored`, or leave both to the defaults.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use std::sync::Arc;
+    /// use saga_core::bus::{Bus, LocalBus};
+    /// use saga_core::message::Envelope;
+    /// use saga_core::store::{Commit, SledStore, Store};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+    /// let bus = LocalBus::open(store.clone());
+    /// let mut billing = bus.subscribe("billing", &["ordering.order-paid"]).await.unwrap();
+    /// // What the runtime does with a unit's outgoing message:
+    /// let routes = bus.stored_routes(&*store, "ordering.order-paid").unwrap();
+    /// let queued = routes.into_iter().map(|r| (r, Envelope::new("ordering.order-paid", b"{}".to_vec()))).collect();
+    /// let committed = store.commit(Commit { queued, ..Commit::default() }).await.unwrap();
+    /// committed.durable.await.unwrap();
+    /// bus.deliver_stored(committed.queued).unwrap();
+    /// billing.next().await.unwrap().ack().await.unwrap();
+    /// # });
+    /// ```
     fn stored_routes(&self, store: &dyn Store, name: &str) -> Option<Vec<String>> {
         let _ = (store, name);
         None

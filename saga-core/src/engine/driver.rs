@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::Core;
 use crate::message::{Codec, Envelope};
 use crate::saga::{Decoded, RetryPolicy};
-use crate::store::{Commit, Committed, StoreError, TimerRecord};
+use crate::store::{Commit, Committed, QueueEntry, StoreError, TimerRecord};
 
 /// The input of a unit of work.
 pub(crate) enum Input {
@@ -20,6 +20,8 @@ pub(crate) enum Input {
         decoded: Option<Decoded>,
         /// The correlation key, where the driver extracted one.
         key: String,
+        /// Where it waits in a queue the store keeps (the local bus), set by the consumer.
+        queue_entry: Option<QueueEntry>,
     },
     /// A fired durable timer.
     Timer(TimerRecord),

@@ -113,6 +113,8 @@ struct Completion {
     timers_added: bool,
     /// The unit wrote a commit (not skipped, not failed).
     committed: bool,
+    /// That commit removed the delivery's queue entry (`Commit::consumes`).
+    consumed: bool,
     context: UnitContext,
     _guard: ActivityGuard,
 }
@@ -272,6 +274,7 @@ async fn run_unit(core: &Arc<Core>, work: Work) -> Completion {
         timer,
         timers_added: false,
         committed: false,
+        consumed: false,
         context,
         _guard: guard,
     };
@@ -279,6 +282,7 @@ async fn run_unit(core: &Arc<Core>, work: Work) -> Completion {
         Ok(Unit::Committed { committed, follow_up, timers_added }) => {
             core.activity.add(committed.outbox.len());
             completion.committed = true;
+            completion.consumed = committed.consumed_queue_entry;
             completion.timers_added = timers_added;
             completion.outbox = committed.outbox;
             completion.queued = committed.queued;
@@ -386,6 +390,7 @@ async fn run_completions(core: Arc<Core>, mut rx: mpsc::Receiver<Completion>, fo
         let failed = !matches!(c.settle, Settle::Ack);
         if let Some(delivery) = c.delivery.take() {
             let result = match std::mem::replace(&mut c.settle, Settle::Ack) {
+                Settle::Ack if c.consumed => delivery.ack_consumed().await,
                 Settle::Ack => delivery.ack().await,
                 Settle::Nack(delay) => delivery.nack(delay).await,
                 Settle::DeadLetter(reason) => delivery.dead_letter(reason).await,

@@ -46,7 +46,7 @@ use crate::bus::{Bus, Consumer, InMemoryBus, LocalBus};
 use crate::clock::{Clock, SystemClock};
 use crate::message::{Codec, CodecExt, Envelope, JsonCodec, Message};
 use crate::saga::{Saga, instance_id};
-use crate::store::{Commit, Committed, HistoryEntry, ParkedOutboxEntry, StatusKind, Store, StoreError};
+use crate::store::{Commit, Committed, HistoryEntry, ParkedOutboxEntry, QueueEntry, StatusKind, Store, StoreError};
 use driver::Driver;
 use health::HealthState;
 use lanes::{Lanes, Work};
@@ -92,6 +92,30 @@ impl Core {
             commit.outbox = relayed;
         }
         self.store.commit(commit).await
+    }
+}
+
+/// The queue entry a consumer's commit takes in place of its inbox entry: a message's only
+/// copy ([`QueueEntry::only_copy`]).
+pub(crate) fn only_copy(entry: Option<&QueueEntry>) -> Option<(String, u64)> {
+    entry.filter(|e| e.only_copy).map(|e| (e.subscription.clone(), e.seq))
+}
+
+/// Whether `consumer` already processed a delivered message: its inbox entry says so, or, for
+/// a message whose queue entry is its only copy, that entry is gone (the commit that
+/// processed it removed it).
+pub(crate) async fn already_processed(
+    core: &Core,
+    consumer: Uuid,
+    envelope: &Envelope,
+    entry: Option<&QueueEntry>,
+) -> Result<bool, StoreError> {
+    match entry.filter(|e| e.only_copy) {
+        Some(e) => {
+            let found = core.store.queued(&e.subscription, e.seq.checked_sub(1), 1).await?;
+            Ok(found.first().is_none_or(|m| m.seq != e.seq))
+        }
+        None => core.store.processed(consumer, envelope.message_id).await,
     }
 }
 
@@ -420,7 +444,10 @@ async fn consume(core: Arc<Core>, router: Arc<Router>, mut consumer: Consumer) {
             })
         };
         match routed {
-            Ok(routed) => {
+            Ok(mut routed) => {
+                if let driver::Input::Message { queue_entry, .. } = &mut routed.input {
+                    *queue_entry = delivery.queue_entry();
+                }
                 core.lanes
                     .dispatch(Work {
                         driver,

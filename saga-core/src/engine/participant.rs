@@ -288,15 +288,15 @@ impl<H: Handler> Driver for ParticipantDriver<H> {
         envelope.check_content_type(codec).map_err(|e| e.to_string())?;
         Ok(Routed {
             lane_key: envelope.correlation_id.unwrap_or(envelope.message_id),
-            input: Input::Message { envelope: envelope.clone(), decoded: None, key: String::new() },
+            input: Input::Message { envelope: envelope.clone(), decoded: None, key: String::new(), queue_entry: None },
         })
     }
 
     async fn process(&self, core: &Core, _lane_key: Uuid, input: &Input) -> Result<Unit, Failure> {
-        let Input::Message { envelope, .. } = input else {
+        let Input::Message { envelope, queue_entry, .. } = input else {
             return Err(Failure::DeadLetter("participants have no timers".into()));
         };
-        if core.store.processed(self.consumer, envelope.message_id).await? {
+        if super::already_processed(core, self.consumer, envelope, queue_entry.as_ref()).await? {
             return Ok(Unit::Skipped(format!("{} {} already processed", envelope.name, envelope.message_id)));
         }
         let message: H::Input = envelope
@@ -340,6 +340,7 @@ impl<H: Handler> Driver for ParticipantDriver<H> {
             .collect();
         let commit = Commit {
             inbox: Some((self.consumer, envelope.message_id)),
+            consumes: super::only_copy(queue_entry.as_ref()),
             entities,
             outbox: ctx.outgoing,
             ..Commit::default()

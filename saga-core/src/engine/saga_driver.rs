@@ -10,8 +10,8 @@ use super::transition::{LOCAL_LEASE, Transition};
 use crate::message::{Codec, CodecExt, Envelope, Timestamp};
 use crate::saga::{Action, DefinitionError, Route, Saga, SagaDefinition, StepContext, StepError, instance_id};
 use crate::store::{
-    Commit, HistoryEntry, HistoryEvent, InstanceRecord, InstanceWrite, MessageRef, Phase, SagaStatus, StatusKind,
-    StoreError, TimerKey, TimerPurpose, TimerRecord,
+    Commit, HistoryEntry, HistoryEvent, InstanceRecord, InstanceWrite, MessageRef, Phase, QueueEntry, SagaStatus,
+    StatusKind, StoreError, TimerKey, TimerPurpose, TimerRecord,
 };
 
 pub(crate) struct SagaDriver<S: Saga> {
@@ -82,6 +82,7 @@ impl<S: Saga> SagaDriver<S> {
         envelope: &Envelope,
         decoded: &crate::saga::Decoded,
         key: &str,
+        queue_entry: Option<&QueueEntry>,
     ) -> Result<Unit, Failure> {
         let route = self
             .routes
@@ -121,7 +122,7 @@ impl<S: Saga> SagaDriver<S> {
                 return Ok(Unit::Skipped(format!("instance {id} belongs to saga {}", record.saga)));
             }
             (Route::Reply { step, success, .. }, Some(record)) if record.status.is_terminal() => {
-                if core.store.processed(id, envelope.message_id).await? {
+                if super::already_processed(core, id, envelope, queue_entry).await? {
                     return Ok(Unit::Skipped(format!("{} {} already processed", envelope.name, envelope.message_id)));
                 }
                 return self.record_late_reply(core, record, cause, step, success, now).await;
@@ -130,7 +131,7 @@ impl<S: Saga> SagaDriver<S> {
                 return Ok(Unit::Skipped(format!("instance {id} has finished ({:?})", record.status.kind())));
             }
             (route, Some(record)) => {
-                if core.store.processed(id, envelope.message_id).await? {
+                if super::already_processed(core, id, envelope, queue_entry).await? {
                     return Ok(Unit::Skipped(format!("{} {} already processed", envelope.name, envelope.message_id)));
                 }
                 let previous = Some((record.version, record.status.kind()));
@@ -146,7 +147,7 @@ impl<S: Saga> SagaDriver<S> {
                 (t, previous)
             }
         };
-        self.commit(core, t, previous, cause).await
+        self.commit_keeping(core, t, previous, cause, false, super::only_copy(queue_entry)).await
     }
 
     async fn commit(
@@ -156,7 +157,7 @@ impl<S: Saga> SagaDriver<S> {
         previous: Option<(u64, crate::store::StatusKind)>,
         cause: MessageRef,
     ) -> Result<Unit, Failure> {
-        self.commit_keeping(core, t, previous, cause, false).await
+        self.commit_keeping(core, t, previous, cause, false, None).await
     }
 
     /// Commits a transition; with `keep`, a commit the store cannot take now is handed back to
@@ -168,8 +169,12 @@ impl<S: Saga> SagaDriver<S> {
         previous: Option<(u64, crate::store::StatusKind)>,
         cause: MessageRef,
         keep: bool,
+        consumes: Option<(String, u64)>,
     ) -> Result<Unit, Failure> {
-        let (commit, follow_up) = self.commit_transition(t, previous, cause)?;
+        let (mut commit, follow_up) = self.commit_transition(t, previous, cause)?;
+        // Only a commit with an inbox entry can take the queue entry for it (a starting
+        // commit has none: the instance it creates is its dedupe record).
+        commit.consumes = consumes.filter(|_| commit.inbox.is_some());
         let timers_added = !commit.timers_add.is_empty();
         crate::crash_points::crash_point!("saga.before_commit");
         if commit.instance.as_ref().is_some_and(|w| w.record.status.kind() == crate::store::StatusKind::Compensating) {
@@ -222,7 +227,7 @@ impl<S: Saga> SagaDriver<S> {
             let mut t = self.transition(core, core.clock.now(), timer.key.timer_id, record, state);
             t.events.push(HistoryEvent::TimerFired { key: timer.key });
             t.on_local_result(step, phase, attempt, result, outcome_unknown);
-            return self.commit_keeping(core, t, previous, cause, true).await;
+            return self.commit_keeping(core, t, previous, cause, true, None).await;
         }
         let mut t = self.transition(core, now, timer.key.timer_id, record, state);
         t.on_timer(timer);
@@ -433,13 +438,14 @@ impl<S: Saga> Driver for SagaDriver<S> {
                 }
             },
         };
-        Ok(Routed { lane_key, input: Input::Message { envelope: envelope.clone(), decoded: Some(decoded), key } })
+        let input = Input::Message { envelope: envelope.clone(), decoded: Some(decoded), key, queue_entry: None };
+        Ok(Routed { lane_key, input })
     }
 
     async fn process(&self, core: &Core, lane_key: Uuid, input: &Input) -> Result<Unit, Failure> {
         match input {
-            Input::Message { envelope, decoded: Some(decoded), key } => {
-                self.on_message(core, lane_key, envelope, decoded, key).await
+            Input::Message { envelope, decoded: Some(decoded), key, queue_entry } => {
+                self.on_message(core, lane_key, envelope, decoded, key, queue_entry.as_ref()).await
             }
             Input::Message { envelope, decoded: None, .. } => {
                 Err(Failure::DeadLetter(format!("{} reached saga {} undecoded", envelope.name, S::NAME)))

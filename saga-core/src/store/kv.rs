@@ -44,6 +44,7 @@ impl From<Rejection> for StoreError {
 
 enum Check {
     Absent { key: Vec<u8>, rejection: Rejection },
+    Present { key: Vec<u8>, rejection: Rejection },
     Version { key: Vec<u8>, expected: u64, what: Subject },
 }
 
@@ -115,6 +116,11 @@ impl Batch {
             match check {
                 Check::Absent { key, rejection } => {
                     if version_of(key)?.is_some() {
+                        return Ok(Err(rejection.clone()));
+                    }
+                }
+                Check::Present { key, rejection } => {
+                    if version_of(key)?.is_none() {
                         return Ok(Err(rejection.clone()));
                     }
                 }
@@ -284,9 +290,20 @@ impl<B: OrderedKv> KvStore<B> {
         let mut seqs = Vec::with_capacity(commit.outbox.len());
         let mut queue_seqs = Vec::with_capacity(commit.queued.len());
         if let Some((consumer, message_id)) = commit.inbox {
-            let k = key::inbox(consumer, message_id);
-            b.checks.push(Check::Absent { key: k.clone(), rejection: Rejection::Duplicate { consumer, message_id } });
-            b.put(k, Vec::new());
+            let rejection = Rejection::Duplicate { consumer, message_id };
+            match &commit.consumes {
+                // The message's only copy: consuming it is its dedupe record.
+                Some((subscription, seq)) => {
+                    let k = key::queued(subscription, *seq);
+                    b.checks.push(Check::Present { key: k.clone(), rejection });
+                    b.delete(k);
+                }
+                None => {
+                    let k = key::inbox(consumer, message_id);
+                    b.checks.push(Check::Absent { key: k.clone(), rejection });
+                    b.put(k, Vec::new());
+                }
+            }
         }
         if let Some(w) = &commit.instance {
             let id = w.record.id;
@@ -344,6 +361,7 @@ impl<B: OrderedKv> KvStore<B> {
 #[async_trait::async_trait]
 impl<B: OrderedKv> Store for KvStore<B> {
     async fn commit(&self, commit: Commit) -> Result<Committed, StoreError> {
+        let consumed_queue_entry = commit.inbox.is_some() && commit.consumes.is_some();
         let (batch, seqs, queue_seqs) = self.prepare(&commit)?;
         self.kv.apply(batch)?.map_err(StoreError::from)?;
         crate::crash_points::crash_point!("store.after_commit_before_flush");
@@ -353,7 +371,7 @@ impl<B: OrderedKv> Store for KvStore<B> {
             .zip(commit.queued)
             .map(|(seq, (subscription, envelope))| QueuedMessage { subscription, seq, envelope })
             .collect();
-        Ok(Committed { durable: self.kv.durable(), outbox, queued })
+        Ok(Committed { durable: self.kv.durable(), outbox, queued, consumed_queue_entry })
     }
 
     fn barrier(&self) -> Durable {

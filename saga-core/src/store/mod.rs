@@ -24,7 +24,7 @@ pub use kv::{Batch, KeyValue, KvStore, OrderedKv, Rejection, Write, leading_vers
 pub use memory::{MemoryKv, MemoryStore};
 pub use records::{
     Awaiting, EntityRecord, HistoryEntry, HistoryEvent, InstanceRecord, MessageRef, OutboxEntry, ParkedOutboxEntry,
-    Phase, QueueDeadLetter, QueuedMessage, SagaStatus, StatusKind, TimerKey, TimerPurpose, TimerRecord,
+    Phase, QueueDeadLetter, QueueEntry, QueuedMessage, SagaStatus, StatusKind, TimerKey, TimerPurpose, TimerRecord,
 };
 #[cfg(feature = "sled")]
 pub use sled::{SledKv, SledOptions, SledStore};
@@ -182,6 +182,12 @@ pub struct Commit {
     /// Marks `(consumer, message_id)` processed; the commit fails with
     /// [`StoreError::Duplicate`] if it already was.
     pub inbox: Option<(Uuid, Uuid)>,
+    /// With `inbox`: the `(subscription, position)` of the delivered message's queue entry
+    /// when that entry is the message's only copy ([`QueueEntry::only_copy`]). The commit
+    /// then requires the entry and removes it instead of writing an inbox entry: a message
+    /// enqueued once and consumed by removing it cannot be processed twice, and the consumer
+    /// saves a write (and its ack a removal).
+    pub consumes: Option<(String, u64)>,
     /// The saga instance's new state.
     pub instance: Option<InstanceWrite>,
     /// Participant records.
@@ -210,6 +216,9 @@ pub struct Committed {
     /// The commit's queued messages with their queue positions, in order: hand them to the
     /// bus (`Bus::deliver_stored`) once `durable` resolved.
     pub queued: Vec<QueuedMessage>,
+    /// The commit removed its delivery's queue entry ([`Commit::consumes`]): settle the
+    /// delivery with `Delivery::ack_consumed`, which has nothing left to remove.
+    pub consumed_queue_entry: bool,
 }
 
 /// What [`Store::enqueue`] hands back.

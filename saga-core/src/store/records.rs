@@ -345,6 +345,22 @@ pub struct OutboxEntry {
     pub envelope: crate::message::Envelope,
 }
 
+/// Where a delivered message waits in a queue its store keeps (the local bus), for the
+/// consumer's commit to remove it ([`Commit::consumes`](super::Commit::consumes)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueEntry {
+    /// The subscription whose queue holds it.
+    pub subscription: String,
+    /// Its position there.
+    pub seq: u64,
+    /// A commit wrote it in the same atomic write that produced the message, and nothing
+    /// enqueues that message again (its id derives from that commit's cause): this entry is
+    /// its only copy, so the entry's presence tells whether the consumer processed it.
+    /// Messages published (a submission, the relay) or loaded after a restart say `false`
+    /// and are deduplicated by the consumer's inbox.
+    pub only_copy: bool,
+}
+
 /// A message waiting in a subscription's durable queue (the local bus keeps its queues in the
 /// store, so that a crash loses none of them).
 #[derive(Debug, Clone, PartialEq, Eq)]
