@@ -7,7 +7,7 @@
 //! Because every subscription lives in this process, the bus knows when a message would reach
 //! nobody, and refuses it ([`BusError::Unroutable`]) instead of dropping it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -111,6 +111,10 @@ struct Queue {
     consumers: Mutex<Consumers>,
     /// Set once the journal's messages for this subscription were loaded into the queue.
     loaded: OnceCell<()>,
+    /// With a journal: the positions of the messages this queue holds in memory (queued, or
+    /// delivered and not yet settled), so that no journal entry is in memory twice (see
+    /// `Inner::load`).
+    known: Mutex<HashSet<u64>>,
 }
 
 /// Who consumes a queue, for exclusive subscriptions.
@@ -184,6 +188,7 @@ impl InMemoryBus {
                     closing: Notify::new(),
                     consumers: Mutex::default(),
                     loaded: OnceCell::new(),
+                    known: Mutex::default(),
                 })
             })
             .clone()
@@ -231,7 +236,14 @@ impl InMemoryBus {
         let queue = self.queue(subscription);
         // Bound only once the consumer is let in: a refused one changes no routing.
         let holder = self.hold(&queue, exclusive).await?;
+        let loaded_before = queue.loaded.initialized();
         queue.loaded.get_or_try_init(|| self.inner.load(&queue)).await?;
+        if loaded_before {
+            // A consumer of an earlier runtime on this bus may have gone away between a
+            // commit and the delivery of its queued copies: take up what the journal holds
+            // and this queue does not.
+            self.inner.load(&queue).await?;
+        }
         self.bind(&queue, names);
         Ok(Consumer::new(subscription, Box::new(MemoryStream { bus: self.inner.clone(), queue, _holder: holder })))
     }
@@ -270,9 +282,12 @@ impl InMemoryBus {
 }
 
 impl Inner {
-    /// Puts what the journal holds for a subscription into its new queue. It runs before the
-    /// queue is bound to any name, so no publish can reach the queue meanwhile and nothing
-    /// is loaded twice.
+    /// Puts what the journal holds for a subscription and its queue does not hold into the
+    /// queue: at its first subscribe (before the queue is bound to any name), and again at
+    /// later ones. Only what the store says is durable is delivered: a commit whose delivery
+    /// was cut short may not be yet. A message already in memory (`Queue::known`) is not
+    /// added again, so nothing is delivered twice by a load racing a publish or a commit's
+    /// delivery.
     async fn load(&self, queue: &Queue) -> Result<(), BusError> {
         let Some(journal) = &self.journal else { return Ok(()) };
         let mut after = None;
@@ -280,6 +295,7 @@ impl Inner {
             let page = journal.queued(&queue.name, after, 1_000).await.map_err(journal_error)?;
             let Some(last) = page.last() else { return Ok(()) };
             after = Some(last.seq);
+            journal.barrier().await.map_err(journal_error)?;
             for m in page {
                 self.enqueue(queue, Item { envelope: m.envelope, seq: m.seq, only_copy: false })?;
             }
@@ -301,6 +317,9 @@ impl Inner {
         if queue.closed.load(Ordering::SeqCst) {
             return Ok(());
         }
+        if self.journal.is_some() && !lock(&queue.known).insert(item.seq) {
+            return Ok(());
+        }
         self.activity.add(1);
         if queue.tx.send(item).is_err() {
             self.activity.done(1);
@@ -309,7 +328,8 @@ impl Inner {
         Ok(())
     }
 
-    async fn park(&self, subscription: &str, item: Item, reason: String) -> Result<(), BusError> {
+    async fn park(&self, queue: &Queue, item: Item, reason: String) -> Result<(), BusError> {
+        let subscription = queue.name.as_str();
         tracing::debug!(
             subscription,
             message_name = %item.envelope.name,
@@ -322,7 +342,11 @@ impl Inner {
             let message =
                 QueuedMessage { subscription: subscription.to_owned(), seq: item.seq, envelope: item.envelope };
             // On failure the message stays queued, delivered again after a restart.
+            let seq = message.seq;
             let parked = journal.dead_letter_queued(message, &reason, at).await.map_err(journal_error);
+            if parked.is_ok() {
+                lock(&queue.known).remove(&seq);
+            }
             self.activity.done(1);
             return parked;
         }
@@ -342,7 +366,7 @@ impl Inner {
         if let Some(max) = self.max_deliveries {
             if item.envelope.attempt >= max {
                 let reason = format!("delivered {} times without being acked", item.envelope.attempt);
-                return self.park(&queue.name, item, reason).await;
+                return self.park(queue, item, reason).await;
             }
         }
         item.envelope.attempt = item.envelope.attempt.saturating_add(1);
@@ -366,7 +390,9 @@ impl Inner {
         match &self.journal {
             Some(journal) => {
                 crate::crash_points::crash_point!("local_bus.before_ack_removal");
-                journal.dequeue(&queue.name, &[seq]).await.map_err(journal_error)
+                let removed = journal.dequeue(&queue.name, &[seq]).await.map_err(journal_error);
+                lock(&queue.known).remove(&seq);
+                removed
             }
             None => Ok(()),
         }
@@ -526,19 +552,21 @@ impl Acker for MemoryAcker {
     }
 
     async fn dead_letter(self: Box<Self>, envelope: Envelope, reason: String) -> Result<(), BusError> {
-        self.bus.park(&self.queue.name, Item { envelope, seq: self.seq, only_copy: self.only_copy }, reason).await
+        self.bus.park(&self.queue, Item { envelope, seq: self.seq, only_copy: self.only_copy }, reason).await
     }
 
     fn queue_entry(&self) -> Option<QueueEntry> {
-        self.bus.journal.as_ref().map(|_| QueueEntry {
+        self.bus.journal.as_ref().map(|journal| QueueEntry {
             subscription: self.queue.name.clone(),
             seq: self.seq,
+            store: journal.identity(),
             only_copy: self.only_copy,
         })
     }
 
     async fn ack_consumed(self: Box<Self>) -> Result<(), BusError> {
         // The consumer's commit removed the entry: nothing left to write.
+        lock(&self.queue.known).remove(&self.seq);
         self.bus.activity.done(1);
         Ok(())
     }

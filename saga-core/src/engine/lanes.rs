@@ -377,8 +377,9 @@ async fn run_completions(core: Arc<Core>, mut rx: mpsc::Receiver<Completion>, fo
         core.relay.send(std::mem::take(&mut c.outbox));
         if !c.queued.is_empty() {
             if let Err(e) = core.bus.deliver_stored(std::mem::take(&mut c.queued)) {
-                // They are in the store's queues: the next start delivers them.
-                log_unit!(warn, c.context, error = %e, "could not deliver this unit's messages; they wait in the store for the next start");
+                // They are in the store's queues: the bus's next subscribe to them, or the next
+                // start, delivers them.
+                log_unit!(warn, c.context, error = %e, "could not deliver this unit's messages; they wait in the store for the next subscribe or start");
             }
         }
         if c.timers_added {

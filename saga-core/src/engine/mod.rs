@@ -96,9 +96,10 @@ impl Core {
 }
 
 /// The queue entry a consumer's commit takes in place of its inbox entry: a message's only
-/// copy ([`QueueEntry::only_copy`]).
-pub(crate) fn only_copy(entry: Option<&QueueEntry>) -> Option<(String, u64)> {
-    entry.filter(|e| e.only_copy).map(|e| (e.subscription.clone(), e.seq))
+/// copy ([`QueueEntry::only_copy`]), kept in the store this runtime commits to (a consumer
+/// with a store of its own deduplicates in its inbox, as on any bus).
+pub(crate) fn only_copy(core: &Core, entry: Option<&QueueEntry>) -> Option<(String, u64)> {
+    entry.filter(|e| e.only_copy && e.store == core.store.identity()).map(|e| (e.subscription.clone(), e.seq))
 }
 
 /// Whether `consumer` already processed a delivered message: its inbox entry says so, or, for
@@ -110,10 +111,10 @@ pub(crate) async fn already_processed(
     envelope: &Envelope,
     entry: Option<&QueueEntry>,
 ) -> Result<bool, StoreError> {
-    match entry.filter(|e| e.only_copy) {
-        Some(e) => {
-            let found = core.store.queued(&e.subscription, e.seq.checked_sub(1), 1).await?;
-            Ok(found.first().is_none_or(|m| m.seq != e.seq))
+    match only_copy(core, entry) {
+        Some((subscription, seq)) => {
+            let found = core.store.queued(&subscription, seq.checked_sub(1), 1).await?;
+            Ok(found.first().is_none_or(|m| m.seq != seq))
         }
         None => core.store.processed(consumer, envelope.message_id).await,
     }

@@ -340,7 +340,7 @@ impl<H: Handler> Driver for ParticipantDriver<H> {
             .collect();
         let commit = Commit {
             inbox: Some((self.consumer, envelope.message_id)),
-            consumes: super::only_copy(queue_entry.as_ref()),
+            consumes: super::only_copy(core, queue_entry.as_ref()),
             entities,
             outbox: ctx.outgoing,
             ..Commit::default()

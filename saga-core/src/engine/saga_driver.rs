@@ -147,7 +147,7 @@ impl<S: Saga> SagaDriver<S> {
                 (t, previous)
             }
         };
-        self.commit_keeping(core, t, previous, cause, false, super::only_copy(queue_entry)).await
+        self.commit_keeping(core, t, previous, cause, false, super::only_copy(core, queue_entry)).await
     }
 
     async fn commit(

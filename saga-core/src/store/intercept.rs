@@ -125,7 +125,7 @@ impl<S: Store, H: CommitHook> Store for Intercepted<S, H> {
     fn is_persistent(&self) -> bool {
         self.store.is_persistent()
     }
-    fn identity(&self) -> *const () {
+    fn identity(&self) -> usize {
         self.store.identity()
     }
     async fn enqueue(&self, messages: Vec<(String, Envelope)>) -> Result<Enqueued, StoreError> {

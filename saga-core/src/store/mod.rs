@@ -314,8 +314,8 @@ pub trait Store: Send + Sync + 'static {
     /// What tells this store apart from every other one, through any wrapper (`Arc`,
     /// [`Intercepted`]): a bus that keeps its queues in a store writes a commit's messages
     /// into them only when the commit goes to that very store.
-    fn identity(&self) -> *const () {
-        (self as *const Self).cast()
+    fn identity(&self) -> usize {
+        (self as *const Self).cast::<()>().addr()
     }
 
     /// Appends messages to subscriptions' durable queues, one `(subscription, envelope)` each,
@@ -396,7 +396,7 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     fn is_persistent(&self) -> bool {
         (**self).is_persistent()
     }
-    fn identity(&self) -> *const () {
+    fn identity(&self) -> usize {
         (**self).identity()
     }
     async fn enqueue(&self, messages: Vec<(String, Envelope)>) -> Result<Enqueued, StoreError> {

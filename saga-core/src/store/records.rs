@@ -353,6 +353,9 @@ pub struct QueueEntry {
     pub subscription: String,
     /// Its position there.
     pub seq: u64,
+    /// The [`Store::identity`](super::Store::identity) of the store that keeps it: only a
+    /// consumer committing to that store can take the entry in its commit.
+    pub store: usize,
     /// A commit wrote it in the same atomic write that produced the message, and nothing
     /// enqueues that message again (its id derives from that commit's cause): this entry is
     /// its only copy, so the entry's presence tells whether the consumer processed it.
