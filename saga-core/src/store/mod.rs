@@ -11,6 +11,7 @@
 //! [`SledStore`] (the embedded, durable default) and [`MemoryStore`] (tests) share every line
 //! of layout and commit logic, so they cannot drift apart.
 
+pub mod conformance;
 mod intercept;
 mod kv;
 mod layout;
@@ -19,6 +20,9 @@ mod records;
 #[cfg(feature = "sled")]
 mod sled;
 
+#[cfg(feature = "sled")]
+pub use conformance::SledTarget;
+pub use conformance::{MemoryTarget, StoreTarget};
 pub use intercept::{CommitHook, Intercepted};
 pub use kv::{Batch, KeyValue, KvStore, OrderedKv, Rejection, Write, leading_version};
 pub use memory::{MemoryKv, MemoryStore};

@@ -1,0 +1,422 @@
+//! The store conformance suite: what every [`Store`] must do, runnable against any of them.
+//!
+//! A store (ours or a third party's) implements [`StoreTarget`] and expands
+//! [`store_conformance_tests!`](crate::store_conformance_tests) in a test module, which
+//! generates one `#[tokio::test]` per check. The engine relies on nothing else a store does,
+//! so a store that passes can run every saga.
+//!
+//! Each check uses fresh ids and names and looks only at what it wrote, so the checks may run
+//! concurrently against one shared database and find other runs' data beside their own.
+//!
+//! ```
+//! mod memory_store {
+//!     saga_core::store_conformance_tests!(async { Some(saga_core::store::MemoryTarget) });
+//! }
+//! ```
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::{
+    Commit, EntityWrite, InstanceRecord, InstanceWrite, MemoryStore, Phase, SagaStatus, StatusKind, Store, StoreError,
+    TimerKey, TimerPurpose, TimerRecord,
+};
+use crate::message::{Envelope, Timestamp};
+
+/// A store under test.
+#[async_trait::async_trait]
+pub trait StoreTarget: Send + Sync {
+    /// A store to run one check on (a new one, or a shared one: checks only read their own
+    /// writes).
+    async fn store(&self) -> Arc<dyn Store>;
+
+    /// Another handle onto the same store, as a second runtime would have: the same `Arc` for
+    /// a store one process owns (the default), a second connection pool for a database.
+    async fn another_handle(&self, store: &Arc<dyn Store>) -> Arc<dyn Store> {
+        store.clone()
+    }
+}
+
+/// `MemoryStore` as a conformance target.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MemoryTarget;
+
+#[async_trait::async_trait]
+impl StoreTarget for MemoryTarget {
+    async fn store(&self) -> Arc<dyn Store> {
+        Arc::new(MemoryStore::new())
+    }
+}
+
+/// `SledStore` under one durability as a conformance target: a store in a new temporary
+/// directory per check, removed when the process ends.
+#[cfg(feature = "sled")]
+#[derive(Debug, Clone, Copy)]
+pub struct SledTarget(pub super::Durability);
+
+#[cfg(feature = "sled")]
+#[async_trait::async_trait]
+impl StoreTarget for SledTarget {
+    async fn store(&self) -> Arc<dyn Store> {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = super::SledStore::open_with(dir.path(), super::SledOptions::default().durability(self.0))
+            .expect("a sled store in a new directory");
+        // The directory must outlive the store, which the check may keep until it ends.
+        std::mem::forget(dir);
+        Arc::new(store)
+    }
+}
+
+type Outcome = Result<(), String>;
+
+fn check(ok: bool, what: impl Into<String>) -> Outcome {
+    if ok { Ok(()) } else { Err(what.into()) }
+}
+
+fn failed(what: &str) -> impl FnOnce(StoreError) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+fn record(id: Uuid, version: u64, status: SagaStatus) -> InstanceRecord {
+    InstanceRecord {
+        id,
+        saga: "conformance".into(),
+        saga_version: 1,
+        key: id.to_string(),
+        status,
+        version,
+        state: b"{}".to_vec(),
+        awaiting: None,
+        failure: None,
+        created_at: Timestamp(0),
+        updated_at: Timestamp(0),
+    }
+}
+
+fn write(id: Uuid, version: u64, status: SagaStatus, previous: Option<(u64, StatusKind)>) -> InstanceWrite {
+    InstanceWrite { record: record(id, version, status), previous }
+}
+
+fn timer(due: u64, instance_id: Uuid) -> TimerRecord {
+    TimerRecord {
+        key: TimerKey { due: Timestamp(due), instance_id, timer_id: Uuid::now_v7() },
+        saga: "conformance".into(),
+        purpose: TimerPurpose::Timeout { step: 0, phase: Phase::Action, attempt: 1 },
+    }
+}
+
+fn unique(base: &str) -> String {
+    format!("conformance.{base}.{}", Uuid::now_v7().simple())
+}
+
+async fn durably(store: &dyn Store, commit: Commit) -> Result<super::Committed, StoreError> {
+    let mut committed = store.commit(commit).await?;
+    std::mem::replace(&mut committed.durable, Box::pin(async { Ok(()) })).await?;
+    Ok(committed)
+}
+
+/// A commit applies its instance, inbox entry, outbox, timers and history together, and its
+/// outbox comes back with increasing positions.
+pub async fn a_commit_applies_instance_inbox_outbox_timers_and_history_together(t: &dyn StoreTarget) -> Outcome {
+    let store = t.store().await;
+    let (id, msg) = (Uuid::now_v7(), Uuid::now_v7());
+    let (a, b) = (unique("a"), unique("b"));
+    let history = super::HistoryEntry { version: 1, at: Timestamp(0), cause: None, events: Vec::new() };
+    let committed = durably(
+        &*store,
+        Commit {
+            inbox: Some((id, msg)),
+            instance: Some(write(id, 1, SagaStatus::Running { step: 0 }, None)),
+            outbox: vec![Envelope::new(&a, vec![1]), Envelope::new(&b, vec![2])],
+            timers_add: vec![timer(50, id), timer(10, id)],
+            history: Some(history),
+            ..Commit::default()
+        },
+    )
+    .await
+    .map_err(failed("the first commit"))?;
+    check(committed.outbox.len() == 2 && committed.outbox[0].seq < committed.outbox[1].seq, "outbox positions")?;
+    let found = store.instance(id).await.map_err(failed("instance"))?;
+    check(found.is_some_and(|r| r.version == 1), "the instance at version 1")?;
+    check(store.processed(id, msg).await.map_err(failed("processed"))?, "the inbox entry")?;
+    check(store.history(id).await.map_err(failed("history"))?.len() == 1, "one history entry")?;
+    let mut due = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.timers_due(Timestamp(60), after, 100).await.map_err(failed("timers_due"))?;
+        after = page.last().map(|t| t.key);
+        let last = page.len() < 100;
+        due.extend(page.into_iter().filter(|t| t.key.instance_id == id).map(|t| t.key.due.0));
+        if last {
+            break;
+        }
+    }
+    check(due == [10, 50], format!("the instance's timers in due order, got {due:?}"))?;
+    // Other runs' timers may sit in between on a shared store: the next one after 10 is due by 50.
+    let next = store.next_timer(Timestamp(10)).await.map_err(failed("next_timer"))?;
+    check(next.is_some_and(|k| k.due.0 > 10 && k.due.0 <= 50), format!("a next timer after 10, got {next:?}"))?;
+    let outbox = outbox_named(&*store, &[&a, &b]).await?;
+    check(outbox == [a.as_str(), b.as_str()], format!("the outbox in commit order, got {outbox:?}"))
+}
+
+async fn outbox_named<'a>(store: &dyn Store, names: &[&'a str]) -> Result<Vec<&'a str>, String> {
+    let mut found = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.outbox(after, 500).await.map_err(failed("outbox"))?;
+        after = page.last().map(|e| e.seq);
+        let last = page.len() < 500;
+        found.extend(page.iter().filter_map(|e| names.iter().find(|n| **n == e.envelope.name).copied()));
+        if last {
+            return Ok(found);
+        }
+    }
+}
+
+/// A second commit with the same `(consumer, message)` inbox entry is refused as a duplicate
+/// and changes nothing.
+pub async fn the_inbox_refuses_a_message_its_consumer_processed(t: &dyn StoreTarget) -> Outcome {
+    let store = t.store().await;
+    let (id, msg) = (Uuid::now_v7(), Uuid::now_v7());
+    let first = Commit {
+        inbox: Some((id, msg)),
+        instance: Some(write(id, 1, SagaStatus::Running { step: 0 }, None)),
+        ..Commit::default()
+    };
+    durably(&*store, first).await.map_err(failed("the first commit"))?;
+    let again = Commit {
+        inbox: Some((id, msg)),
+        instance: Some(write(id, 2, SagaStatus::Completed, Some((1, StatusKind::Running)))),
+        ..Commit::default()
+    };
+    let refused = durably(&*store, again).await;
+    check(matches!(refused, Err(StoreError::Duplicate { .. })), format!("a duplicate, got {:?}", refused.err()))?;
+    let found = store.instance(id).await.map_err(failed("instance"))?;
+    check(found.is_some_and(|r| r.version == 1), "the instance untouched by the refused commit")
+}
+
+/// A writer that read an older version loses with a conflict naming both versions, and its
+/// commit changes nothing; participant records are checked the same way.
+pub async fn a_stale_version_loses_and_changes_nothing(t: &dyn StoreTarget) -> Outcome {
+    let store = t.store().await;
+    let id = Uuid::now_v7();
+    let create = Commit { instance: Some(write(id, 1, SagaStatus::Running { step: 0 }, None)), ..Commit::default() };
+    durably(&*store, create).await.map_err(failed("create"))?;
+    let stale_timer = timer(5, id);
+    let stale = Commit {
+        instance: Some(write(id, 1, SagaStatus::Completed, Some((0, StatusKind::Running)))),
+        timers_add: vec![stale_timer.clone()],
+        ..Commit::default()
+    };
+    let lost = durably(&*store, stale).await;
+    check(
+        matches!(lost, Err(StoreError::Conflict { expected: 0, found: 1, .. })),
+        format!("a conflict expecting 0 and finding 1, got {:?}", lost.err()),
+    )?;
+    let timers = store.timers_due(Timestamp(10), None, 10_000).await.map_err(failed("timers_due"))?;
+    check(!timers.iter().any(|t| t.key == stale_timer.key), "the losing commit's timer is not there")?;
+
+    let (scope, key) = (unique("scope"), "record/1".to_owned());
+    let entity = |expected| Commit {
+        entities: vec![EntityWrite {
+            scope: scope.clone(),
+            key: key.clone(),
+            expected_version: expected,
+            value: b"7".to_vec(),
+        }],
+        ..Commit::default()
+    };
+    durably(&*store, entity(0)).await.map_err(failed("the record's first write"))?;
+    let lost = durably(&*store, entity(0)).await;
+    check(matches!(lost, Err(StoreError::Conflict { .. })), "a second write from version 0 conflicts")?;
+    durably(&*store, entity(1)).await.map_err(failed("the record's second write"))?;
+    let found = store.entity(&scope, &key).await.map_err(failed("entity"))?;
+    check(found.is_some_and(|r| r.version == 2 && r.value == b"7"), "the record at version 2")?;
+    let listed = store.entities(&scope, 10).await.map_err(failed("entities"))?;
+    check(listed.len() == 1 && listed[0].0 == key, "the scope lists the record")
+}
+
+/// The status index follows an instance's status, also across steps of the same kind.
+pub async fn the_status_index_follows_the_status(t: &dyn StoreTarget) -> Outcome {
+    let store = t.store().await;
+    let id = Uuid::now_v7();
+    let listed = |kind| {
+        let store = store.clone();
+        async move {
+            Ok::<_, String>(
+                store.instances_with_status(kind, usize::MAX).await.map_err(failed("status"))?.contains(&id),
+            )
+        }
+    };
+    let steps = [
+        (SagaStatus::Running { step: 0 }, None),
+        (SagaStatus::Running { step: 1 }, Some((1, StatusKind::Running))),
+        (SagaStatus::Completed, Some((2, StatusKind::Running))),
+    ];
+    for (version, (status, previous)) in (1..).zip(steps) {
+        let kind = status.kind();
+        durably(&*store, Commit { instance: Some(write(id, version, status, previous)), ..Commit::default() })
+            .await
+            .map_err(failed("a transition"))?;
+        check(listed(kind).await?, format!("listed as {kind:?} at version {version}"))?;
+    }
+    check(!listed(StatusKind::Running).await?, "no longer listed as running")
+}
+
+/// Published outbox entries can be removed; one the relay gives up on is parked with its
+/// reason and leaves the outbox.
+pub async fn outbox_entries_are_removed_or_parked_with_their_reason(t: &dyn StoreTarget) -> Outcome {
+    let store = t.store().await;
+    let (a, b) = (unique("a"), unique("b"));
+    let committed = durably(
+        &*store,
+        Commit { outbox: vec![Envelope::new(&a, vec![]), Envelope::new(&b, vec![])], ..Commit::default() },
+    )
+    .await
+    .map_err(failed("commit"))?;
+    let (first, second) = (committed.outbox[0].seq, committed.outbox[1].seq);
+    store.remove_outbox(&[first]).await.map_err(failed("remove_outbox"))?;
+    store.park_outbox(second, "nobody takes it", Timestamp(7)).await.map_err(failed("park_outbox"))?;
+    check(outbox_named(&*store, &[&a, &b]).await?.is_empty(), "both entries left the outbox")?;
+    let parked = store.parked_outbox(None, 100_000).await.map_err(failed("parked_outbox"))?;
+    check(
+        parked.iter().any(|p| p.seq == second && p.reason == "nobody takes it" && p.envelope.name == b),
+        "the parked entry with its reason",
+    )
+}
+
+/// A commit writes queued copies with it; a consumer's commit that takes its entry in place
+/// of an inbox entry does so once, and writes no inbox entry.
+pub async fn a_queued_message_commits_with_its_unit_and_is_consumed_once(t: &dyn StoreTarget) -> Outcome {
+    let store = t.store().await;
+    let subscription = unique("billing");
+    let sent = Commit { queued: vec![(subscription.clone(), Envelope::new("c", vec![3]))], ..Commit::default() };
+    let committed = durably(&*store, sent).await.map_err(failed("the producing commit"))?;
+    let entry = committed.queued.first().ok_or("the queued copy comes back with its position")?.clone();
+    let queued = store.queued(&subscription, None, 10).await.map_err(failed("queued"))?;
+    check(queued.len() == 1 && queued[0].seq == entry.seq, "the copy is queued")?;
+    let (consumer, message) = (Uuid::now_v7(), entry.envelope.message_id);
+    let consume = Commit {
+        inbox: Some((consumer, message)),
+        consumes: Some((subscription.clone(), entry.seq)),
+        ..Commit::default()
+    };
+    let taken = durably(&*store, consume.clone()).await.map_err(failed("the consuming commit"))?;
+    check(taken.consumed_queue_entry, "the commit says it took the entry")?;
+    check(store.queued(&subscription, None, 10).await.map_err(failed("queued"))?.is_empty(), "the entry is gone")?;
+    let again = durably(&*store, consume).await;
+    check(matches!(again, Err(StoreError::Duplicate { .. })), "a second consumption is a duplicate")?;
+    check(!store.processed(consumer, message).await.map_err(failed("processed"))?, "no inbox entry was written")
+}
+
+/// Queue entries keep their delivery count when rewritten, leave when dequeued, and move to
+/// the dead letters with their reason.
+pub async fn queue_entries_are_rewritten_removed_and_dead_lettered(t: &dyn StoreTarget) -> Outcome {
+    let store = t.store().await;
+    let subscription = unique("audit");
+    let enqueued = store
+        .enqueue((0..3).map(|n| (subscription.clone(), Envelope::new("e", vec![n]))).collect())
+        .await
+        .map_err(failed("enqueue"))?;
+    enqueued.durable.await.map_err(failed("enqueue's durability"))?;
+    let mut queued = store.queued(&subscription, None, 10).await.map_err(failed("queued"))?;
+    check(queued.len() == 3, "three entries")?;
+    queued[0].envelope.attempt = 4;
+    store.requeue(&queued[0]).await.map_err(failed("requeue"))?;
+    store.dequeue(&subscription, &[queued[1].seq]).await.map_err(failed("dequeue"))?;
+    store.dead_letter_queued(queued[2].clone(), "cannot parse", Timestamp(9)).await.map_err(failed("dead letter"))?;
+    let left = store.queued(&subscription, None, 10).await.map_err(failed("queued"))?;
+    check(left.len() == 1 && left[0].envelope.attempt == 4, "one entry left, with its delivery count")?;
+    let later = store.queued(&subscription, Some(left[0].seq), 10).await.map_err(failed("queued after"))?;
+    check(later.is_empty(), "paging after the last entry finds nothing")?;
+    let dead = store.queue_dead_letters(None, 100_000).await.map_err(failed("queue_dead_letters"))?;
+    check(
+        dead.iter().any(|d| d.subscription == subscription && d.reason == "cannot parse" && d.envelope.payload == [2]),
+        "the dead letter with its reason",
+    )
+}
+
+/// Writers on several handles racing on one instance: for each version exactly one commit
+/// wins, the others conflict, and no update is lost; of concurrent commits of one inbox
+/// entry exactly one is applied.
+pub async fn concurrent_writers_on_one_instance_serialize(t: &dyn StoreTarget) -> Outcome {
+    const WRITERS: usize = 4;
+    const ROUNDS: u64 = 10;
+    let store = t.store().await;
+    let mut handles = vec![store.clone()];
+    for _ in 1..WRITERS {
+        handles.push(t.another_handle(&store).await);
+    }
+    let id = Uuid::now_v7();
+    durably(
+        &*store,
+        Commit { instance: Some(write(id, 1, SagaStatus::Running { step: 0 }, None)), ..Commit::default() },
+    )
+    .await
+    .map_err(failed("create"))?;
+    for version in 1..=ROUNDS {
+        let attempts = handles.iter().map(|h| {
+            let h = h.clone();
+            async move {
+                let step = SagaStatus::Running { step: version as u32 };
+                let c = Commit {
+                    instance: Some(write(id, version + 1, step, Some((version, StatusKind::Running)))),
+                    ..Commit::default()
+                };
+                durably(&*h, c).await
+            }
+        });
+        let results = futures::future::join_all(attempts).await;
+        let won = results.iter().filter(|r| r.is_ok()).count();
+        let conflicts = results.iter().filter(|r| matches!(r, Err(StoreError::Conflict { .. }))).count();
+        check(won == 1 && conflicts == WRITERS - 1, format!("round {version}: {won} won, {conflicts} conflicted"))?;
+    }
+    let found = store.instance(id).await.map_err(failed("instance"))?;
+    check(found.is_some_and(|r| r.version == ROUNDS + 1), "every round's winner is kept")?;
+
+    let (consumer, message) = (Uuid::now_v7(), Uuid::now_v7());
+    let (scope, key) = (unique("effects"), "count".to_owned());
+    let attempts = handles.iter().map(|h| {
+        let (h, scope, key) = (h.clone(), scope.clone(), key.clone());
+        async move {
+            let c = Commit {
+                inbox: Some((consumer, message)),
+                entities: vec![EntityWrite { scope, key, expected_version: 0, value: b"1".to_vec() }],
+                ..Commit::default()
+            };
+            durably(&*h, c).await
+        }
+    });
+    let applied = futures::future::join_all(attempts).await.iter().filter(|r| r.is_ok()).count();
+    check(applied == 1, format!("one of the concurrent copies applied, not {applied}"))
+}
+
+/// Expands to one `#[tokio::test]` per check of the store conformance suite, each on the
+/// [`StoreTarget`] the given future yields (`None`: the store is not configured here, and the
+/// check passes without running).
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($target:expr) => {
+        $crate::store_conformance_tests!(@each $target;
+            a_commit_applies_instance_inbox_outbox_timers_and_history_together,
+            the_inbox_refuses_a_message_its_consumer_processed,
+            a_stale_version_loses_and_changes_nothing,
+            the_status_index_follows_the_status,
+            outbox_entries_are_removed_or_parked_with_their_reason,
+            a_queued_message_commits_with_its_unit_and_is_consumed_once,
+            queue_entries_are_rewritten_removed_and_dead_lettered,
+            concurrent_writers_on_one_instance_serialize,
+        );
+    };
+    (@each $target:expr; $($check:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $check() {
+            if let Some(target) = $target.await {
+                if let Err(failure) = $crate::store::conformance::$check(&target).await {
+                    panic!("{}: {failure}", stringify!($check));
+                }
+            }
+        }
+    )*};
+}
