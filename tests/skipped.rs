@@ -20,6 +20,12 @@ fn say_which_suites_this_build_leaves_out() {
             "--features nats and SAGA_TEST_NATS_URL=nats://127.0.0.1:4222",
         );
     }
+    if cfg!(not(feature = "postgres")) {
+        say(
+            "the PostgreSQL suites (the store conformance suite on PostgresStore, postgres_store)",
+            "--features postgres and SAGA_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test",
+        );
+    }
     if cfg!(not(feature = "failpoints")) {
         say(
             "the crash-point suite (crash, an_abort_at_every_crash_point_*)",

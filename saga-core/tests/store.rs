@@ -146,3 +146,8 @@ fn a_corrupted_store_is_refused_with_a_clear_error() {
     assert!(err.to_string().contains("cannot open the store at"), "{err}");
     assert!(err.to_string().contains("restore it from a backup"), "{err}");
 }
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    saga_core::store_conformance_tests!(async { saga_core::store::PostgresTarget::from_env() });
+}

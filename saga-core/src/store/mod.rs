@@ -16,6 +16,8 @@ mod intercept;
 mod kv;
 mod layout;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod records;
 #[cfg(feature = "sled")]
 mod sled;
@@ -26,6 +28,8 @@ pub use conformance::{MemoryTarget, StoreTarget};
 pub use intercept::{CommitHook, Intercepted};
 pub use kv::{Batch, KeyValue, KvStore, OrderedKv, Rejection, Write, leading_version};
 pub use memory::{MemoryKv, MemoryStore};
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresStore, PostgresTarget};
 pub use records::{
     Awaiting, EntityRecord, HistoryEntry, HistoryEvent, InstanceRecord, MessageRef, OutboxEntry, ParkedOutboxEntry,
     Phase, QueueDeadLetter, QueueEntry, QueuedMessage, SagaStatus, StatusKind, TimerKey, TimerPurpose, TimerRecord,

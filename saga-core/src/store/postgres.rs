@@ -1,0 +1,646 @@
+//! The PostgreSQL store: the [`Store`] contract in one database, one SQL transaction per unit
+//! of work.
+//!
+//! A commit is one transaction: the inbox entry is inserted if absent (or, for a local-bus
+//! message's only copy, its queue row deleted), the instance and participant records are
+//! written only at the version read (`UPDATE … WHERE version = $read`, or an insert that finds
+//! no row), and the outbox, queue, timer and history rows go with them. It is durable at
+//! `COMMIT` (PostgreSQL's `synchronous_commit` decides what that means on the server), so
+//! `Committed::durable` is resolved when `commit` returns and there is nothing to flush.
+//!
+//! The schema is created and upgraded by the versioned migrations in `migrations/postgres`,
+//! which [`PostgresStore::connect`] runs (under PostgreSQL's advisory lock, so processes
+//! starting together do not race). A database that an unknown, newer migration touched is
+//! refused with [`StoreError::UnsupportedFormat`], like a sled store of a newer format.
+//!
+//! Every database error is [`StoreError::Io`]: a lost connection, a failover or a
+//! serialization failure is retried by the engine without spending a message's retries.
+//!
+//! Records are postcard-encoded, as in the sled store; identifiers, versions, positions and due
+//! times are columns, so that the queries the engine pages with are index ranges.
+//!
+//! One process per database for now: [`Store::is_shared`] is `false`, so the runtime
+//! subscribes exclusively, until timers and local steps run under leases.
+
+use std::sync::Arc;
+
+use futures::FutureExt;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, PgConnection};
+use sqlx::{Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use super::layout as key;
+use super::{
+    Commit, Committed, Durable, Enqueued, EntityRecord, HistoryEntry, InstanceRecord, OutboxEntry, ParkedOutboxEntry,
+    QueueDeadLetter, QueuedMessage, StatusKind, Store, StoreError, TimerKey, TimerRecord,
+};
+use crate::message::{Envelope, Timestamp};
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// A [`Store`] in PostgreSQL (feature `postgres`).
+///
+/// ```no_run
+/// # async fn run() -> Result<(), saga_core::store::StoreError> {
+/// use saga_core::store::PostgresStore;
+/// let store = PostgresStore::connect("postgres://postgres@127.0.0.1:5432/test").await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+    /// Where it connects, without credentials, for error messages.
+    place: Arc<str>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore").field("database", &self.place).finish_non_exhaustive()
+    }
+}
+
+fn db(e: sqlx::Error) -> StoreError {
+    StoreError::Io(format!("PostgreSQL: {e}"))
+}
+
+fn ready() -> Durable {
+    futures::future::ready(Ok(())).boxed()
+}
+
+fn status_code(kind: StatusKind) -> i16 {
+    match kind {
+        StatusKind::Running => 0,
+        StatusKind::Compensating => 1,
+        StatusKind::Completed => 2,
+        StatusKind::Compensated => 3,
+        StatusKind::Failed => 4,
+    }
+}
+
+/// Positions, versions and times are `u64` in the engine and `BIGINT` here.
+fn big(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn small(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or_default()
+}
+
+fn limit(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl PostgresStore {
+    /// Connects with a pool of up to 8 connections and brings the schema up to date.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, 8).await
+    }
+
+    /// Connects with a pool of up to `max_connections` and brings the schema up to date.
+    pub async fn connect_with(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let options: PgConnectOptions = url.parse().map_err(|e| StoreError::Open {
+            path: url.rsplit('@').next().unwrap_or(url).to_owned(),
+            reason: format!("not a PostgreSQL URL: {e}"),
+        })?;
+        Self::connect_options(options, max_connections).await
+    }
+
+    /// Connects with sqlx's connection options (host, database, TLS, timeouts...) and a pool
+    /// of up to `max_connections`, and brings the schema up to date.
+    pub async fn connect_options(options: PgConnectOptions, max_connections: u32) -> Result<Self, StoreError> {
+        let place: Arc<str> =
+            format!("{}:{}/{}", options.get_host(), options.get_port(), options.get_database().unwrap_or("")).into();
+        let open = |reason: String| StoreError::Open { path: place.to_string(), reason };
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .connect_with(options)
+            .await
+            .map_err(|e| open(format!("cannot connect: {e}")))?;
+        MIGRATIONS.run(&pool).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::VersionMissing(found) => StoreError::UnsupportedFormat {
+                path: place.to_string(),
+                found: u32::try_from(found).unwrap_or(u32::MAX),
+                supported: MIGRATIONS.iter().map(|m| m.version).max().and_then(|v| u32::try_from(v).ok()).unwrap_or(0),
+            },
+            other => open(format!("cannot bring the schema up to date: {other}")),
+        })?;
+        Ok(PostgresStore { pool, place })
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.pool.begin().await.map_err(db)
+    }
+
+    async fn apply(&self, tx: &mut Transaction<'static, Postgres>, commit: &Commit) -> Result<CommitRows, StoreError> {
+        if let Some((consumer, message_id)) = commit.inbox {
+            let taken = match &commit.consumes {
+                Some((subscription, seq)) => {
+                    sqlx::query("DELETE FROM saga_queue WHERE subscription = $1 AND seq = $2")
+                        .bind(subscription)
+                        .bind(big(*seq))
+                        .execute(&mut **tx)
+                        .await
+                }
+                None => {
+                    sqlx::query("INSERT INTO saga_inbox (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                        .bind(consumer)
+                        .bind(message_id)
+                        .execute(&mut **tx)
+                        .await
+                }
+            }
+            .map_err(db)?;
+            if taken.rows_affected() == 0 {
+                return Err(StoreError::Duplicate { consumer, message_id });
+            }
+        }
+        if let Some(w) = &commit.instance {
+            let r = &w.record;
+            let record = key::encode("instance", r)?;
+            let status = status_code(r.status.kind());
+            let written = match w.previous {
+                None => sqlx::query(
+                    "INSERT INTO saga_instances (id, version, status, record) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                )
+                .bind(r.id)
+                .bind(big(r.version))
+                .bind(status)
+                .bind(record),
+                Some((read, _)) => sqlx::query(
+                    "UPDATE saga_instances SET version = $2, status = $3, record = $4 WHERE id = $1 AND version = $5",
+                )
+                .bind(r.id)
+                .bind(big(r.version))
+                .bind(status)
+                .bind(record)
+                .bind(big(read)),
+            }
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+            if written.rows_affected() == 0 {
+                let found = self.version_in(tx, "SELECT version FROM saga_instances WHERE id = $1", r.id).await?;
+                let expected = w.previous.map_or(0, |(v, _)| v);
+                return Err(StoreError::Conflict { what: format!("saga instance {}", r.id), expected, found });
+            }
+            if let Some(h) = &commit.history {
+                sqlx::query("INSERT INTO saga_history (instance_id, version, entry) VALUES ($1, $2, $3)")
+                    .bind(r.id)
+                    .bind(big(h.version))
+                    .bind(key::encode("history", h)?)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db)?;
+            }
+        }
+        for e in &commit.entities {
+            let query = if e.expected_version == 0 {
+                "INSERT INTO saga_entities (scope, key, version, value) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING"
+            } else {
+                "UPDATE saga_entities SET version = $3, value = $4 WHERE scope = $1 AND key = $2 AND version = $5"
+            };
+            let written = sqlx::query(query)
+                .bind(&e.scope)
+                .bind(&e.key)
+                .bind(big(e.expected_version + 1))
+                .bind(&e.value)
+                .bind(big(e.expected_version))
+                .execute(&mut **tx)
+                .await
+                .map_err(db)?;
+            if written.rows_affected() == 0 {
+                let found = sqlx::query("SELECT version FROM saga_entities WHERE scope = $1 AND key = $2")
+                    .bind(&e.scope)
+                    .bind(&e.key)
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(db)?
+                    .map_or(0, |row| small(row.get(0)));
+                return Err(StoreError::Conflict {
+                    what: format!("record {:?} of {:?}", e.key, e.scope),
+                    expected: e.expected_version,
+                    found,
+                });
+            }
+        }
+        let mut rows = CommitRows::default();
+        for envelope in &commit.outbox {
+            let row = sqlx::query("INSERT INTO saga_outbox (envelope) VALUES ($1) RETURNING seq")
+                .bind(key::encode("outbox", envelope)?)
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(db)?;
+            rows.outbox.push(small(row.get(0)));
+        }
+        for (subscription, envelope) in &commit.queued {
+            rows.queued.push(insert_queued(tx, subscription, envelope).await?);
+        }
+        for t in &commit.timers_add {
+            sqlx::query(
+                "INSERT INTO saga_timers (due, instance_id, timer_id, record) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(big(t.key.due.0))
+            .bind(t.key.instance_id)
+            .bind(t.key.timer_id)
+            .bind(key::encode("timer", t)?)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+        }
+        for t in &commit.timers_remove {
+            sqlx::query("DELETE FROM saga_timers WHERE due = $1 AND instance_id = $2 AND timer_id = $3")
+                .bind(big(t.due.0))
+                .bind(t.instance_id)
+                .bind(t.timer_id)
+                .execute(&mut **tx)
+                .await
+                .map_err(db)?;
+        }
+        Ok(rows)
+    }
+
+    /// The rows of a table sequenced by `seq`, after `after`, at most `limit`: `query` selects
+    /// with `seq > $1 ORDER BY seq LIMIT $2`.
+    async fn page(&self, query: &str, after: Option<u64>, limit: usize) -> Result<Vec<PgRow>, StoreError> {
+        sqlx::query(query).bind(after.map_or(-1, big)).bind(self::limit(limit)).fetch_all(&self.pool).await.map_err(db)
+    }
+
+    async fn version_in(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        query: &str,
+        id: Uuid,
+    ) -> Result<u64, StoreError> {
+        let row = sqlx::query(query).bind(id).fetch_optional(&mut **tx).await.map_err(db)?;
+        Ok(row.map_or(0, |row| small(row.get(0))))
+    }
+}
+
+/// The positions a commit's outbox and queued rows were given.
+#[derive(Default)]
+struct CommitRows {
+    outbox: Vec<u64>,
+    queued: Vec<u64>,
+}
+
+async fn insert_queued(
+    tx: &mut Transaction<'static, Postgres>,
+    subscription: &str,
+    envelope: &Envelope,
+) -> Result<u64, StoreError> {
+    let row = sqlx::query(
+        "INSERT INTO saga_queue (subscription, seq, envelope) VALUES ($1, nextval('saga_queue_seq'), $2) RETURNING seq",
+    )
+    .bind(subscription)
+    .bind(key::encode("queued message", envelope)?)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(small(row.get(0)))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    id: impl std::fmt::Display,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt { what, key: id.to_string(), reason: e.to_string() })
+}
+
+#[async_trait::async_trait]
+impl Store for PostgresStore {
+    async fn commit(&self, commit: Commit) -> Result<Committed, StoreError> {
+        let mut tx = self.begin().await?;
+        // An error drops the transaction, which rolls it back.
+        let rows = self.apply(&mut tx, &commit).await?;
+        tx.commit().await.map_err(db)?;
+        let consumed_queue_entry = commit.inbox.is_some() && commit.consumes.is_some();
+        let outbox =
+            rows.outbox.into_iter().zip(commit.outbox).map(|(seq, envelope)| OutboxEntry { seq, envelope }).collect();
+        let queued = rows
+            .queued
+            .into_iter()
+            .zip(commit.queued)
+            .map(|(seq, (subscription, envelope))| QueuedMessage { subscription, seq, envelope })
+            .collect();
+        Ok(Committed { durable: ready(), outbox, queued, consumed_queue_entry })
+    }
+
+    fn barrier(&self) -> Durable {
+        ready()
+    }
+
+    async fn instance(&self, id: Uuid) -> Result<Option<InstanceRecord>, StoreError> {
+        let row = sqlx::query("SELECT record FROM saga_instances WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.map(|row| decode("instance", id, row.get::<&[u8], _>(0))).transpose()
+    }
+
+    async fn instances_with_status(&self, status: StatusKind, limit: usize) -> Result<Vec<Uuid>, StoreError> {
+        let rows = sqlx::query("SELECT id FROM saga_instances WHERE status = $1 ORDER BY id LIMIT $2")
+            .bind(status_code(status))
+            .bind(self::limit(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
+    async fn history(&self, id: Uuid) -> Result<Vec<HistoryEntry>, StoreError> {
+        let rows = sqlx::query("SELECT entry FROM saga_history WHERE instance_id = $1 ORDER BY version")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter().map(|row| decode("history", id, row.get::<&[u8], _>(0))).collect()
+    }
+
+    async fn processed(&self, consumer: Uuid, message_id: Uuid) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 FROM saga_inbox WHERE consumer = $1 AND message_id = $2")
+            .bind(consumer)
+            .bind(message_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(row.is_some())
+    }
+
+    async fn entity(&self, scope: &str, key: &str) -> Result<Option<EntityRecord>, StoreError> {
+        let row = sqlx::query("SELECT version, value FROM saga_entities WHERE scope = $1 AND key = $2")
+            .bind(scope)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(row.map(|row| EntityRecord { version: small(row.get(0)), value: row.get(1) }))
+    }
+
+    async fn entities(&self, scope: &str, limit: usize) -> Result<Vec<(String, EntityRecord)>, StoreError> {
+        let rows = sqlx::query("SELECT key, version, value FROM saga_entities WHERE scope = $1 ORDER BY key LIMIT $2")
+            .bind(scope)
+            .bind(self::limit(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| (row.get(0), EntityRecord { version: small(row.get(1)), value: row.get(2) }))
+            .collect())
+    }
+
+    async fn timers_due(
+        &self,
+        upto: Timestamp,
+        after: Option<TimerKey>,
+        limit: usize,
+    ) -> Result<Vec<TimerRecord>, StoreError> {
+        let limit = self::limit(limit);
+        let rows = match after {
+            None => sqlx::query(
+                "SELECT record FROM saga_timers WHERE due <= $1 ORDER BY due, instance_id, timer_id LIMIT $2",
+            )
+            .bind(big(upto.0))
+            .bind(limit),
+            Some(k) => sqlx::query(
+                "SELECT record FROM saga_timers WHERE due <= $1 AND (due, instance_id, timer_id) > ($3, $4, $5) \
+                 ORDER BY due, instance_id, timer_id LIMIT $2",
+            )
+            .bind(big(upto.0))
+            .bind(limit)
+            .bind(big(k.due.0))
+            .bind(k.instance_id)
+            .bind(k.timer_id),
+        }
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(|row| decode("timer", "saga_timers", row.get::<&[u8], _>(0))).collect()
+    }
+
+    async fn next_timer(&self, after: Timestamp) -> Result<Option<TimerKey>, StoreError> {
+        let row = sqlx::query(
+            "SELECT due, instance_id, timer_id FROM saga_timers WHERE due > $1 ORDER BY due, instance_id, timer_id LIMIT 1",
+        )
+        .bind(big(after.0))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(row.map(|row| TimerKey { due: Timestamp(small(row.get(0))), instance_id: row.get(1), timer_id: row.get(2) }))
+    }
+
+    async fn outbox(&self, after: Option<u64>, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        let rows = self
+            .page("SELECT seq, envelope FROM saga_outbox WHERE seq > $1 ORDER BY seq LIMIT $2", after, limit)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let seq = small(row.get(0));
+                Ok(OutboxEntry { seq, envelope: decode("outbox", seq, row.get::<&[u8], _>(1))? })
+            })
+            .collect()
+    }
+
+    async fn remove_outbox(&self, seqs: &[u64]) -> Result<(), StoreError> {
+        let seqs: Vec<i64> = seqs.iter().map(|s| big(*s)).collect();
+        sqlx::query("DELETE FROM saga_outbox WHERE seq = ANY($1)").bind(seqs).execute(&self.pool).await.map_err(db)?;
+        Ok(())
+    }
+
+    async fn park_outbox(&self, seq: u64, reason: &str, at: Timestamp) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query("DELETE FROM saga_outbox WHERE seq = $1 RETURNING envelope")
+            .bind(big(seq))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+        if let Some(row) = row {
+            sqlx::query("INSERT INTO saga_parked_outbox (seq, reason, parked_at, envelope) VALUES ($1, $2, $3, $4)")
+                .bind(big(seq))
+                .bind(reason)
+                .bind(big(at.0))
+                .bind(row.get::<&[u8], _>(0))
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn parked_outbox(&self, after: Option<u64>, limit: usize) -> Result<Vec<ParkedOutboxEntry>, StoreError> {
+        let rows = self
+            .page(
+                "SELECT seq, reason, parked_at, envelope FROM saga_parked_outbox WHERE seq > $1 ORDER BY seq LIMIT $2",
+                after,
+                limit,
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let seq = small(row.get(0));
+                Ok(ParkedOutboxEntry {
+                    seq,
+                    reason: row.get(1),
+                    parked_at: Timestamp(small(row.get(2))),
+                    envelope: decode("parked outbox", seq, row.get::<&[u8], _>(3))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn is_persistent(&self) -> bool {
+        true
+    }
+
+    async fn enqueue(&self, messages: Vec<(String, Envelope)>) -> Result<Enqueued, StoreError> {
+        let mut tx = self.begin().await?;
+        let mut seqs = Vec::with_capacity(messages.len());
+        for (subscription, envelope) in &messages {
+            seqs.push(insert_queued(&mut tx, subscription, envelope).await?);
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(Enqueued { seqs, durable: ready() })
+    }
+
+    async fn queued(
+        &self,
+        subscription: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<QueuedMessage>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, envelope FROM saga_queue WHERE subscription = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(subscription)
+        .bind(after.map_or(-1, big))
+        .bind(self::limit(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|row| {
+                let seq = small(row.get(0));
+                Ok(QueuedMessage {
+                    subscription: subscription.to_owned(),
+                    seq,
+                    envelope: decode("queued message", seq, row.get::<&[u8], _>(1))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn requeue(&self, message: &QueuedMessage) -> Result<(), StoreError> {
+        sqlx::query("UPDATE saga_queue SET envelope = $3 WHERE subscription = $1 AND seq = $2")
+            .bind(&message.subscription)
+            .bind(big(message.seq))
+            .bind(key::encode("queued message", &message.envelope)?)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn dequeue(&self, subscription: &str, seqs: &[u64]) -> Result<(), StoreError> {
+        let seqs: Vec<i64> = seqs.iter().map(|s| big(*s)).collect();
+        sqlx::query("DELETE FROM saga_queue WHERE subscription = $1 AND seq = ANY($2)")
+            .bind(subscription)
+            .bind(seqs)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn dead_letter_queued(&self, message: QueuedMessage, reason: &str, at: Timestamp) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query("DELETE FROM saga_queue WHERE subscription = $1 AND seq = $2")
+            .bind(&message.subscription)
+            .bind(big(message.seq))
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        sqlx::query(
+            "INSERT INTO saga_queue_dead (seq, subscription, reason, at, envelope) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(big(message.seq))
+        .bind(&message.subscription)
+        .bind(reason)
+        .bind(big(at.0))
+        .bind(key::encode("dead letter", &message.envelope)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn queue_dead_letters(&self, after: Option<u64>, limit: usize) -> Result<Vec<QueueDeadLetter>, StoreError> {
+        let rows = self.page("SELECT seq, subscription, reason, at, envelope FROM saga_queue_dead WHERE seq > $1 ORDER BY seq LIMIT $2", after, limit).await?;
+        rows.iter()
+            .map(|row| {
+                let seq = small(row.get(0));
+                Ok(QueueDeadLetter {
+                    seq,
+                    subscription: row.get(1),
+                    reason: row.get(2),
+                    at: Timestamp(small(row.get(3))),
+                    envelope: decode("dead letter", seq, row.get::<&[u8], _>(4))?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// `PostgresStore` as a store conformance target, on the database `SAGA_TEST_POSTGRES_URL`
+/// names (all checks share it; each writes under its own ids).
+#[derive(Debug, Clone)]
+pub struct PostgresTarget {
+    url: String,
+}
+
+impl PostgresTarget {
+    /// The target when `SAGA_TEST_POSTGRES_URL` is set; otherwise `None`, after saying on the
+    /// terminal that the suite was skipped.
+    pub fn from_env() -> Option<Self> {
+        match std::env::var("SAGA_TEST_POSTGRES_URL") {
+            Ok(url) => Some(PostgresTarget { url }),
+            Err(_) => {
+                crate::bus::conformance::say_skipped(
+                    "the PostgreSQL store suite",
+                    "SAGA_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test",
+                );
+                None
+            }
+        }
+    }
+}
+
+impl PostgresTarget {
+    /// A store in a new, empty database on the same server (named `saga_test_…`), for a test
+    /// that needs the database to itself.
+    pub async fn fresh_store(&self) -> PostgresStore {
+        let options: PgConnectOptions = self.url.parse().expect("a PostgreSQL URL");
+        let mut admin = PgConnection::connect_with(&options).await.expect("connect to PostgreSQL");
+        let name = format!("saga_test_{}", Uuid::now_v7().simple());
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create a test database");
+        PostgresStore::connect_options(options.database(&name), 8).await.expect("open the test database")
+    }
+}
+
+#[async_trait::async_trait]
+impl super::StoreTarget for PostgresTarget {
+    async fn store(&self) -> Arc<dyn Store> {
+        Arc::new(PostgresStore::connect_with(&self.url, 4).await.expect("connect to PostgreSQL"))
+    }
+
+    async fn another_handle(&self, _store: &Arc<dyn Store>) -> Arc<dyn Store> {
+        self.store().await
+    }
+}
