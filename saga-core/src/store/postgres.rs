@@ -21,6 +21,12 @@
 //!
 //! One process per database for now: [`Store::is_shared`] is `false`, so the runtime
 //! subscribes exclusively, until timers and local steps run under leases.
+//!
+//! Known limits: a connection lost during `COMMIT` leaves the outcome unknown; the engine
+//! retries, finds the commit applied (a duplicate) and goes on, but that commit's outbox rows
+//! wait for the next start's sweep (a periodic sweeper comes with the scale-out work). The
+//! schema's version lives in sqlx's `_sqlx_migrations` table: give the store a database (or
+//! a `search_path` schema) that no other sqlx-migrated application uses.
 
 use std::sync::Arc;
 
@@ -60,8 +66,16 @@ impl std::fmt::Debug for PostgresStore {
     }
 }
 
+/// A database error. One about the data (SQLSTATE class 22: a NUL byte in a text column, say)
+/// fails the same way every time, so it is not an outage; everything else (connections,
+/// failover, serialization failures, deadlocks) may pass and is retried as one.
 fn db(e: sqlx::Error) -> StoreError {
-    StoreError::Io(format!("PostgreSQL: {e}"))
+    match &e {
+        sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("22")) => {
+            StoreError::Encode { what: "PostgreSQL row", reason: e.to_string() }
+        }
+        _ => StoreError::Io(format!("PostgreSQL: {e}")),
+    }
 }
 
 fn ready() -> Durable {
@@ -380,12 +394,14 @@ impl Store for PostgresStore {
     }
 
     async fn entities(&self, scope: &str, limit: usize) -> Result<Vec<(String, EntityRecord)>, StoreError> {
-        let rows = sqlx::query("SELECT key, version, value FROM saga_entities WHERE scope = $1 ORDER BY key LIMIT $2")
-            .bind(scope)
-            .bind(self::limit(limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db)?;
+        let rows = sqlx::query(
+            "SELECT key, version, value FROM saga_entities WHERE scope = $1 ORDER BY key COLLATE \"C\" LIMIT $2",
+        )
+        .bind(scope)
+        .bind(self::limit(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
         Ok(rows
             .into_iter()
             .map(|row| (row.get(0), EntityRecord { version: small(row.get(1)), value: row.get(2) }))
