@@ -33,19 +33,19 @@ mod memory {
 
 mod sled_immediate {
     saga_core::store_conformance_tests!(async {
-        Some(saga_core::store::SledTarget(saga_core::store::Durability::Immediate))
+        Some(saga_core::store::SledTarget::new(saga_core::store::Durability::Immediate))
     });
 }
 
 mod sled_group {
     saga_core::store_conformance_tests!(async {
-        Some(saga_core::store::SledTarget(saga_core::store::Durability::default()))
+        Some(saga_core::store::SledTarget::new(saga_core::store::Durability::default()))
     });
 }
 
 mod sled_unsynced {
     saga_core::store_conformance_tests!(async {
-        Some(saga_core::store::SledTarget(saga_core::store::Durability::None))
+        Some(saga_core::store::SledTarget::new(saga_core::store::Durability::None))
     });
 }
 

@@ -184,7 +184,8 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Takes messages a durable commit wrote into this bus's queues (see
     /// [`Bus::stored_routes`]) and delivers them. They are already kept: a failure only
-    /// delays them until the store's queues are loaded again (the next start).
+    /// delays them until the store's queues are loaded again (the bus's next subscribe to
+    /// them, or the next start).
     fn deliver_stored(&self, messages: Vec<QueuedMessage>) -> Result<(), BusError> {
         let _ = messages;
         Err(BusError::Transport("this bus keeps no queues in a store: it cannot take stored messages".to_owned()))

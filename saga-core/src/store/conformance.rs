@@ -50,20 +50,31 @@ impl StoreTarget for MemoryTarget {
 }
 
 /// `SledStore` under one durability as a conformance target: a store in a new temporary
-/// directory per check, removed when the process ends.
+/// directory per check, removed with the target (after the check).
 #[cfg(feature = "sled")]
-#[derive(Debug, Clone, Copy)]
-pub struct SledTarget(pub super::Durability);
+#[derive(Debug)]
+pub struct SledTarget {
+    durability: super::Durability,
+    dirs: std::sync::Mutex<Vec<tempfile::TempDir>>,
+}
+
+#[cfg(feature = "sled")]
+impl SledTarget {
+    /// Stores with `durability`.
+    pub fn new(durability: super::Durability) -> Self {
+        SledTarget { durability, dirs: std::sync::Mutex::default() }
+    }
+}
 
 #[cfg(feature = "sled")]
 #[async_trait::async_trait]
 impl StoreTarget for SledTarget {
     async fn store(&self) -> Arc<dyn Store> {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let store = super::SledStore::open_with(dir.path(), super::SledOptions::default().durability(self.0))
+        let store = super::SledStore::open_with(dir.path(), super::SledOptions::default().durability(self.durability))
             .expect("a sled store in a new directory");
-        // The directory must outlive the store, which the check may keep until it ends.
-        std::mem::forget(dir);
+        // The directory outlives the check's store: the target keeps it until it is dropped.
+        self.dirs.lock().unwrap_or_else(|e| e.into_inner()).push(dir);
         Arc::new(store)
     }
 }

@@ -361,7 +361,7 @@ impl<B: OrderedKv> KvStore<B> {
 #[async_trait::async_trait]
 impl<B: OrderedKv> Store for KvStore<B> {
     async fn commit(&self, commit: Commit) -> Result<Committed, StoreError> {
-        let consumed_queue_entry = commit.inbox.is_some() && commit.consumes.is_some();
+        let consumed_queue_entry = commit.takes_queue_entry();
         let (batch, seqs, queue_seqs) = self.prepare(&commit)?;
         self.kv.apply(batch)?.map_err(StoreError::from)?;
         crate::crash_points::crash_point!("store.after_commit_before_flush");

@@ -214,6 +214,14 @@ pub struct Commit {
     pub history: Option<HistoryEntry>,
 }
 
+impl Commit {
+    /// Whether the commit takes its delivery's queue entry in place of an inbox entry
+    /// ([`Commit::consumes`], which counts only with an inbox entry to replace).
+    pub fn takes_queue_entry(&self) -> bool {
+        self.inbox.is_some() && self.consumes.is_some()
+    }
+}
+
 /// What [`Store::commit`] hands back.
 pub struct Committed {
     /// Resolves once the commit is durable; ack the delivery after it.

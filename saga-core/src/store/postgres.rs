@@ -329,7 +329,7 @@ impl Store for PostgresStore {
         // An error drops the transaction, which rolls it back.
         let rows = self.apply(&mut tx, &commit).await?;
         tx.commit().await.map_err(db)?;
-        let consumed_queue_entry = commit.inbox.is_some() && commit.consumes.is_some();
+        let consumed_queue_entry = commit.takes_queue_entry();
         let outbox =
             rows.outbox.into_iter().zip(commit.outbox).map(|(seq, envelope)| OutboxEntry { seq, envelope }).collect();
         let queued = rows
