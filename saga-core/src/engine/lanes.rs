@@ -386,6 +386,10 @@ async fn run_completions(core: Arc<Core>, mut rx: mpsc::Receiver<Completion>, fo
             core.timers.poke();
         }
         if let Some(f) = c.follow_up.take() {
+            // In flight from now on: the timer task must not hand it to a lane as well.
+            if let Input::Timer(t) = &f.input {
+                core.timers.claim(t.key);
+            }
             let _ = follow_ups.send(f);
         }
         let failed = !matches!(c.settle, Settle::Ack);

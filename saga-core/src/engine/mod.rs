@@ -235,7 +235,8 @@ impl SagaRuntimeBuilder {
     }
 
     /// Subscribes every saga and participant and starts consuming. What a previous run left
-    /// in the outbox is published in the background, and interrupted local steps run again.
+    /// in the outbox is published in the background, and interrupted local steps run again
+    /// (in a shared store: once their lease ran out, by whichever process claims them).
     ///
     /// Refused with [`Error::Config`] when the definitions clash, when a saga sends a
     /// command nothing consumes on a bus that knows it would vanish (the in-memory bus), or
@@ -308,7 +309,10 @@ impl SagaRuntimeBuilder {
         let mut tasks = Vec::new();
         lane_receivers.start(&core, &mut tasks);
         tasks.push(tokio::spawn(relay::run(core.clone(), relay_rx)));
-        tasks.push(tokio::spawn(relay::sweep(core.clone(), core.activity.guard())));
+        tasks.push(match core.store.claim_lease() {
+            Some(lease) => tokio::spawn(relay::sweep_stale(core.clone(), lease)),
+            None => tokio::spawn(relay::sweep(core.clone(), core.activity.guard())),
+        });
         tasks.push(tokio::spawn(timers::run(core.clone())));
         let consumer_tasks = consumers
             .into_iter()

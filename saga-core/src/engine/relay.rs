@@ -18,6 +18,17 @@
 //! left) and hands it to the relay like any other entries, a page at a time while the relay
 //! has room: new commits' entries go on meanwhile, and `build()` does not wait for it. The sweep
 //! counts as work in flight until it is done, so `settle()` waits for it.
+//!
+//! In a store several processes share, the outbox also holds the entries of processes that
+//! are alive and publishing them: the sweep may not take those. There a sweeper runs on every
+//! process for as long as it runs, every third of the store's claim lease, and takes only the
+//! entries that nobody removed within a lease of their commit ([`Store::claim_stale_outbox`]:
+//! a dead process's, or one whose publish keeps failing), each claimed so that one sweeper at
+//! a time publishes it. The committing process's own hand-off stays the fast path. An entry
+//! may then go out twice (its process was only slow); its derived message id lets the
+//! consumers' inboxes drop the copy.
+//!
+//! [`Store::claim_stale_outbox`]: crate::store::Store::claim_stale_outbox
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -280,8 +291,33 @@ impl Relay {
     }
 }
 
-/// The start-up sweep: hands the relay what the store's outbox holds, a page at a time while
-/// the relay has room. `guard` keeps the sweep counted as work in flight until it is done.
+/// The sweeper of a shared store: hands the relay the outbox entries nobody published within
+/// a lease, now and every third of a lease, for as long as the runtime runs.
+pub(crate) async fn sweep_stale(core: Arc<Core>, lease: Duration) {
+    let mut failures = 0u32;
+    loop {
+        core.relay.has_room().await;
+        match core.store.claim_stale_outbox(IN_FLIGHT).await {
+            Ok(page) if page.is_empty() => tokio::time::sleep(lease / 3).await,
+            Ok(page) => {
+                failures = 0;
+                tracing::info!(entries = page.len(), "publishing outbox entries nobody published within a lease");
+                core.activity.add(page.len());
+                core.relay.send(page);
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, "cannot sweep the outbox for entries nobody published; trying again");
+                let delay = publish_retry().delay_before_retry(failures, uuid::Uuid::nil()).unwrap_or_default();
+                tokio::time::sleep(delay.min(lease / 3)).await;
+            }
+        }
+    }
+}
+
+/// The start-up sweep of a store this process owns: hands the relay what the store's outbox
+/// holds, a page at a time while the relay has room. `guard` keeps the sweep counted as work
+/// in flight until it is done.
 pub(crate) async fn sweep(core: Arc<Core>, guard: ActivityGuard) {
     let (mut cursor, mut swept, mut failures) = (None, 0usize, 0u32);
     loop {

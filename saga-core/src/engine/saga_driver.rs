@@ -223,7 +223,11 @@ impl<S: Saga> SagaDriver<S> {
             return self.commit(core, t, previous, cause).await;
         }
         if let TimerPurpose::RunLocal { .. } = timer.purpose {
-            let (result, outcome_unknown) = self.run_local(core, &record, step, phase, attempt).await?;
+            let run = self.run_local(core, &record, step, phase, attempt);
+            let Some(ran) = super::timers::keep_claimed(core, timer.key, run).await else {
+                return Ok(Unit::Skipped(format!("another process holds the lease of local step #{step}")));
+            };
+            let (result, outcome_unknown) = ran?;
             let mut t = self.transition(core, core.clock.now(), timer.key.timer_id, record, state);
             t.events.push(HistoryEvent::TimerFired { key: timer.key });
             t.on_local_result(step, phase, attempt, result, outcome_unknown);

@@ -7,6 +7,19 @@
 //! does not hand them out twice. A timer whose unit failed stays remembered, held back until a
 //! pause has passed on the runtime's clock, so that it is not refired in a tight loop; the hold
 //! is a time, not a sleeping task, so that virtual time in tests releases it deterministically.
+//!
+//! In a store several processes share ([`Store::is_shared`](crate::store::Store::is_shared)),
+//! the store's claims decide which process fires a due timer ([`Store::claim_timers`]), and
+//! the in-memory set only keeps this process from handing out what it already holds. Another
+//! process's timers come due without a wake-up here, so the task also looks every third of a
+//! claim lease. A local step's timer is the lease the step runs under: [`keep_claimed`] extends
+//! it while the step runs, and a process that dies stops extending it, so another takes the
+//! step over once the lease ran out. There is no start-up pass over local steps then: a
+//! starting replica must not re-run a step that another is running. In a store one process
+//! owns, every local step's timer at start belongs to a run that died, so they run again at
+//! once.
+//!
+//! [`Store::claim_timers`]: crate::store::Store::claim_timers
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -36,7 +49,7 @@ impl TimerService {
     }
 
     /// Claims a timer for a lane; false if it is in a lane or held back.
-    fn claim(&self, key: TimerKey) -> bool {
+    pub(crate) fn claim(&self, key: TimerKey) -> bool {
         match self.in_flight().entry(key) {
             Entry::Occupied(_) => false,
             Entry::Vacant(slot) => {
@@ -85,7 +98,7 @@ pub(crate) async fn fire_due(core: &Arc<Core>, upto: Timestamp, only: Option<fn(
     let mut after = None;
     core.timers.end_holds(core.clock.now());
     loop {
-        let timers = match core.store.timers_due(upto, after, BATCH).await {
+        let timers = match core.store.claim_timers(upto, after, BATCH).await {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read due timers");
@@ -127,12 +140,45 @@ fn is_local_run(t: &TimerRecord) -> bool {
     matches!(t.purpose, TimerPurpose::RunLocal { .. })
 }
 
-/// The timer task: first re-runs local steps a crash interrupted, then fires timers as they
-/// come due.
+/// Runs `work` on a claimed timer (a local step), extending the claim every third of the
+/// store's lease until it is done; `None`, without running it, when another process holds the
+/// claim (this one's ran out before the work started: it waited in a busy lane). Nothing to
+/// extend in a store one process owns.
+pub(crate) async fn keep_claimed<T>(core: &Core, key: TimerKey, work: impl Future<Output = T>) -> Option<T> {
+    let Some(lease) = core.store.claim_lease() else { return Some(work.await) };
+    match core.store.extend_timer_claims(&[key]).await {
+        Ok(lost) if lost.is_empty() => {}
+        Ok(_) => return None,
+        // The store is out of reach: the unit's commit would fail too, and the timer comes back.
+        Err(e) => tracing::warn!(instance = %key.instance_id, error = %e, "cannot extend a local step's lease"),
+    }
+    tokio::pin!(work);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + lease / 3, lease / 3);
+    loop {
+        tokio::select! {
+            done = &mut work => return Some(done),
+            _ = ticks.tick() => match core.store.extend_timer_claims(&[key]).await {
+                Ok(lost) if lost.is_empty() => {}
+                Ok(_) => tracing::warn!(
+                    instance = %key.instance_id,
+                    "a local step's lease ran out while it ran (the store was out of reach for longer than the \
+                     lease?): another process may run it too; the instance's version check lets one result in"
+                ),
+                Err(e) => tracing::warn!(instance = %key.instance_id, error = %e, "cannot extend a local step's lease"),
+            },
+        }
+    }
+}
+
+/// The timer task: first re-runs local steps a crash interrupted (in a store this process
+/// owns), then fires timers as they come due.
 pub(crate) async fn run(core: Arc<Core>) {
-    let recovered = fire_due(&core, Timestamp(u64::MAX), Some(is_local_run)).await;
-    if recovered > 0 {
-        tracing::info!(recovered, "re-running local steps interrupted by a restart");
+    let poll = core.store.claim_lease().map(|lease| (lease / 3).min(Duration::from_secs(1)));
+    if poll.is_none() {
+        let recovered = fire_due(&core, Timestamp(u64::MAX), Some(is_local_run)).await;
+        if recovered > 0 {
+            tracing::info!(recovered, "re-running local steps interrupted by a restart");
+        }
     }
     loop {
         let wake = core.timers.wake.notified();
@@ -141,15 +187,30 @@ pub(crate) async fn run(core: Arc<Core>) {
         let now = core.clock.now();
         fire_due(&core, now, None).await;
         match core.store.next_timer(now).await {
-            Ok(next) => match next.map(|t| t.due).into_iter().chain(core.timers.next_release()).min() {
-                Some(due) => {
-                    tokio::select! {
-                        _ = core.clock.sleep_until(due) => {}
-                        _ = &mut wake => {}
+            Ok(next) => {
+                let due = next.map(|t| t.due).into_iter().chain(core.timers.next_release()).min();
+                let look = async {
+                    match poll {
+                        Some(poll) => tokio::time::sleep(poll).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                match due {
+                    Some(due) => {
+                        tokio::select! {
+                            _ = core.clock.sleep_until(due) => {}
+                            _ = &mut wake => {}
+                            _ = look => {}
+                        }
+                    }
+                    None => {
+                        tokio::select! {
+                            _ = &mut wake => {}
+                            _ = look => {}
+                        }
                     }
                 }
-                None => wake.await,
-            },
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the timer index; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;

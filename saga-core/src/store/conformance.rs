@@ -403,6 +403,74 @@ pub async fn concurrent_writers_on_one_instance_serialize(t: &dyn StoreTarget) -
     check(applied == 1, format!("one of the concurrent copies applied, not {applied}"))
 }
 
+fn mine(timers: &[TimerRecord], of: Uuid) -> Vec<&TimerKey> {
+    timers.iter().filter(|t| t.key.instance_id == of).map(|t| &t.key).collect()
+}
+
+/// In a shared store a due timer is claimed by one process at a time, a local step's timer is
+/// claimed by the commit that writes it and its holder extends that claim, and a claim that ran
+/// out is anyone's (another handle is another process). A store one process owns hands every
+/// due timer to whoever asks: the runtime's memory is the claim there.
+pub async fn due_timers_and_local_steps_are_claimed_by_one_process_at_a_time(t: &dyn StoreTarget) -> Outcome {
+    let store = t.store().await;
+    let other = t.another_handle(&store).await;
+    let id = Uuid::now_v7();
+    let due = timer(1, id);
+    let mut local = timer(u64::MAX / 2, id);
+    local.purpose = TimerPurpose::RunLocal { step: 0, phase: Phase::Action, attempt: 1 };
+    let c = Commit { timers_add: vec![due.clone(), local.clone()], ..Commit::default() };
+    durably(&*store, c).await.map_err(failed("commit"))?;
+    let claim = |s: Arc<dyn Store>| async move { s.claim_timers(Timestamp(10), None, 1000).await };
+    let Some(lease) = store.claim_lease() else {
+        for handle in [&store, &other] {
+            let got = claim(handle.clone()).await.map_err(failed("claim"))?;
+            check(mine(&got, id) == vec![&due.key], format!("every ask gets the due timer only, got {got:?}"))?;
+        }
+        return Ok(());
+    };
+    let got = claim(other.clone()).await.map_err(failed("claim"))?;
+    check(mine(&got, id) == vec![&due.key], format!("the due timer, not the local step's lease, got {got:?}"))?;
+    let got = claim(store.clone()).await.map_err(failed("claim again"))?;
+    check(mine(&got, id).is_empty(), format!("nothing another process holds, got {got:?}"))?;
+    let lost = store.extend_timer_claims(&[local.key]).await.map_err(failed("extend"))?;
+    check(lost.is_empty(), "the committing process holds its local step's lease")?;
+    let lost = other.extend_timer_claims(&[local.key]).await.map_err(failed("extend elsewhere"))?;
+    check(lost == vec![local.key], "another process cannot extend a lease it does not hold")?;
+    tokio::time::sleep(lease + lease / 4).await;
+    let got = claim(other.clone()).await.map_err(failed("claim after the lease"))?;
+    let expected = vec![&due.key, &local.key];
+    check(mine(&got, id) == expected, format!("claims that ran out are anyone's, got {got:?}"))?;
+    let lost = store.extend_timer_claims(&[local.key]).await.map_err(failed("extend a lost lease"))?;
+    check(lost == vec![local.key], "a lease taken over is lost to its former holder")
+}
+
+/// In a shared store an outbox entry nobody removed within a lease of its commit (its process
+/// died) is handed to one sweeper at a time; a fresh entry is its committer's. A store one
+/// process owns has no one else's entries to sweep.
+pub async fn outbox_entries_nobody_published_within_a_lease_go_to_one_sweeper(t: &dyn StoreTarget) -> Outcome {
+    let store = t.store().await;
+    let other = t.another_handle(&store).await;
+    let envelope = Envelope::new(unique("stale"), b"x".to_vec());
+    let c = Commit { outbox: vec![envelope.clone()], ..Commit::default() };
+    let seq = durably(&*store, c).await.map_err(failed("commit"))?.outbox[0].seq;
+    let swept = |s: Arc<dyn Store>| async move {
+        let page = s.claim_stale_outbox(1000).await?;
+        Ok::<_, StoreError>(page.iter().filter(|e| e.seq == seq).count())
+    };
+    let Some(lease) = store.claim_lease() else {
+        return check(
+            swept(other).await.map_err(failed("sweep"))? == 0,
+            "nothing to sweep in a store one process owns",
+        );
+    };
+    check(swept(other.clone()).await.map_err(failed("sweep"))? == 0, "a fresh entry is left to its committer")?;
+    tokio::time::sleep(lease + lease / 4).await;
+    check(swept(other.clone()).await.map_err(failed("sweep late"))? == 1, "a stale entry goes to a sweeper")?;
+    check(swept(store.clone()).await.map_err(failed("sweep again"))? == 0, "and to one sweeper at a time")?;
+    let entry = store.outbox(Some(seq - 1), 1).await.map_err(failed("outbox"))?;
+    check(entry.first().is_some_and(|e| e.envelope.message_id == envelope.message_id), "the entry is intact")
+}
+
 /// Expands to one `#[tokio::test]` per check of the store conformance suite, each on the
 /// [`StoreTarget`] the given future yields (`None`: the store is not configured here, and the
 /// check passes without running).
@@ -418,6 +486,8 @@ macro_rules! store_conformance_tests {
             a_queued_message_commits_with_its_unit_and_is_consumed_once,
             queue_entries_are_rewritten_removed_and_dead_lettered,
             concurrent_writers_on_one_instance_serialize,
+            due_timers_and_local_steps_are_claimed_by_one_process_at_a_time,
+            outbox_entries_nobody_published_within_a_lease_go_to_one_sweeper,
         );
     };
     (@each $target:expr; $($check:ident),* $(,)?) => {$(

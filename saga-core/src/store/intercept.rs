@@ -125,6 +125,23 @@ impl<S: Store, H: CommitHook> Store for Intercepted<S, H> {
     fn is_persistent(&self) -> bool {
         self.store.is_persistent()
     }
+    fn claim_lease(&self) -> Option<std::time::Duration> {
+        self.store.claim_lease()
+    }
+    async fn claim_timers(
+        &self,
+        upto: Timestamp,
+        after: Option<TimerKey>,
+        limit: usize,
+    ) -> Result<Vec<TimerRecord>, StoreError> {
+        self.store.claim_timers(upto, after, limit).await
+    }
+    async fn extend_timer_claims(&self, keys: &[TimerKey]) -> Result<Vec<TimerKey>, StoreError> {
+        self.store.extend_timer_claims(keys).await
+    }
+    async fn claim_stale_outbox(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.store.claim_stale_outbox(limit).await
+    }
     fn identity(&self) -> usize {
         self.store.identity()
     }

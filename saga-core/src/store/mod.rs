@@ -36,6 +36,9 @@ pub use records::{
 };
 #[cfg(feature = "sled")]
 pub use sled::{SledKv, SledOptions, SledStore};
+/// sqlx's PostgreSQL connection options, for [`PostgresStore::connect_options`].
+#[cfg(feature = "postgres")]
+pub use sqlx::postgres::PgConnectOptions;
 
 use std::time::Duration;
 
@@ -321,6 +324,42 @@ pub trait Store: Send + Sync + 'static {
     fn is_shared(&self) -> bool {
         false
     }
+    /// How long a claim on a timer or an outbox entry lasts in a shared store, from the
+    /// database's clock (see [`Self::claim_timers`]); `None` for a store one process owns,
+    /// where the runtime's memory is the claim.
+    fn claim_lease(&self) -> Option<Duration> {
+        None
+    }
+    /// Claims timers due at or before `upto` (paged like [`Self::timers_due`]) for this store
+    /// handle's process until [`Self::claim_lease`] has passed: in a shared store, timers
+    /// another live process claimed are left out, and a claim that ran out is anyone's, so
+    /// each due timer fires in one process at a time. A local step's timer
+    /// ([`TimerPurpose::RunLocal`]) is claimed by the commit that writes it and is taken over
+    /// as soon as its claim runs out, whenever it is due: it is the lease its step runs under.
+    /// A store one process owns hands out every due timer ([`Self::timers_due`]).
+    async fn claim_timers(
+        &self,
+        upto: Timestamp,
+        after: Option<TimerKey>,
+        limit: usize,
+    ) -> Result<Vec<TimerRecord>, StoreError> {
+        self.timers_due(upto, after, limit).await
+    }
+    /// Extends this process's claims on timers it is still working on (a local step that is
+    /// running) by another [`Self::claim_lease`]; returns the keys whose claim was lost to
+    /// another process meanwhile. Nothing to do in a store one process owns.
+    async fn extend_timer_claims(&self, keys: &[TimerKey]) -> Result<Vec<TimerKey>, StoreError> {
+        let _ = keys;
+        Ok(Vec::new())
+    }
+    /// In a shared store: outbox entries committed longer than [`Self::claim_lease`] ago that
+    /// nobody removed (their process died, or its publish keeps failing), in position order,
+    /// at most `limit`, each claimed for this process for a lease so that one sweeper at a time
+    /// publishes it. A store one process owns has no one else's entries: none.
+    async fn claim_stale_outbox(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        let _ = limit;
+        Ok(Vec::new())
+    }
     /// Whether what the store acknowledged as durable survives the process (sled: yes; the
     /// in-memory store: no). A runtime on a persistent store queues its in-process messages
     /// in it by default (the local bus).
@@ -411,6 +450,23 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn is_persistent(&self) -> bool {
         (**self).is_persistent()
+    }
+    fn claim_lease(&self) -> Option<Duration> {
+        (**self).claim_lease()
+    }
+    async fn claim_timers(
+        &self,
+        upto: Timestamp,
+        after: Option<TimerKey>,
+        limit: usize,
+    ) -> Result<Vec<TimerRecord>, StoreError> {
+        (**self).claim_timers(upto, after, limit).await
+    }
+    async fn extend_timer_claims(&self, keys: &[TimerKey]) -> Result<Vec<TimerKey>, StoreError> {
+        (**self).extend_timer_claims(keys).await
+    }
+    async fn claim_stale_outbox(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        (**self).claim_stale_outbox(limit).await
     }
     fn identity(&self) -> usize {
         (**self).identity()

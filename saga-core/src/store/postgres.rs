@@ -19,16 +19,25 @@
 //! Records are postcard-encoded, as in the sled store; identifiers, versions, positions and due
 //! times are columns, so that the queries the engine pages with are index ranges.
 //!
-//! One process per database for now: [`Store::is_shared`] is `false`, so the runtime
-//! subscribes exclusively, until timers and local steps run under leases.
+//! Several processes may share one database ([`Store::is_shared`]). What one process must not
+//! do while another does it is claimed, with the database's clock so that the processes'
+//! clocks do not matter: a due timer is claimed (`FOR UPDATE SKIP LOCKED`) by the process that
+//! fires it, for [`PostgresStore::with_claim_lease`] (15 s by default); a local step's timer is
+//! claimed by the commit that schedules the step and the claim is extended while the step
+//! runs, so another process takes the step over only once its runner stopped extending (it
+//! died); an outbox row that nobody removed within a lease of its commit (its process died, or
+//! its publish keeps failing) is claimed by one process's sweeper and published again (the
+//! consumers' inboxes drop the copy). The claims are an economy and a bound on takeover time;
+//! correctness across processes comes from the version checks and the inbox.
 //!
-//! Known limits: a connection lost during `COMMIT` leaves the outcome unknown; the engine
-//! retries, finds the commit applied (a duplicate) and goes on, but that commit's outbox rows
-//! wait for the next start's sweep (a periodic sweeper comes with the scale-out work). The
-//! schema's version lives in sqlx's `_sqlx_migrations` table: give the store a database (or
-//! a `search_path` schema) that no other sqlx-migrated application uses.
+//! Known limits: the due times of timers come from the clock of the process that scheduled
+//! them (so that a test's virtual clock drives them), so processes' clocks should agree to
+//! well within a timer's precision. The schema's version lives in sqlx's `_sqlx_migrations`
+//! table: give the store a database (or a `search_path` schema) that no other sqlx-migrated
+//! application uses.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::FutureExt;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
@@ -39,7 +48,7 @@ use uuid::Uuid;
 use super::layout as key;
 use super::{
     Commit, Committed, Durable, Enqueued, EntityRecord, HistoryEntry, InstanceRecord, OutboxEntry, ParkedOutboxEntry,
-    QueueDeadLetter, QueuedMessage, StatusKind, Store, StoreError, TimerKey, TimerRecord,
+    QueueDeadLetter, QueuedMessage, StatusKind, Store, StoreError, TimerKey, TimerPurpose, TimerRecord,
 };
 use crate::message::{Envelope, Timestamp};
 
@@ -58,11 +67,21 @@ pub struct PostgresStore {
     pool: PgPool,
     /// Where it connects, without credentials, for error messages.
     place: Arc<str>,
+    /// Whose claims this handle takes: one id per connected store (its clones share it).
+    owner: Uuid,
+    lease: Duration,
 }
+
+/// How long a claim lasts unless [`PostgresStore::with_claim_lease`] says otherwise.
+const DEFAULT_LEASE: Duration = Duration::from_secs(15);
 
 impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresStore").field("database", &self.place).finish_non_exhaustive()
+        f.debug_struct("PostgresStore")
+            .field("database", &self.place)
+            .field("owner", &self.owner)
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
     }
 }
 
@@ -139,7 +158,31 @@ impl PostgresStore {
             },
             other => open(format!("cannot bring the schema up to date: {other}")),
         })?;
-        Ok(PostgresStore { pool, place })
+        Ok(PostgresStore { pool, place, owner: Uuid::now_v7(), lease: DEFAULT_LEASE })
+    }
+
+    /// How long this process's claims on timers, local steps and stale outbox rows last
+    /// (default 15 s): the longest a dead process's work waits before another takes it over.
+    /// Claims held by running work are extended every third of it. Shorter means faster
+    /// takeover and more claim traffic; a lease shorter than a database failover makes work
+    /// change hands during one (harmless, but it repeats local steps).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), saga_core::store::StoreError> {
+    /// use saga_core::store::PostgresStore;
+    /// use std::time::Duration;
+    /// let store = PostgresStore::connect("postgres://postgres@127.0.0.1:5432/test")
+    ///     .await?
+    ///     .with_claim_lease(Duration::from_secs(5));
+    /// # Ok(()) }
+    /// ```
+    pub fn with_claim_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease.max(Duration::from_millis(100));
+        self
+    }
+
+    fn lease_ms(&self) -> i64 {
+        i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX)
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
@@ -251,13 +294,19 @@ impl PostgresStore {
             rows.queued.push(insert_queued(tx, subscription, envelope).await?);
         }
         for t in &commit.timers_add {
+            // A local step's timer is its lease: claimed by the process that runs the step.
             sqlx::query(
-                "INSERT INTO saga_timers (due, instance_id, timer_id, record) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                "INSERT INTO saga_timers (due, instance_id, timer_id, record, run_local, claimed_by, claimed_until) \
+                 VALUES ($1, $2, $3, $4, $5, CASE WHEN $5 THEN $6::uuid END, \
+                 CASE WHEN $5 THEN now() + $7::bigint * interval '1 millisecond' END) ON CONFLICT DO NOTHING",
             )
             .bind(big(t.key.due.0))
             .bind(t.key.instance_id)
             .bind(t.key.timer_id)
             .bind(key::encode("timer", t)?)
+            .bind(matches!(t.purpose, TimerPurpose::RunLocal { .. }))
+            .bind(self.owner)
+            .bind(self.lease_ms())
             .execute(&mut **tx)
             .await
             .map_err(db)?;
@@ -515,6 +564,93 @@ impl Store for PostgresStore {
         true
     }
 
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn claim_lease(&self) -> Option<Duration> {
+        Some(self.lease)
+    }
+
+    async fn claim_timers(
+        &self,
+        upto: Timestamp,
+        after: Option<TimerKey>,
+        limit: usize,
+    ) -> Result<Vec<TimerRecord>, StoreError> {
+        let after = after.unwrap_or(TimerKey { due: Timestamp(0), instance_id: Uuid::nil(), timer_id: Uuid::nil() });
+        let rows = sqlx::query(
+            "WITH picked AS (SELECT due, instance_id, timer_id FROM saga_timers \
+               WHERE (due <= $1 OR run_local) AND (claimed_until IS NULL OR claimed_until < now()) \
+                 AND (due, instance_id, timer_id) > ($3, $4, $5) \
+               ORDER BY due, instance_id, timer_id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             UPDATE saga_timers t SET claimed_by = $6, claimed_until = now() + $7::bigint * interval '1 millisecond' \
+             FROM picked WHERE (t.due, t.instance_id, t.timer_id) = (picked.due, picked.instance_id, picked.timer_id) \
+             RETURNING t.record",
+        )
+        .bind(big(upto.0))
+        .bind(self::limit(limit))
+        .bind(big(after.due.0))
+        .bind(after.instance_id)
+        .bind(after.timer_id)
+        .bind(self.owner)
+        .bind(self.lease_ms())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let mut timers: Vec<TimerRecord> =
+            rows.iter().map(|row| decode("timer", "saga_timers", row.get::<&[u8], _>(0))).collect::<Result<_, _>>()?;
+        timers.sort_by_key(|t| t.key);
+        Ok(timers)
+    }
+
+    async fn extend_timer_claims(&self, keys: &[TimerKey]) -> Result<Vec<TimerKey>, StoreError> {
+        let mut lost = Vec::new();
+        for k in keys {
+            let extended = sqlx::query(
+                "UPDATE saga_timers SET claimed_until = now() + $5::bigint * interval '1 millisecond' \
+                 WHERE due = $1 AND instance_id = $2 AND timer_id = $3 AND claimed_by = $4",
+            )
+            .bind(big(k.due.0))
+            .bind(k.instance_id)
+            .bind(k.timer_id)
+            .bind(self.owner)
+            .bind(self.lease_ms())
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+            if extended.rows_affected() == 0 {
+                lost.push(*k);
+            }
+        }
+        Ok(lost)
+    }
+
+    async fn claim_stale_outbox(&self, limit: usize) -> Result<Vec<OutboxEntry>, StoreError> {
+        let rows = sqlx::query(
+            "WITH picked AS (SELECT seq FROM saga_outbox \
+               WHERE created_at < now() - $2::bigint * interval '1 millisecond' \
+                 AND (claimed_until IS NULL OR claimed_until < now()) \
+               ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED) \
+             UPDATE saga_outbox o SET claimed_until = now() + $2::bigint * interval '1 millisecond' \
+             FROM picked WHERE o.seq = picked.seq RETURNING o.seq, o.envelope",
+        )
+        .bind(self::limit(limit))
+        .bind(self.lease_ms())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let mut entries = rows
+            .iter()
+            .map(|row| {
+                let seq = small(row.get(0));
+                Ok(OutboxEntry { seq, envelope: decode("outbox", seq, row.get::<&[u8], _>(1))? })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        entries.sort_by_key(|e| e.seq);
+        Ok(entries)
+    }
+
     async fn enqueue(&self, messages: Vec<(String, Envelope)>) -> Result<Enqueued, StoreError> {
         let mut tx = self.begin().await?;
         let mut seqs = Vec::with_capacity(messages.len());
@@ -614,11 +750,14 @@ impl Store for PostgresStore {
     }
 }
 
-/// `PostgresStore` as a store conformance target, on the database `SAGA_TEST_POSTGRES_URL`
-/// names (all checks share it; each writes under its own ids).
+/// `PostgresStore` as a store conformance target, on the server `SAGA_TEST_POSTGRES_URL`
+/// names: each store it hands out is in a new database of its own (claims and sweeps see
+/// everything in a database), and its other handles connect to that database.
 #[derive(Debug, Clone)]
 pub struct PostgresTarget {
     url: String,
+    /// The database of each store handed out, by [`Store::identity`].
+    databases: Arc<std::sync::Mutex<Vec<(usize, PgConnectOptions)>>>,
 }
 
 impl PostgresTarget {
@@ -626,7 +765,7 @@ impl PostgresTarget {
     /// terminal that the suite was skipped.
     pub fn from_env() -> Option<Self> {
         match std::env::var("SAGA_TEST_POSTGRES_URL") {
-            Ok(url) => Some(PostgresTarget { url }),
+            Ok(url) => Some(PostgresTarget { url, databases: Arc::default() }),
             Err(_) => {
                 crate::bus::conformance::say_skipped(
                     "the PostgreSQL store suite",
@@ -638,25 +777,47 @@ impl PostgresTarget {
     }
 }
 
+/// The claim lease of the conformance suite's stores: long enough that no pause of a loaded
+/// machine between two statements outlasts it, short enough to wait out in a test.
+const TARGET_LEASE: Duration = Duration::from_secs(3);
+
 impl PostgresTarget {
-    /// A store in a new, empty database on the same server (named `saga_test_…`), for a test
-    /// that needs the database to itself.
-    pub async fn fresh_store(&self) -> PostgresStore {
+    /// A new, empty database on the same server (named `saga_test_…`), for a test that needs
+    /// the database to itself: connect a store per simulated process to it
+    /// ([`PostgresStore::connect_options`]), each with claims of its own.
+    pub async fn fresh_database(&self) -> PgConnectOptions {
         let options: PgConnectOptions = self.url.parse().expect("a PostgreSQL URL");
         let mut admin = PgConnection::connect_with(&options).await.expect("connect to PostgreSQL");
         let name = format!("saga_test_{}", Uuid::now_v7().simple());
         sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create a test database");
-        PostgresStore::connect_options(options.database(&name), 8).await.expect("open the test database")
+        options.database(&name)
+    }
+
+    async fn connect(&self, database: PgConnectOptions) -> PostgresStore {
+        let store = PostgresStore::connect_options(database, 4).await.expect("connect to the test database");
+        store.with_claim_lease(TARGET_LEASE)
+    }
+
+    /// A store in a new, empty database (see [`Self::fresh_database`]).
+    pub async fn fresh_store(&self) -> PostgresStore {
+        PostgresStore::connect_options(self.fresh_database().await, 8).await.expect("open the test database")
     }
 }
 
 #[async_trait::async_trait]
 impl super::StoreTarget for PostgresTarget {
     async fn store(&self) -> Arc<dyn Store> {
-        Arc::new(PostgresStore::connect_with(&self.url, 4).await.expect("connect to PostgreSQL"))
+        let database = self.fresh_database().await;
+        let store: Arc<dyn Store> = Arc::new(self.connect(database.clone()).await);
+        self.databases.lock().unwrap_or_else(|e| e.into_inner()).push((store.identity(), database));
+        store
     }
 
-    async fn another_handle(&self, _store: &Arc<dyn Store>) -> Arc<dyn Store> {
-        self.store().await
+    async fn another_handle(&self, store: &Arc<dyn Store>) -> Arc<dyn Store> {
+        let database = {
+            let databases = self.databases.lock().unwrap_or_else(|e| e.into_inner());
+            databases.iter().find(|(id, _)| *id == store.identity()).map(|(_, d)| d.clone())
+        };
+        Arc::new(self.connect(database.expect("a store this target handed out")).await)
     }
 }
