@@ -17,6 +17,14 @@
 //! is busy for once. Two stores that ran the same seed print the same outcomes from `check`,
 //! whatever crashes one of them went through.
 //!
+//! With `SAGA_WORKER_DATABASE` set to a PostgreSQL URL (feature `postgres`), the store is a
+//! `PostgresStore` there instead of sled in `DIR` (which then keeps only the worker's own
+//! files), `local` means the store's default bus (the PostgreSQL bus), and several workers
+//! may run on the one database at once, as replicas: `SAGA_WORKER_SUBMIT=0` makes one only
+//! work, and `SAGA_WORKER_LEASE_MS` sets the claims' lease (default 2,000).
+//! `SAGA_WORKER_WINDOW` caps how many submitted orders may be unfinished at once (default: no
+//! cap).
+//!
 //! Built with the `failpoints` feature, it also aborts at the crash point `FAILPOINTS` names.
 //! With `SAGA_PRINT_ACKS=1`, `run` prints a line on stdout for every commit the moment it is
 //! durable (when the engine may ack what caused it): `instance <id> <version>`,
@@ -117,8 +125,46 @@ async fn on_bus(builder: SagaRuntimeBuilder, spec: &str) -> Result<SagaRuntimeBu
     }
 }
 
+/// The store the module docs describe: PostgreSQL when `SAGA_WORKER_DATABASE` names one,
+/// else sled in `dir`.
+async fn open(dir: &Path) -> Result<std::sync::Arc<dyn Store>, Box<dyn std::error::Error>> {
+    if let Ok(url) = std::env::var("SAGA_WORKER_DATABASE") {
+        #[cfg(feature = "postgres")]
+        {
+            let lease = std::env::var("SAGA_WORKER_LEASE_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000);
+            let store = sagaflow::store::PostgresStore::connect(&url).await?;
+            return Ok(std::sync::Arc::new(store.with_claim_lease(Duration::from_millis(lease))));
+        }
+        #[cfg(not(feature = "postgres"))]
+        return Err(format!("SAGA_WORKER_DATABASE={url} needs the postgres feature").into());
+    }
+    Ok(std::sync::Arc::new(SledStore::open(dir.join("store"))?))
+}
+
+/// How many orders have ended.
+async fn terminal(store: &dyn Store) -> Result<usize, StoreError> {
+    let mut done = 0;
+    for kind in [StatusKind::Completed, StatusKind::Compensated, StatusKind::Failed] {
+        done += store.instances_with_status(kind, usize::MAX).await?.len();
+    }
+    Ok(done)
+}
+
+/// Whether nothing is left to do anywhere in the store: every order terminal, no outbox entry
+/// (a dead replica's too), no timer, nothing queued for this runtime's subscriptions.
+async fn all_done(runtime: &SagaRuntime, orders: u32) -> Result<bool, Box<dyn std::error::Error>> {
+    let store = runtime.store();
+    let mut idle = terminal(&*store).await? >= orders as usize
+        && store.outbox(None, 1).await?.is_empty()
+        && store.next_timer(Timestamp(0)).await?.is_none();
+    for subscription in runtime.subscriptions() {
+        idle = idle && store.queued(subscription, None, 1).await?.is_empty();
+    }
+    Ok(idle)
+}
+
 async fn run(dir: &Path, bus: &str, work: &Workload) -> Result<(), Box<dyn std::error::Error>> {
-    let store = SledStore::open(dir.join("store"))?;
+    let store = open(dir).await?;
     let builder = on_bus(SagaRuntime::builder(), bus).await?;
     let builder = match std::env::var("SAGA_PRINT_ACKS").as_deref() {
         Ok("1") => builder.store(Intercepted::new(store, PrintAcks)),
@@ -130,14 +176,21 @@ async fn run(dir: &Path, bus: &str, work: &Workload) -> Result<(), Box<dyn std::
     // from idempotency keys, so the catalog's inbox drops a second delivery of the stock, and a
     // second start finds its instance. The marker only saves the time of doing it again.
     let marker = dir.join("submitted");
-    if !marker.exists() {
+    if !marker.exists() && std::env::var("SAGA_WORKER_SUBMIT").as_deref() != Ok("0") {
         for product_id in 1..=PRODUCTS {
             runtime
                 .publish_idempotent(&format!("stock-{product_id}"), &StockAdded { product_id, units: UNITS })
                 .await?;
         }
         let orders: Vec<u32> = (0..work.orders).collect();
-        for batch in orders.chunks(100) {
+        let window = std::env::var("SAGA_WORKER_WINDOW").ok().and_then(|v| v.parse().ok()).unwrap_or(usize::MAX);
+        for (n, batch) in orders.chunks(100).enumerate() {
+            // At most `window` orders unfinished, as a client paced by its users would be: a
+            // backlog longer than a step's timeout would make orders time out that a clean
+            // run completes.
+            while (n * 100).saturating_sub(terminal(&*runtime.store()).await?) >= window {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             let submissions = batch.iter().map(|&n| {
                 let order = work.order(n);
                 let runtime = &runtime;
@@ -150,12 +203,7 @@ async fn run(dir: &Path, bus: &str, work: &Workload) -> Result<(), Box<dyn std::
     loop {
         // Timers and retries are counted as open, so this returns once the work is done.
         runtime.wait_until_all_terminal(Duration::from_secs(3_600)).await?;
-        let store = runtime.store();
-        let mut done = 0;
-        for kind in [StatusKind::Completed, StatusKind::Compensated, StatusKind::Failed] {
-            done += store.instances_with_status(kind, usize::MAX).await?.len();
-        }
-        if done >= work.orders as usize {
+        if all_done(&runtime, work.orders).await? {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -166,7 +214,7 @@ async fn run(dir: &Path, bus: &str, work: &Workload) -> Result<(), Box<dyn std::
 
 /// Every commit the file lists (lines `run` printed) must be in the store.
 async fn verify(dir: &Path, acks: &Path) -> Result<Vec<String>, Box<dyn std::error::Error>> {
-    let store = SledStore::open(dir.join("store"))?;
+    let store = open(dir).await?;
     let mut problems = Vec::new();
     for line in std::fs::read_to_string(acks)?.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -212,7 +260,8 @@ struct Audit {
 }
 
 async fn check(dir: &Path, work: &Workload) -> Result<Audit, Box<dyn std::error::Error>> {
-    let store = SledStore::open(dir.join("store"))?;
+    let store = open(dir).await?;
+    let store = &*store;
     let mut audit = Audit::default();
     let mut by_order = BTreeMap::new();
     for kind in StatusKind::ALL {
@@ -230,12 +279,12 @@ async fn check(dir: &Path, work: &Workload) -> Result<Audit, Box<dyn std::error:
             audit.problems.push(format!("order {n} ({id}) has no saga instance"));
             continue;
         };
-        let reservation = record::<Reservation>(&store, "catalog", &reservation_key(id)).await;
-        let charged = record::<Charge>(&store, "payment.charge", &format!("charge/{id}")).await.is_some();
-        let shipped = record::<u32>(&store, "shipping.ship", &format!("shipment/{id}")).await.is_some();
+        let reservation = record::<Reservation>(store, "catalog", &reservation_key(id)).await;
+        let charged = record::<Charge>(store, "payment.charge", &format!("charge/{id}")).await.is_some();
+        let shipped = record::<u32>(store, "shipping.ship", &format!("shipment/{id}")).await.is_some();
         // The carrier counts every ship request it applies: one, or two where it was busy the
         // first time. A request applied twice shows here.
-        let requests = record::<u32>(&store, "shipping.ship", &format!("attempts/{id}")).await.unwrap_or(0);
+        let requests = record::<u32>(store, "shipping.ship", &format!("attempts/{id}")).await.unwrap_or(0);
         let held = reservation.as_ref().is_some_and(|r| !r.released);
         if held {
             reserved += reservation.iter().flat_map(|r| &r.items).map(|i| u64::from(i.units)).sum::<u64>();
@@ -271,7 +320,7 @@ async fn check(dir: &Path, work: &Workload) -> Result<Audit, Box<dyn std::error:
     }
     let mut on_shelves = 0u64;
     for p in 1..=PRODUCTS {
-        let units = record::<u32>(&store, "catalog", &stock_key(p)).await.unwrap_or(0);
+        let units = record::<u32>(store, "catalog", &stock_key(p)).await.unwrap_or(0);
         on_shelves += u64::from(units);
         audit.outcomes.push(format!("product {p} {units} on the shelves"));
     }

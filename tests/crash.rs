@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use worker::{env_or, worker};
+use worker::{assert_same_outcomes, env_or, worker};
 
 /// One store directory and bus, worked on by successive worker processes.
 struct Epoch {
@@ -124,15 +124,7 @@ fn sigkill_on_the_local_bus_ends_every_order_as_a_clean_run_does() {
     let crashes =
         crashed.kill_repeatedly(rounds, || clean_took.mul_f64(0.03 + random.f64() * 0.17) + Duration::from_millis(50));
     let outcomes = crashed.finish_and_check(crashes);
-    let differ: Vec<String> = expected
-        .lines()
-        .zip(outcomes.lines())
-        .filter(|(a, b)| a != b)
-        .take(10)
-        .map(|(a, b)| format!("  clean:   {a}\n  crashed: {b}"))
-        .collect();
-    assert!(differ.is_empty(), "after {crashes} SIGKILLs some orders ended otherwise:\n{}", differ.join("\n"));
-    assert_eq!(expected.lines().count(), outcomes.lines().count());
+    assert_same_outcomes(&expected, &outcomes, &format!("after {crashes} SIGKILLs"));
     assert!(crashes >= rounds.min(5), "only {crashes} of {rounds} kills found the worker at work");
     eprintln!(
         "{orders} orders (seed {seed}): clean run {clean_took:.1?}; {crashes} SIGKILLs and a last run {:.1?}; \

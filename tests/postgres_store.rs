@@ -1,5 +1,5 @@
 //! The engine on `PostgresStore` in one process: the trip saga and its participants on the
-//! default bus, which on a persistent store is the durable local bus, its queues in PostgreSQL.
+//! default bus, which on a PostgreSQL store is the PostgreSQL bus, its queues in the database.
 //! Runs when `SAGA_TEST_POSTGRES_URL` is set (feature `postgres`), each test in a database of
 //! its own.
 #![cfg(feature = "postgres")]
@@ -60,7 +60,8 @@ async fn a_runtime_killed_mid_flight_on_postgres_loses_and_repeats_nothing_after
         first.publish_idempotent(&format!("trip-{trip}"), &BookTrip { trip }).await.unwrap();
     }
     first.kill().await;
-    // A new process would reconnect; the bus is new too, so its queues load from the database.
+    // A new process would reconnect; its bus is new too, and claims what the killed one held
+    // once they were released or their lease ran out.
     let next = trip_runtime(&script()).store(store).build().await.unwrap();
     assert_every_trip_ended_as_scripted(&next).await;
     next.shutdown().await.unwrap();

@@ -33,3 +33,16 @@ pub fn worker(features: &str) -> (tempfile::TempDir, PathBuf) {
     std::fs::copy(&built, &copy).expect("the worker can be copied");
     (dir, copy)
 }
+
+/// Asserts that two runs' `check` outcomes agree line by line, showing the first differences.
+pub fn assert_same_outcomes(clean: &str, other: &str, what: &str) {
+    let differ: Vec<String> = clean
+        .lines()
+        .zip(other.lines())
+        .filter(|(a, b)| a != b)
+        .take(10)
+        .map(|(a, b)| format!("  clean: {a}\n  {what}: {b}"))
+        .collect();
+    assert!(differ.is_empty(), "{what}: some orders ended otherwise than in the clean run:\n{}", differ.join("\n"));
+    assert_eq!(clean.lines().count(), other.lines().count(), "{what}: another number of outcomes");
+}

@@ -20,6 +20,8 @@ mod local;
 mod memory;
 #[cfg(feature = "nats")]
 mod nats;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "rabbitmq")]
 mod rabbitmq;
 
@@ -30,6 +32,8 @@ pub use local::LocalBus;
 pub use memory::{DeadLetter, InMemoryBus};
 #[cfg(feature = "nats")]
 pub use nats::{NatsBus, NatsOptions, NatsTarget};
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresBus, PostgresBusTarget};
 #[cfg(feature = "rabbitmq")]
 pub use rabbitmq::{RabbitMqBus, RabbitMqOptions, RabbitMqTarget};
 

@@ -158,9 +158,11 @@ impl SagaRuntimeBuilder {
         self
     }
 
-    /// The transport. Default: a [`LocalBus`] on the runtime's store when the store is
-    /// persistent (sled), so in-process messages survive a crash; a new [`InMemoryBus`]
-    /// otherwise (the in-memory store loses everything anyway).
+    /// The transport. Default: the store's own bus when it has one ([`Store::default_bus`]:
+    /// a `PostgresStore` gives the `PostgresBus` on its database, which every replica
+    /// shares); else a [`LocalBus`] on the runtime's store when the store is persistent
+    /// (sled), so in-process messages survive a crash; a new [`InMemoryBus`] otherwise (the
+    /// in-memory store loses everything anyway).
     pub fn bus(mut self, bus: impl Bus) -> Self {
         self.bus = Some(Arc::new(bus));
         self
@@ -259,7 +261,7 @@ impl SagaRuntimeBuilder {
             }
         }
         let routers = Router::plan(&self.drivers, self.subscription.as_deref())?;
-        let bus = self.bus.unwrap_or_else(|| -> Arc<dyn Bus> {
+        let bus = self.bus.or_else(|| store.default_bus()).unwrap_or_else(|| -> Arc<dyn Bus> {
             if store.is_persistent() { Arc::new(LocalBus::open(store.clone())) } else { Arc::new(InMemoryBus::new()) }
         });
         let (relay, relay_rx) = RelayHandle::new();

@@ -122,6 +122,9 @@ impl<S: Store, H: CommitHook> Store for Intercepted<S, H> {
     fn is_shared(&self) -> bool {
         self.store.is_shared()
     }
+    fn default_bus(&self) -> Option<std::sync::Arc<dyn crate::bus::Bus>> {
+        self.store.default_bus()
+    }
     fn is_persistent(&self) -> bool {
         self.store.is_persistent()
     }

@@ -14,7 +14,7 @@
 pub mod conformance;
 mod intercept;
 mod kv;
-mod layout;
+pub(crate) mod layout;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -324,6 +324,14 @@ pub trait Store: Send + Sync + 'static {
     fn is_shared(&self) -> bool {
         false
     }
+    /// The bus a runtime on this store uses when it is given none. `None` (the default): the
+    /// runtime picks the durable local bus on a persistent store and the in-memory bus
+    /// otherwise. A shared store answers with a bus that every process on it shares (the
+    /// PostgreSQL store: its [`PostgresBus`](crate::bus::PostgresBus)), since queues one
+    /// process holds would strand the others' messages.
+    fn default_bus(&self) -> Option<std::sync::Arc<dyn crate::bus::Bus>> {
+        None
+    }
     /// How long a claim on a timer or an outbox entry lasts in a shared store, from the
     /// database's clock (see [`Self::claim_timers`]); `None` for a store one process owns,
     /// where the runtime's memory is the claim.
@@ -447,6 +455,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn is_shared(&self) -> bool {
         (**self).is_shared()
+    }
+    fn default_bus(&self) -> Option<std::sync::Arc<dyn crate::bus::Bus>> {
+        (**self).default_bus()
     }
     fn is_persistent(&self) -> bool {
         (**self).is_persistent()

@@ -181,6 +181,16 @@ impl PostgresStore {
         self
     }
 
+    /// The connection pool, shared with the [`PostgresBus`](crate::bus::PostgresBus) on it.
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// How long claims last ([`PostgresStore::with_claim_lease`]).
+    pub(crate) fn lease(&self) -> Duration {
+        self.lease
+    }
+
     fn lease_ms(&self) -> i64 {
         i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX)
     }
@@ -566,6 +576,10 @@ impl Store for PostgresStore {
 
     fn is_shared(&self) -> bool {
         true
+    }
+
+    fn default_bus(&self) -> Option<Arc<dyn crate::bus::Bus>> {
+        Some(Arc::new(crate::bus::PostgresBus::new(self)))
     }
 
     fn claim_lease(&self) -> Option<Duration> {
