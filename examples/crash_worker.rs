@@ -201,10 +201,16 @@ async fn run(dir: &Path, bus: &str, work: &Workload) -> Result<(), Box<dyn std::
         std::fs::write(&marker, b"")?;
     }
     loop {
-        // Timers and retries are counted as open, so this returns once the work is done.
-        runtime.wait_until_all_terminal(Duration::from_secs(3_600)).await?;
-        if all_done(&runtime, work.orders).await? {
-            break;
+        // Timers and retries are counted as open, so this returns once the work is done. A
+        // store outage (a database restarting) is waited out, as the engine waits it out.
+        let finished = async {
+            runtime.wait_until_all_terminal(Duration::from_secs(3_600)).await?;
+            all_done(&runtime, work.orders).await
+        };
+        match finished.await {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => eprintln!("cannot tell whether the work is done ({e}); asking again"),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

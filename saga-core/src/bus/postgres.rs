@@ -12,7 +12,9 @@
 //!   any process compete without blocking each other, each row going to one of them. A claim
 //!   lasts the store's lease by the database's clock and is extended, for every row the
 //!   process holds, every third of it, so a row stays with a live process however long its
-//!   handler takes, and returns to the queue a lease after its process died. Each claim counts
+//!   handler takes, and returns to the queue a lease after its process died (or after a
+//!   settle that failed, the database being away: the copy delivered again then finds its
+//!   consumer's inbox entry). Each claim counts
 //!   as a delivery (the envelope's `attempt`), so a delivery limit survives crashes.
 //! - **Settling**: ack deletes the row; nack clears the claim and hides the row until its
 //!   delay has passed; dead-lettering moves it, with the reason, to the dead letters in one
@@ -85,6 +87,11 @@ struct Inner {
     consumers: Mutex<HashSet<Uuid>>,
     /// Consumers that went away and whose rows are still to be deleted.
     departed: Mutex<Vec<Uuid>>,
+    /// The queue rows this bus's deliveries hold, whose claims the heartbeat extends (a count,
+    /// since a row released and claimed again may briefly have two deliveries here). A
+    /// delivery whose settling failed (the database was away) is no longer held: its claim
+    /// runs out and the row is delivered again, which the consumer's inbox makes harmless.
+    held: Mutex<HashMap<(String, u64), usize>>,
     /// The heartbeat and the listener, started with the first consumer.
     background: OnceLock<[tokio::task::AbortHandle; 2]>,
 }
@@ -136,6 +143,7 @@ impl PostgresBus {
                 wakers: Mutex::default(),
                 consumers: Mutex::default(),
                 departed: Mutex::default(),
+                held: Mutex::default(),
                 background: OnceLock::new(),
             }),
         }
@@ -305,15 +313,20 @@ async fn heartbeat(bus: Weak<Inner>) {
         tokio::time::sleep(every).await;
         let Some(bus) = bus.upgrade() else { return };
         let live: Vec<Uuid> = lock(&bus.consumers).iter().copied().collect();
+        let (subscriptions, seqs): (Vec<String>, Vec<i64>) =
+            lock(&bus.held).keys().map(|(subscription, seq)| (subscription.clone(), seq_of(*seq))).unzip();
         let departed: Vec<Uuid> = lock(&bus.departed).clone();
         let lease = millis(bus.lease);
         let beat = async {
             sqlx::query(
-                "UPDATE saga_queue SET claimed_until = now() + $2::bigint * interval '1 millisecond' \
-                 WHERE claimed_by = $1",
+                "UPDATE saga_queue q SET claimed_until = now() + $2::bigint * interval '1 millisecond' \
+                 FROM unnest($3::text[], $4::bigint[]) AS h(subscription, seq) \
+                 WHERE q.subscription = h.subscription AND q.seq = h.seq AND q.claimed_by = $1",
             )
             .bind(bus.owner)
             .bind(lease)
+            .bind(&subscriptions)
+            .bind(&seqs)
             .execute(&bus.pool)
             .await?;
             sqlx::query(
@@ -472,6 +485,7 @@ impl ClaimTask {
                 }
             };
             let Some(permit) = permits.pop() else { break };
+            *lock(&self.bus.held).entry((self.subscription.clone(), seq)).or_default() += 1;
             let acker =
                 PgAcker { bus: self.bus.clone(), subscription: self.subscription.clone(), seq, _permit: permit };
             if self.tx.send(Delivery::new(envelope, Box::new(acker))).is_err() {
@@ -512,6 +526,19 @@ struct PgAcker {
     seq: u64,
     /// The consumer's prefetch slot, freed when the delivery is settled.
     _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for PgAcker {
+    fn drop(&mut self) {
+        let mut held = lock(&self.bus.held);
+        let key = (std::mem::take(&mut self.subscription), self.seq);
+        if let Some(count) = held.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&key);
+            }
+        }
+    }
 }
 
 #[async_trait::async_trait]
