@@ -128,3 +128,21 @@ async fn a_message_delivered_too_often_is_dead_lettered_with_the_count() {
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].reason, "delivered 2 times without being acked");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_gives_its_connection_back_while_its_caller_is_busy_elsewhere() {
+    let Some(database) = database().await else { return };
+    // Two connections: the listener's, and one for everything else.
+    let store = PostgresStore::connect_options(database, 2).await.unwrap();
+    let bus = PostgresBus::new(&store);
+    let mut consumer = bus.subscribe("billing", &["ordering.order-paid"]).await.unwrap();
+    let mut publish = Box::pin(bus.publish(Envelope::new("ordering.order-paid", b"{}".to_vec())));
+    // The publish starts, then is left unpolled while its caller needs the pool (as the relay
+    // does with the publishes it keeps in flight).
+    assert!(futures::poll!(&mut publish).is_pending());
+    let other =
+        tokio::time::timeout(Duration::from_secs(10), saga_core::store::Store::instance(&store, uuid::Uuid::nil()));
+    other.await.expect("a connection came back to the pool").unwrap();
+    publish.await.unwrap();
+    next(&mut consumer).await.ack().await.unwrap();
+}

@@ -600,18 +600,28 @@ impl Bus for PostgresBus {
     async fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
         let bytes = layout::encode("queued message", &envelope)
             .map_err(|e| BusError::Refused { name: envelope.name.clone(), reason: e.to_string() })?;
-        let targets: Vec<String> = sqlx::query_scalar(
-            "WITH queued AS ( \
-               INSERT INTO saga_queue (subscription, seq, envelope) \
-               SELECT subscription, nextval('saga_queue_seq'), $2 FROM saga_bus_bindings WHERE name = $1 \
-               RETURNING subscription) \
-             SELECT subscription FROM queued, LATERAL pg_notify($3, subscription)",
-        )
-        .bind(&envelope.name)
-        .bind(bytes)
-        .bind(CHANNEL)
-        .fetch_all(&self.inner.pool)
+        // The statement runs in a task of its own, so that it finishes and gives its
+        // connection back even while the caller does not poll it: the relay keeps many
+        // publishes in flight and polls them only between its own store calls, which need a
+        // connection from the same pool.
+        let pool = self.inner.pool.clone();
+        let name = envelope.name.clone();
+        let targets: Vec<String> = tokio::spawn(async move {
+            sqlx::query_scalar(
+                "WITH queued AS ( \
+                   INSERT INTO saga_queue (subscription, seq, envelope) \
+                   SELECT subscription, nextval('saga_queue_seq'), $2 FROM saga_bus_bindings WHERE name = $1 \
+                   RETURNING subscription) \
+                 SELECT subscription FROM queued, LATERAL pg_notify($3, subscription)",
+            )
+            .bind(name)
+            .bind(bytes)
+            .bind(CHANNEL)
+            .fetch_all(&pool)
+            .await
+        })
         .await
+        .map_err(|e| transport("publish", e))?
         .map_err(|e| transport("publish", e))?;
         if targets.is_empty() {
             return Err(BusError::Unroutable {
