@@ -1,13 +1,18 @@
 //! The order saga across processes: the orchestrator and the catalog, payment and shipping
 //! services each run as their own process with their own sled store, talking over RabbitMQ
-//! (or NATS JetStream with `--bus nats`). `run.sh` beside this file starts them, pushes
-//! orders, kills the payment service mid-run, restarts it, and prints the summary.
+//! (or NATS JetStream with `--bus nats`). With `--store postgres` (feature `postgres`) every
+//! process uses one PostgreSQL database (`DATABASE_URL`), so each service can run as several
+//! replicas competing for its messages, over RabbitMQ or, with `--bus postgres`, over queues
+//! in the same database. `run.sh` beside this file starts them, pushes orders, kills a process
+//! mid-run with SIGKILL, and prints the summary.
 //!
 //! ```text
 //! cargo run --example order_distributed --features rabbitmq -- orchestrator --dir DIR
 //! cargo run --example order_distributed --features rabbitmq -- service catalog --dir DIR
 //! cargo run --example order_distributed --features rabbitmq -- push --orders 300
 //! cargo run --example order_distributed --features rabbitmq -- summary --dir DIR --orders 300
+//! DATABASE_URL=postgres://… cargo run --example order_distributed --features rabbitmq,postgres -- \
+//!     --store postgres --bus postgres orchestrator --dir DIR --replica 1
 //! ```
 
 #[path = "../order_saga/domain.rs"]
@@ -40,6 +45,10 @@ struct Args {
     /// The broker.
     #[arg(long, value_enum, default_value_t = Broker::Rabbitmq, global = true)]
     bus: Broker,
+    /// Where each service keeps its progress: a sled store of its own in DIR, or the one
+    /// PostgreSQL database `DATABASE_URL` names, shared by every process.
+    #[arg(long, value_enum, default_value_t = StoreKind::Sled, global = true)]
+    store: StoreKind,
     #[command(subcommand)]
     role: Role,
 }
@@ -48,6 +57,14 @@ struct Args {
 enum Broker {
     Rabbitmq,
     Nats,
+    /// The PostgreSQL bus: queues in the `--store postgres` database.
+    Postgres,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum StoreKind {
+    Sled,
+    Postgres,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -63,6 +80,9 @@ enum Role {
     Orchestrator {
         #[arg(long)]
         dir: PathBuf,
+        /// Which replica this is (on PostgreSQL); replica 0 writes DIR/orchestrator.status.
+        #[arg(long, default_value_t = 0)]
+        replica: u32,
     },
     /// Runs one participant service.
     Service {
@@ -85,8 +105,10 @@ enum Role {
     },
 }
 
-async fn connect(broker: Broker) -> Result<Arc<dyn Bus>, Box<dyn std::error::Error>> {
+/// The bus `broker` names; the PostgreSQL bus is the default bus of the PostgreSQL `store`.
+async fn connect(broker: Broker, store: &dyn Store) -> Result<Arc<dyn Bus>, Box<dyn std::error::Error>> {
     Ok(match broker {
+        Broker::Postgres => store.default_bus().ok_or("--bus postgres needs --store postgres")?,
         Broker::Rabbitmq => {
             let url = std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
             Arc::new(RabbitMqBus::connect(RabbitMqOptions::new(url).namespace("order-demo")).await?)
@@ -102,9 +124,22 @@ async fn connect(broker: Broker) -> Result<Arc<dyn Bus>, Box<dyn std::error::Err
     })
 }
 
-fn store(dir: &Path, name: &str) -> Result<SledStore, Box<dyn std::error::Error>> {
-    std::fs::create_dir_all(dir)?;
-    Ok(SledStore::open(dir.join(name))?)
+/// Service `name`'s store: its own sled store in `dir`, or the shared PostgreSQL database.
+async fn store(kind: StoreKind, dir: &Path, name: &str) -> Result<Arc<dyn Store>, Box<dyn std::error::Error>> {
+    match kind {
+        StoreKind::Sled => {
+            std::fs::create_dir_all(dir)?;
+            Ok(Arc::new(SledStore::open(dir.join(name))?))
+        }
+        #[cfg(feature = "postgres")]
+        StoreKind::Postgres => {
+            let url = std::env::var("DATABASE_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/order_demo".into());
+            Ok(Arc::new(sagaflow::store::PostgresStore::connect(&url).await?))
+        }
+        #[cfg(not(feature = "postgres"))]
+        StoreKind::Postgres => Err("this build has no PostgreSQL store: build with --features postgres".into()),
+    }
 }
 
 fn participants(builder: SagaRuntimeBuilder, service: Service) -> SagaRuntimeBuilder {
@@ -147,14 +182,14 @@ async fn until_stopped(runtime: SagaRuntime, mut tick: impl FnMut() -> Option<to
 
 async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     match args.role {
-        Role::Orchestrator { dir } => {
-            let runtime = SagaRuntime::builder()
-                .store(store(&dir, "orchestrator")?)
-                .bus(connect(args.bus).await?)
-                .saga::<OrderSaga>()
-                .build()
-                .await?;
-            let status_file = dir.join("orchestrator.status");
+        Role::Orchestrator { dir, replica } => {
+            let store = store(args.store, &dir, "orchestrator").await?;
+            let bus = connect(args.bus, &*store).await?;
+            let runtime = SagaRuntime::builder().store(store).bus(bus).saga::<OrderSaga>().build().await?;
+            let status_file = match replica {
+                0 => dir.join("orchestrator.status"),
+                n => dir.join(format!("orchestrator.{n}.status")),
+            };
             let store = runtime.store();
             until_stopped(runtime, || {
                 let (store, status_file) = (store.clone(), status_file.clone());
@@ -177,14 +212,19 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
             Ok(true)
         }
         Role::Service { service, dir } => {
-            let builder =
-                SagaRuntime::builder().store(store(&dir, service_name(service))?).bus(connect(args.bus).await?);
+            let store = store(args.store, &dir, service_name(service)).await?;
+            let bus = connect(args.bus, &*store).await?;
+            let builder = SagaRuntime::builder().store(store).bus(bus);
             let runtime = participants(builder, service).build().await?;
             until_stopped(runtime, || None).await;
             Ok(true)
         }
         Role::Push { orders } => {
-            let bus = connect(args.bus).await?;
+            // Only the PostgreSQL bus needs the store (its queues are there).
+            let bus = match args.bus {
+                Broker::Postgres => connect(args.bus, &*store(args.store, Path::new("."), "push").await?).await?,
+                broker => connect(broker, &sagaflow::store::MemoryStore::new()).await?,
+            };
             let events = EventBus::new(bus.clone());
             for product_id in 1..=PRODUCTS {
                 events.publish(&StockAdded { product_id, units: UNITS_PER_PRODUCT }).await?;
@@ -195,7 +235,7 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
             bus.close().await?;
             Ok(true)
         }
-        Role::Summary { dir, orders } => summary(&dir, orders).await,
+        Role::Summary { dir, orders } => summary(args.store, &dir, orders).await,
     }
 }
 
@@ -204,29 +244,30 @@ async fn record<T: serde::de::DeserializeOwned>(store: &dyn Store, scope: &str, 
     serde_json::from_slice(&r.value).ok()
 }
 
-async fn summary(dir: &Path, orders: u32) -> Result<bool, Box<dyn std::error::Error>> {
-    let orchestrator = store(dir, "orchestrator")?;
-    let (catalog, payment, shipping) = (store(dir, "catalog")?, store(dir, "payment")?, store(dir, "shipping")?);
+async fn summary(kind: StoreKind, dir: &Path, orders: u32) -> Result<bool, Box<dyn std::error::Error>> {
+    let orchestrator = store(kind, dir, "orchestrator").await?;
+    let (catalog, payment, shipping) =
+        (store(kind, dir, "catalog").await?, store(kind, dir, "payment").await?, store(kind, dir, "shipping").await?);
     let ids = |k| orchestrator.instances_with_status(k, usize::MAX);
     let (completed, compensated) = (ids(StatusKind::Completed).await?, ids(StatusKind::Compensated).await?);
     let failed = ids(StatusKind::Failed).await?.len();
     let open = ids(StatusKind::Running).await?.len() + ids(StatusKind::Compensating).await?.len();
     let mut on_shelves = 0u64;
     for product in 1..=PRODUCTS {
-        on_shelves += u64::from(record::<u32>(&catalog, "catalog", &stock_key(product)).await.unwrap_or(0));
+        on_shelves += u64::from(record::<u32>(&*catalog, "catalog", &stock_key(product)).await.unwrap_or(0));
     }
     let (mut reserved, mut charges, mut shipments) = (0u64, 0usize, 0usize);
     for id in &completed {
         let Some(instance) = orchestrator.instance(*id).await? else { continue };
         let state: OrderSaga = serde_json::from_slice(&instance.state)?;
-        if let Some(r) = record::<Reservation>(&catalog, "catalog", &reservation_key(state.order_id)).await {
+        if let Some(r) = record::<Reservation>(&*catalog, "catalog", &reservation_key(state.order_id)).await {
             reserved += if r.released { 0 } else { r.items.iter().map(|i| u64::from(i.units)).sum::<u64>() };
         }
         charges += usize::from(
-            record::<Charge>(&payment, "payment.charge", &format!("charge/{}", state.order_id)).await.is_some(),
+            record::<Charge>(&*payment, "payment.charge", &format!("charge/{}", state.order_id)).await.is_some(),
         );
         shipments += usize::from(
-            record::<u32>(&shipping, "shipping.ship", &format!("shipment/{}", state.order_id)).await.is_some(),
+            record::<u32>(&*shipping, "shipping.ship", &format!("shipment/{}", state.order_id)).await.is_some(),
         );
     }
     println!("order saga across processes: {orders} orders, stores in {}", dir.display());

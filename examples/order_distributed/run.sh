@@ -1,19 +1,35 @@
 #!/usr/bin/env bash
-# Runs the order saga across processes: orchestrator, catalog, payment and shipping services,
-# each with its own sled store, on RabbitMQ (default) or NATS (`run.sh nats`). Pushes orders,
-# kills the payment service mid-run with SIGKILL, restarts it, waits until every order is
-# terminal, stops everything and prints the summary. Exits non-zero if the books do not balance.
+# Runs the order saga across processes and prints the summary; exits non-zero if the books do
+# not balance. Modes:
+#   rabbitmq (default), nats: the orchestrator, catalog, payment and shipping services, each
+#     with its own sled store, on the broker; the payment service is SIGKILLed mid-run and
+#     restarted.
+#   postgres, postgres-rabbitmq: every process on one PostgreSQL database (DATABASE_URL, default
+#     postgres://postgres@127.0.0.1:5432/order_demo, recreated), three replicas of the
+#     orchestrator and two of each service, over queues in the database or over RabbitMQ; one
+#     orchestrator replica is SIGKILLed while orders are in flight and never comes back.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-broker=${1:-rabbitmq}
+mode=${1:-rabbitmq}
 orders=${ORDERS:-300}
 dir=$(mktemp -d)
-features=rabbitmq
-[ "$broker" = nats ] && features=rabbitmq,nats
+case "$mode" in
+  rabbitmq) bus=rabbitmq store=sled features=rabbitmq ;;
+  nats) bus=nats store=sled features=rabbitmq,nats ;;
+  postgres) bus=postgres store=postgres features=rabbitmq,postgres ;;
+  postgres-rabbitmq) bus=rabbitmq store=postgres features=rabbitmq,postgres ;;
+  *) echo "unknown mode $mode: rabbitmq, nats, postgres or postgres-rabbitmq" >&2; exit 2 ;;
+esac
 cargo build -q --example order_distributed --features "$features"
 bin=target/debug/examples/order_distributed
 pids=()
-start() { "$bin" --bus "$broker" "$@" >>"$dir/$2.log" 2>&1 & echo $!; }
+# Logs go to DIR/orchestrator.log, DIR/catalog.log, …; replicas of a service share one.
+start() {
+  local log=$1
+  [ "$1" = service ] && log=$2
+  "$bin" --bus "$bus" --store "$store" "$@" >>"$dir/$log.log" 2>&1 &
+  echo $!
+}
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   # The services shut down gracefully on SIGTERM; wait until they have released their stores.
@@ -26,27 +42,44 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# A fresh demo topology each run.
-if [ "$broker" = rabbitmq ]; then
+# A fresh demo topology (and database) each run.
+if [ "$bus" = rabbitmq ]; then
   for q in $(rabbitmqctl -q list_queues name 2>/dev/null | grep '^order-demo\.' || true); do rabbitmqctl -q delete_queue "$q" >/dev/null || true; done
 fi
+if [ "$store" = postgres ]; then
+  export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/order_demo}
+  db=${DATABASE_URL##*/}
+  psql "${DATABASE_URL%/*}/postgres" -qc "drop database if exists $db with (force)" -c "create database $db"
+fi
 
-pids+=("$(start orchestrator --dir "$dir")")
-for s in catalog shipping; do pids+=("$(start service "$s" --dir "$dir")"); done
-payment=$(start service payment --dir "$dir")
+if [ "$store" = sled ]; then
+  pids+=("$(start orchestrator --dir "$dir")")
+  for s in catalog shipping; do pids+=("$(start service "$s" --dir "$dir")"); done
+  victim=$(start service payment --dir "$dir")
+  victim_name="the payment service"
+else
+  # The schema is created by the first process to connect; the others wait on its lock.
+  pids+=("$(start orchestrator --dir "$dir" --replica 0)")
+  victim=$(start orchestrator --dir "$dir" --replica 1)
+  victim_name="orchestrator replica 1 of 3"
+  pids+=("$(start orchestrator --dir "$dir" --replica 2)")
+  for s in catalog payment shipping; do
+    for _ in 1 2; do pids+=("$(start service "$s" --dir "$dir")"); done
+  done
+fi
 sleep 2
-# Kill the payment service while orders are still being pushed and handled.
-"$bin" --bus "$broker" push --orders "$orders" &
+"$bin" --bus "$bus" --store "$store" push --orders "$orders" &
 push=$!
 sleep 0.5
-echo "killing the payment service mid-run; at the kill: $(cat "$dir/orchestrator.status" 2>/dev/null)"
-kill -9 "$payment"
+echo "killing $victim_name mid-run; at the kill: $(cat "$dir/orchestrator.status" 2>/dev/null)"
+kill -9 "$victim"
 wait "$push"
 echo "pushed $orders orders"
-sleep 2
-payment=$(start service payment --dir "$dir")
-pids+=("$payment")
-echo "payment service restarted"
+if [ "$store" = sled ]; then
+  sleep 2
+  pids+=("$(start service payment --dir "$dir")")
+  echo "payment service restarted"
+fi
 for _ in $(seq 1 240); do
   status=$(cat "$dir/orchestrator.status" 2>/dev/null || true)
   case "$status" in
@@ -58,4 +91,4 @@ done
 echo "orchestrator: $status"
 cleanup
 pids=()
-"$bin" summary --dir "$dir" --orders "$orders"
+"$bin" --store "$store" summary --dir "$dir" --orders "$orders"

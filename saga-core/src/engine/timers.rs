@@ -97,8 +97,10 @@ pub(crate) async fn fire_due(core: &Arc<Core>, upto: Timestamp, only: Option<fn(
     let mut fired = 0;
     let mut after = None;
     core.timers.end_holds(core.clock.now());
+    // Only this runtime's sagas' timers: another runtime on a shared store fires the others.
+    let sagas: Vec<String> = core.sagas.keys().cloned().collect();
     loop {
-        let timers = match core.store.claim_timers(upto, after, BATCH).await {
+        let timers = match core.store.claim_timers(upto, after, BATCH, &sagas).await {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read due timers");

@@ -407,7 +407,8 @@ fn mine(timers: &[TimerRecord], of: Uuid) -> Vec<&TimerKey> {
     timers.iter().filter(|t| t.key.instance_id == of).map(|t| &t.key).collect()
 }
 
-/// In a shared store a due timer is claimed by one process at a time, a local step's timer is
+/// A process claims only the timers of the sagas it runs. In a shared store a due timer is
+/// claimed by one process at a time, a local step's timer is
 /// claimed by the commit that writes it and its holder extends that claim, and a claim that ran
 /// out is anyone's (another handle is another process). A store one process owns hands every
 /// due timer to whoever asks: the runtime's memory is the claim there.
@@ -420,7 +421,14 @@ pub async fn due_timers_and_local_steps_are_claimed_by_one_process_at_a_time(t: 
     local.purpose = TimerPurpose::RunLocal { step: 0, phase: Phase::Action, attempt: 1 };
     let c = Commit { timers_add: vec![due.clone(), local.clone()], ..Commit::default() };
     durably(&*store, c).await.map_err(failed("commit"))?;
-    let claim = |s: Arc<dyn Store>| async move { s.claim_timers(Timestamp(10), None, 1000).await };
+    let saga = vec![due.saga.clone()];
+    let elsewhere = other.claim_timers(Timestamp(10), None, 1000, &["another saga".into()]).await;
+    let elsewhere = elsewhere.map_err(failed("claim for another saga"))?;
+    check(mine(&elsewhere, id).is_empty(), format!("a process claims only its sagas' timers, got {elsewhere:?}"))?;
+    let claim = |s: Arc<dyn Store>| {
+        let saga = saga.clone();
+        async move { s.claim_timers(Timestamp(10), None, 1000, &saga).await }
+    };
     let Some(lease) = store.claim_lease() else {
         for handle in [&store, &other] {
             let got = claim(handle.clone()).await.map_err(failed("claim"))?;

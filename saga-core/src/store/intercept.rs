@@ -136,8 +136,9 @@ impl<S: Store, H: CommitHook> Store for Intercepted<S, H> {
         upto: Timestamp,
         after: Option<TimerKey>,
         limit: usize,
+        sagas: &[String],
     ) -> Result<Vec<TimerRecord>, StoreError> {
-        self.store.claim_timers(upto, after, limit).await
+        self.store.claim_timers(upto, after, limit, sagas).await
     }
     async fn extend_timer_claims(&self, keys: &[TimerKey]) -> Result<Vec<TimerKey>, StoreError> {
         self.store.extend_timer_claims(keys).await

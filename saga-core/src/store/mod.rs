@@ -344,14 +344,18 @@ pub trait Store: Send + Sync + 'static {
     /// each due timer fires in one process at a time. A local step's timer
     /// ([`TimerPurpose::RunLocal`]) is claimed by the commit that writes it and is taken over
     /// as soon as its claim runs out, whenever it is due: it is the lease its step runs under.
-    /// A store one process owns hands out every due timer ([`Self::timers_due`]).
+    /// Only timers of the `sagas` named are claimed: a process claims what it can fire. A
+    /// store one process owns hands out every due timer of those sagas ([`Self::timers_due`]).
     async fn claim_timers(
         &self,
         upto: Timestamp,
         after: Option<TimerKey>,
         limit: usize,
+        sagas: &[String],
     ) -> Result<Vec<TimerRecord>, StoreError> {
-        self.timers_due(upto, after, limit).await
+        let mut due = self.timers_due(upto, after, limit).await?;
+        due.retain(|t| sagas.contains(&t.saga));
+        Ok(due)
     }
     /// Extends this process's claims on timers it is still working on (a local step that is
     /// running) by another [`Self::claim_lease`]; returns the keys whose claim was lost to
@@ -470,8 +474,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
         upto: Timestamp,
         after: Option<TimerKey>,
         limit: usize,
+        sagas: &[String],
     ) -> Result<Vec<TimerRecord>, StoreError> {
-        (**self).claim_timers(upto, after, limit).await
+        (**self).claim_timers(upto, after, limit, sagas).await
     }
     async fn extend_timer_claims(&self, keys: &[TimerKey]) -> Result<Vec<TimerKey>, StoreError> {
         (**self).extend_timer_claims(keys).await

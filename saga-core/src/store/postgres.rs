@@ -306,9 +306,10 @@ impl PostgresStore {
         for t in &commit.timers_add {
             // A local step's timer is its lease: claimed by the process that runs the step.
             sqlx::query(
-                "INSERT INTO saga_timers (due, instance_id, timer_id, record, run_local, claimed_by, claimed_until) \
+                "INSERT INTO saga_timers \
+                 (due, instance_id, timer_id, record, run_local, claimed_by, claimed_until, saga) \
                  VALUES ($1, $2, $3, $4, $5, CASE WHEN $5 THEN $6::uuid END, \
-                 CASE WHEN $5 THEN now() + $7::bigint * interval '1 millisecond' END) ON CONFLICT DO NOTHING",
+                 CASE WHEN $5 THEN now() + $7::bigint * interval '1 millisecond' END, $8) ON CONFLICT DO NOTHING",
             )
             .bind(big(t.key.due.0))
             .bind(t.key.instance_id)
@@ -317,6 +318,7 @@ impl PostgresStore {
             .bind(matches!(t.purpose, TimerPurpose::RunLocal { .. }))
             .bind(self.owner)
             .bind(self.lease_ms())
+            .bind(&t.saga)
             .execute(&mut **tx)
             .await
             .map_err(db)?;
@@ -591,11 +593,13 @@ impl Store for PostgresStore {
         upto: Timestamp,
         after: Option<TimerKey>,
         limit: usize,
+        sagas: &[String],
     ) -> Result<Vec<TimerRecord>, StoreError> {
         let after = after.unwrap_or(TimerKey { due: Timestamp(0), instance_id: Uuid::nil(), timer_id: Uuid::nil() });
         let rows = sqlx::query(
             "WITH picked AS (SELECT due, instance_id, timer_id FROM saga_timers \
                WHERE (due <= $1 OR run_local) AND (claimed_until IS NULL OR claimed_until < now()) \
+                 AND (saga = ANY($8) OR saga = '') \
                  AND (due, instance_id, timer_id) > ($3, $4, $5) \
                ORDER BY due, instance_id, timer_id LIMIT $2 FOR UPDATE SKIP LOCKED) \
              UPDATE saga_timers t SET claimed_by = $6, claimed_until = now() + $7::bigint * interval '1 millisecond' \
@@ -609,6 +613,7 @@ impl Store for PostgresStore {
         .bind(after.timer_id)
         .bind(self.owner)
         .bind(self.lease_ms())
+        .bind(sagas)
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
