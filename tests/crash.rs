@@ -13,8 +13,14 @@
 //!   On the local bus every point is on the path but the relay's (a commit writes its
 //!   messages straight into the queues); on RabbitMQ all but the local bus's.
 //!
-//! The RabbitMQ tests run when `SAGA_TEST_AMQP_URL` is set.
+//! The RabbitMQ tests run when `SAGA_TEST_AMQP_URL` is set. On PostgreSQL (feature
+//! `postgres`, `SAGA_TEST_POSTGRES_URL`) the crash points run with two runtimes on one
+//! database: each round starts a second worker beside the armed one, and SIGKILLs it when the
+//! armed one is gone.
 
+#[cfg(all(feature = "postgres", feature = "failpoints"))]
+#[path = "worker/replicas.rs"]
+mod replicas;
 mod worker;
 
 use std::path::{Path, PathBuf};
@@ -30,6 +36,8 @@ struct Epoch {
     bus: String,
     orders: u64,
     seed: u64,
+    /// The PostgreSQL database the workers share, instead of sled in `dir`.
+    database: Option<String>,
 }
 
 impl Epoch {
@@ -38,7 +46,36 @@ impl Epoch {
         let bus =
             if rabbitmq { format!("rabbitmq:crash-{}", uuid::Uuid::now_v7().simple()) } else { "local".to_owned() };
         let dir = tempfile::tempdir().expect("a temporary directory");
-        Epoch { worker: worker.to_owned(), dir, bus, orders, seed }
+        Epoch { worker: worker.to_owned(), dir, bus, orders, seed, database: None }
+    }
+
+    /// An epoch on a new PostgreSQL database and its bus.
+    #[cfg(all(feature = "postgres", feature = "failpoints"))]
+    fn on_postgres(worker: &Path, orders: u64, seed: u64) -> Self {
+        let target = sagaflow::store::PostgresTarget::from_env().expect("SAGA_TEST_POSTGRES_URL");
+        let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+        let database = runtime.block_on(replicas::fresh_database_url(&target));
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        Epoch { worker: worker.to_owned(), dir, bus: "local".into(), orders, seed, database: Some(database) }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.worker);
+        cmd.args(args);
+        if let Some(url) = &self.database {
+            cmd.env("SAGA_WORKER_DATABASE", url).env("SAGA_WORKER_LEASE_MS", "1000");
+        }
+        cmd
+    }
+
+    /// A second worker on the epoch's database that only works (it submits nothing).
+    #[cfg(feature = "failpoints")]
+    fn start_companion(&self) -> Child {
+        self.command(&["run", self.path(), &self.bus, &self.orders.to_string(), &self.seed.to_string()])
+            .env("SAGA_WORKER_SUBMIT", "0")
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the companion starts")
     }
 
     fn path(&self) -> &str {
@@ -46,8 +83,7 @@ impl Epoch {
     }
 
     fn start(&self, failpoints: Option<&str>, stderr: Stdio) -> Child {
-        let mut cmd = Command::new(&self.worker);
-        cmd.args(["run", self.path(), &self.bus, &self.orders.to_string(), &self.seed.to_string()]);
+        let mut cmd = self.command(&["run", self.path(), &self.bus, &self.orders.to_string(), &self.seed.to_string()]);
         if let Some(f) = failpoints {
             cmd.env("FAILPOINTS", f);
         }
@@ -80,8 +116,8 @@ impl Epoch {
     /// Checks the invariants (every order terminal, the books balance, nothing left queued)
     /// and returns the orders' outcomes, one line each.
     fn check(&self, crashes: u64) -> String {
-        let check = Command::new(&self.worker)
-            .args(["check", self.path(), &self.orders.to_string(), &self.seed.to_string()])
+        let check = self
+            .command(&["check", self.path(), &self.orders.to_string(), &self.seed.to_string()])
             .output()
             .expect("the checker runs");
         let problems = String::from_utf8_lossy(&check.stderr);
@@ -173,16 +209,39 @@ fn max_hits_before_crash(point: &str, orders: u64) -> u64 {
     (orders * per_hundred_orders / 100).max(2)
 }
 
+/// Where a crash-point run's epochs live.
+#[cfg(feature = "failpoints")]
+#[derive(Clone, Copy, PartialEq)]
+enum Setup {
+    LocalBus,
+    #[cfg(feature = "rabbitmq")]
+    RabbitMq,
+    /// PostgreSQL store and bus, with a companion worker beside the armed one.
+    #[cfg(feature = "postgres")]
+    Postgres,
+}
+
+#[cfg(feature = "failpoints")]
+fn epoch(setup: Setup, worker: &Path, orders: u64, seed: u64) -> Epoch {
+    match setup {
+        Setup::LocalBus => Epoch::new(worker, false, orders, seed),
+        #[cfg(feature = "rabbitmq")]
+        Setup::RabbitMq => Epoch::new(worker, true, orders, seed),
+        #[cfg(feature = "postgres")]
+        Setup::Postgres => Epoch::on_postgres(worker, orders, seed),
+    }
+}
+
 /// Aborts the worker at each of `points` in turn (see the module docs) and checks every epoch.
 #[cfg(feature = "failpoints")]
-fn abort_at_every_crash_point(features: &str, rabbitmq: bool, points: &[&str]) {
+fn abort_at_every_crash_point(features: &str, setup: Setup, points: &[&str]) {
     let orders = env_or("SAGA_CRASH_POINT_ORDERS", 200);
     let rounds = env_or("SAGA_CRASH_POINT_ROUNDS", 2 * points.len() as u64);
     let (_bin, worker) = worker(features);
     let mut random = fastrand::Rng::with_seed(0x2545_F491_4F6C_DD1D);
     let mut hits = vec![0u64; points.len()];
     let (mut epochs, mut epoch_crashes, mut runs) = (1, 0, 0);
-    let mut epoch = Epoch::new(&worker, rabbitmq, orders, epochs);
+    let mut epoch = epoch(setup, &worker, orders, epochs);
     let started = Instant::now();
     for _ in 0..rounds {
         // The point hit least so far: a round that found no work left for its point (the
@@ -192,6 +251,7 @@ fn abort_at_every_crash_point(features: &str, rabbitmq: bool, points: &[&str]) {
         let after = random.u64(..max_hits_before_crash(point, orders));
         let actions = if after == 0 { "1*return".to_owned() } else { format!("{after}*off->1*return") };
         let mut child = epoch.start(Some(&format!("{point}={actions}")), Stdio::piped());
+        let mut companion = epoch.database.is_some().then(|| epoch.start_companion());
         let mut stderr = child.stderr.take().expect("a piped stderr");
         let reader = std::thread::spawn(move || {
             use std::io::Read as _;
@@ -201,6 +261,10 @@ fn abort_at_every_crash_point(features: &str, rabbitmq: bool, points: &[&str]) {
         });
         let status = Epoch::wait(&mut child, Duration::from_secs(300));
         let text = reader.join().expect("the stderr reader");
+        if let Some(mut c) = companion.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         runs += 1;
         if let Some(i) = points.iter().position(|p| text.contains(&format!("sagaflow crash point hit: {p}\n"))) {
             assert!(!status.success(), "the worker reported a crash at {} but exited cleanly", points[i]);
@@ -211,7 +275,7 @@ fn abort_at_every_crash_point(features: &str, rabbitmq: bool, points: &[&str]) {
             // The epoch's work is done: check it and start the next.
             epoch.check(epoch_crashes);
             epochs += 1;
-            epoch = Epoch::new(&worker, rabbitmq, orders, epochs);
+            epoch = self::epoch(setup, &worker, orders, epochs);
             epoch_crashes = 0;
         }
     }
@@ -234,7 +298,7 @@ fn an_abort_at_every_crash_point_on_the_local_bus_loses_nothing_and_repeats_noth
     // A commit writes its messages straight into the local bus's queues: the relay publishes
     // nothing on this path, so its point is never reached.
     let points: Vec<&str> = sagaflow::crash_points::ALL.iter().copied().filter(|p| !p.starts_with("relay.")).collect();
-    abort_at_every_crash_point("failpoints", false, &points);
+    abort_at_every_crash_point("failpoints", Setup::LocalBus, &points);
 }
 
 #[cfg(all(feature = "rabbitmq", feature = "failpoints"))]
@@ -246,5 +310,21 @@ fn an_abort_at_every_crash_point_on_rabbitmq_loses_nothing_and_repeats_nothing()
     // The local bus's points are not on this path.
     let points: Vec<&str> =
         sagaflow::crash_points::ALL.iter().copied().filter(|p| !p.starts_with("local_bus.")).collect();
-    abort_at_every_crash_point("rabbitmq failpoints", true, &points);
+    abort_at_every_crash_point("rabbitmq failpoints", Setup::RabbitMq, &points);
+}
+
+#[cfg(all(feature = "postgres", feature = "failpoints"))]
+#[test]
+fn an_abort_at_every_crash_point_with_two_runtimes_on_postgresql_loses_nothing_and_repeats_nothing() {
+    if std::env::var("SAGA_TEST_POSTGRES_URL").is_err() {
+        sagaflow::bus::conformance::say_skipped("crash points on PostgreSQL", "SAGA_TEST_POSTGRES_URL");
+        return;
+    }
+    // sled's and the local bus's points are not on this path, nor the key-value stores' flush.
+    let points: Vec<&str> = sagaflow::crash_points::ALL
+        .iter()
+        .copied()
+        .filter(|p| !p.starts_with("local_bus.") && !p.starts_with("sled.") && !p.starts_with("store."))
+        .collect();
+    abort_at_every_crash_point("postgres failpoints", Setup::Postgres, &points);
 }

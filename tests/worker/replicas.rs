@@ -31,15 +31,20 @@ pub struct Deployment {
     pub replicas: Vec<Replica>,
 }
 
+/// The URL of a new, empty database on `target`'s server, for worker processes.
+pub async fn fresh_database_url(target: &PostgresTarget) -> String {
+    let options = target.fresh_database().await;
+    let mut url = url::Url::parse(&std::env::var("SAGA_TEST_POSTGRES_URL").unwrap()).expect("a PostgreSQL URL");
+    url.set_path(options.get_database().expect("the test database's name"));
+    url.to_string()
+}
+
 impl Deployment {
     /// `replicas` replicas (not started) of `worker` on a new database of `target`'s server.
     pub async fn new(target: &PostgresTarget, worker: &Path, bus: &str, orders: u64, replicas: usize) -> Self {
-        let options = target.fresh_database().await;
-        let mut url = url::Url::parse(&std::env::var("SAGA_TEST_POSTGRES_URL").unwrap()).expect("a PostgreSQL URL");
-        url.set_path(options.get_database().expect("the test database's name"));
         Deployment {
             worker: worker.to_owned(),
-            database: url.to_string(),
+            database: fresh_database_url(target).await,
             bus: bus.to_owned(),
             orders,
             replicas: (0..replicas).map(|_| Replica { dir: tempfile::tempdir().unwrap(), child: None }).collect(),
