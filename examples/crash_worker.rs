@@ -182,6 +182,14 @@ async fn run(dir: &Path, bus: &str, work: &Workload) -> Result<(), Box<dyn std::
                 .publish_idempotent(&format!("stock-{product_id}"), &StockAdded { product_id, units: UNITS })
                 .await?;
         }
+        // The stock is on the shelves before the first order: with competing consumers the
+        // restock and reserve queues are worked in no particular order across processes, and
+        // an order that overtook its product's stock would be refused where a clean run is not.
+        for product_id in 1..=PRODUCTS {
+            while runtime.store().entity("catalog", &stock_key(product_id)).await?.is_none() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         let orders: Vec<u32> = (0..work.orders).collect();
         let window = std::env::var("SAGA_WORKER_WINDOW").ok().and_then(|v| v.parse().ok()).unwrap_or(usize::MAX);
         for (n, batch) in orders.chunks(100).enumerate() {

@@ -22,6 +22,8 @@ mod domain;
 mod workload;
 
 mod baseline;
+#[cfg(feature = "postgres")]
+mod baseline_postgres;
 mod probe;
 mod report;
 mod run;
@@ -57,7 +59,7 @@ struct Args {
     /// Sagas in flight for `--config`.
     #[arg(long, default_value_t = 1024)]
     in_flight: usize,
-    /// Run only these parts (comma-separated: memory, sled-none, sled-group, sled-group-local, sled-immediate,
+    /// Run only these parts (comma-separated: memory, sled-none, sled-group, sled-group-local, sled-immediate, postgres,
     /// paced, rabbitmq, scale, recovery).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -82,6 +84,7 @@ pub struct Plan {
     pub sled_immediate: u64,
     pub paced_seconds: f64,
     pub rabbitmq: u64,
+    pub postgres: u64,
     pub scale_small: u64,
     pub scale_large: u64,
     pub scale_sagas: u64,
@@ -104,6 +107,7 @@ impl Plan {
             sled_immediate: 1_000,
             paced_seconds: 6.0,
             rabbitmq: 3_000,
+            postgres: 2_000,
             scale_small: 1_000,
             scale_large: 1_000_000,
             scale_sagas: 20_000,
@@ -124,6 +128,7 @@ impl Plan {
             sled_immediate: 20,
             paced_seconds: 0.5,
             rabbitmq: 50,
+            postgres: 50,
             scale_small: 100,
             scale_large: 1_000,
             scale_sagas: 200,
@@ -252,6 +257,26 @@ fn main() -> ExitCode {
             ),
             (true, false) => notes.push(
                 "RabbitMQ configuration skipped: set SAGA_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f"
+                    .to_owned(),
+            ),
+        }
+    }
+    if wanted("postgres") {
+        match (cfg!(feature = "postgres"), std::env::var("SAGA_TEST_POSTGRES_URL").is_ok()) {
+            (true, true) => {
+                let rabbit = cfg!(feature = "rabbitmq") && std::env::var("SAGA_TEST_AMQP_URL").is_ok();
+                for rabbitmq in [false, true].into_iter().filter(|&r| !r || rabbit) {
+                    for runtimes in [1, 3] {
+                        job(workload(Config::Postgres { runtimes, rabbitmq }, plan.postgres), &mut outcomes);
+                    }
+                }
+            }
+            (false, _) => notes.push(
+                "PostgreSQL configurations skipped: the `postgres` feature is off (run with --features postgres)"
+                    .to_owned(),
+            ),
+            (true, false) => notes.push(
+                "PostgreSQL configurations skipped: set SAGA_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test"
                     .to_owned(),
             ),
         }

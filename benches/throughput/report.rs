@@ -246,6 +246,13 @@ pub fn targets(outcomes: &[Outcome], plan: &Plan) -> Vec<Target> {
         measured: ratio.map_or("-".into(), |r| format!("{:.1}%", r * 100.0)),
         verdict: verdict(ratio.map(|r| r >= 0.5)),
     });
+    let postgres = find(crate::run::Config::Postgres { runtimes: 1, rabbitmq: false }.label());
+    let ratio = postgres.and_then(|o| o.baseline.as_ref()).map(|b| b.ratio);
+    out.push(Target {
+        target: "PostgreSQL store and bus, 1 runtime ≥ 50% of raw sqlx doing its commits".into(),
+        measured: ratio.map_or("-".into(), |r| format!("{:.1}%", r * 100.0)),
+        verdict: verdict(ratio.map(|r| r >= 0.5)),
+    });
     out
 }
 

@@ -35,6 +35,12 @@ pub enum Config {
     RabbitMq,
     /// RabbitMQ with sled `Group`: the durable deployment.
     RabbitMqSled,
+    /// `runtimes` runtimes (in this process, each with its own connection pool and claims) on
+    /// one PostgreSQL database, on the PostgreSQL bus or on RabbitMQ.
+    Postgres {
+        runtimes: u8,
+        rabbitmq: bool,
+    },
 }
 
 impl Config {
@@ -47,6 +53,10 @@ impl Config {
             "sled-immediate" => Config::SledImmediate,
             "rabbitmq" => Config::RabbitMq,
             "rabbitmq-sled" => Config::RabbitMqSled,
+            "postgres" => Config::Postgres { runtimes: 1, rabbitmq: false },
+            "postgres-3" => Config::Postgres { runtimes: 3, rabbitmq: false },
+            "postgres-rabbitmq" => Config::Postgres { runtimes: 1, rabbitmq: true },
+            "postgres-rabbitmq-3" => Config::Postgres { runtimes: 3, rabbitmq: true },
             _ => return None,
         })
     }
@@ -60,12 +70,16 @@ impl Config {
             Config::SledImmediate => "sled Immediate, in-memory bus",
             Config::RabbitMq => "memory store, RabbitMQ bus",
             Config::RabbitMqSled => "sled Group, RabbitMQ bus",
+            Config::Postgres { runtimes: 1, rabbitmq: false } => "PostgreSQL store and bus, 1 runtime",
+            Config::Postgres { rabbitmq: false, .. } => "PostgreSQL store and bus, 3 runtimes",
+            Config::Postgres { runtimes: 1, rabbitmq: true } => "PostgreSQL store, RabbitMQ bus, 1 runtime",
+            Config::Postgres { rabbitmq: true, .. } => "PostgreSQL store, RabbitMQ bus, 3 runtimes",
         }
     }
 
     fn durability(self) -> Option<Durability> {
         match self {
-            Config::Memory | Config::RabbitMq => None,
+            Config::Memory | Config::RabbitMq | Config::Postgres { .. } => None,
             Config::SledNone => Some(Durability::None),
             Config::SledImmediate => Some(Durability::Immediate),
             Config::SledGroup | Config::SledGroupLocal | Config::RabbitMqSled => Some(Durability::default()),
@@ -151,7 +165,8 @@ pub fn run(job: Job) -> Outcome {
     match job {
         Job::Workload { config, sagas, in_flight, rate, baseline } => {
             let mut outcome = rt.block_on(workload(config, sagas, in_flight, rate));
-            if baseline {
+            // The PostgreSQL rows replay their own recorded commits (`workload` did it).
+            if baseline && outcome.baseline.is_none() {
                 outcome.baseline = Some(run_baseline(&rt, config, &mut outcome, in_flight));
             }
             outcome
@@ -276,6 +291,10 @@ fn fill(outcome: &mut Outcome, probe: &Probe, sagas: u64, elapsed: Duration, cpu
 async fn workload(config: Config, sagas: u64, in_flight: usize, rate: Option<f64>) -> Outcome {
     let probe = Probe::new(sagas as usize, if rate.is_some() { usize::MAX >> 4 } else { in_flight }, Release::Terminal);
     let dir = temp_dir("store");
+    #[cfg(feature = "postgres")]
+    if let Config::Postgres { runtimes, rabbitmq } = config {
+        return postgres_workload(config, &probe, runtimes, rabbitmq, sagas, in_flight).await;
+    }
     let runtime = match config {
         Config::Memory => build(MemoryStore::new(), ProbeBus::new(InMemoryBus::new(), probe.clone()), &probe).await,
         Config::SledNone | Config::SledGroup | Config::SledImmediate => {
@@ -303,6 +322,7 @@ async fn workload(config: Config, sagas: u64, in_flight: usize, rate: Option<f64
             #[cfg(not(feature = "rabbitmq"))]
             panic!("the RabbitMQ configuration needs --features rabbitmq")
         }
+        Config::Postgres { .. } => panic!("the PostgreSQL configurations need --features postgres"),
     };
     let runtime = Arc::new(runtime);
     let (elapsed, cpu) = drive(&runtime, &probe, sagas, rate).await;
@@ -324,6 +344,82 @@ async fn workload(config: Config, sagas: u64, in_flight: usize, rate: Option<f64
     if matches!(config, Config::RabbitMq | Config::RabbitMqSled) {
         clean_rabbit().await;
     }
+    outcome
+}
+
+/// The PostgreSQL rows: `runtimes` runtimes on a fresh database, publishing through the first,
+/// then the raw sqlx replay of the commits they made (`baseline_postgres`).
+#[cfg(feature = "postgres")]
+async fn postgres_workload(
+    config: Config,
+    probe: &Arc<Probe>,
+    runtimes: u8,
+    rabbitmq: bool,
+    sagas: u64,
+    in_flight: usize,
+) -> Outcome {
+    use sagaflow::bus::PostgresBus;
+    use sagaflow::store::{PostgresStore, PostgresTarget};
+    let target = PostgresTarget::from_env().expect("SAGA_TEST_POSTGRES_URL is set");
+    let database = target.fresh_database().await;
+    let record = crate::baseline_postgres::RecordCommits::default();
+    let mut built = Vec::new();
+    for _ in 0..runtimes {
+        let store = PostgresStore::connect_options(database.clone(), 8).await.expect("connect to PostgreSQL");
+        let bus: Arc<dyn Bus> = if rabbitmq {
+            #[cfg(feature = "rabbitmq")]
+            {
+                use sagaflow::bus::{RabbitMqBus, RabbitMqOptions};
+                let url = std::env::var("SAGA_TEST_AMQP_URL").expect("SAGA_TEST_AMQP_URL is set");
+                let options = RabbitMqOptions::new(url).namespace(rabbit_namespace());
+                Arc::new(RabbitMqBus::connect(options).await.expect("connect to RabbitMQ"))
+            }
+            #[cfg(not(feature = "rabbitmq"))]
+            panic!("the RabbitMQ configuration needs --features rabbitmq")
+        } else {
+            Arc::new(PostgresBus::new(&store))
+        };
+        let store = Intercepted::new(store, record.clone());
+        built.push(Arc::new(build(store, ProbeBus::new(bus, probe.clone()), probe).await));
+    }
+    let (elapsed, cpu) = drive(&built[0], probe, sagas, None).await;
+    let mut outcome =
+        Outcome { label: config.label().to_owned(), kind: "workload".into(), in_flight, ..Outcome::default() };
+    fill(&mut outcome, probe, sagas, elapsed, cpu);
+    outcome.notes.push(format!(
+        "{:.0} refused commits (version conflicts re-run, duplicates dropped) per 1,000 sagas",
+        outcome.refused as f64 * 1000.0 / sagas.max(1) as f64
+    ));
+    for runtime in built {
+        if let Ok(runtime) = Arc::try_unwrap(runtime) {
+            runtime.shutdown().await.expect("shut the runtime down");
+        }
+    }
+    #[cfg(feature = "rabbitmq")]
+    if rabbitmq {
+        clean_rabbit().await;
+    }
+    let commits = std::mem::take(&mut *record.0.lock().unwrap_or_else(|e| e.into_inner()));
+    let replay_database = target.fresh_database().await;
+    drop(PostgresStore::connect_options(replay_database.clone(), 1).await.expect("migrate the replay database"));
+    let cpu = cpu_time();
+    let replayed = crate::baseline_postgres::replay(replay_database, &commits, !rabbitmq).await;
+    let rate = commits.len() as f64 / replayed.as_secs_f64().max(1e-9);
+    outcome.baseline = Some(BaselineOutcome {
+        name: if rabbitmq {
+            "raw sqlx, the run's commits replayed"
+        } else {
+            "raw sqlx, the run's commits and bus rounds"
+        }
+        .into(),
+        unit: "commits".into(),
+        units: commits.len() as u64,
+        elapsed_s: replayed.as_secs_f64(),
+        cpu_s: cpu_time().saturating_sub(cpu).as_secs_f64(),
+        rate,
+        config_rate: outcome.commits_per_s,
+        ratio: outcome.commits_per_s / rate.max(1e-9),
+    });
     outcome
 }
 
@@ -407,6 +503,7 @@ fn run_baseline(
             #[cfg(not(feature = "rabbitmq"))]
             unreachable!("the RabbitMQ configuration needs --features rabbitmq")
         }
+        Config::Postgres { .. } => unreachable!("the PostgreSQL rows measure their baseline with their run"),
     };
     let cpu = cpu_time().saturating_sub(cpu);
     let rate = units as f64 / elapsed.as_secs_f64().max(1e-9);
