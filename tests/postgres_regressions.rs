@@ -3,8 +3,8 @@
 //! two processes have), on one database. Where two runtimes with stores of their own lost
 //! replies (R1, R1b) and a second runtime on one store re-ran a local step in flight (R8), the
 //! shared database must finish every saga once and run the step once. Runs when
-//! `SAGA_TEST_POSTGRES_URL` is set (feature `postgres`; R1b also `SAGA_TEST_AMQP_URL` and
-//! feature `rabbitmq`).
+//! `SAGA_TEST_POSTGRES_URL` is set (feature `postgres`; R1b on RabbitMQ also
+//! `SAGA_TEST_AMQP_URL` and feature `rabbitmq`, on NATS `SAGA_TEST_NATS_URL` and `nats`).
 #![cfg(feature = "postgres")]
 
 mod common;
@@ -140,4 +140,28 @@ async fn r8_a_second_runtime_on_one_postgres_store_does_not_rerun_a_local_step_i
     assert_eq!(RUNS.load(Ordering::SeqCst), 1, "the local step (its external effect) ran in both runtimes");
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+}
+
+#[cfg(feature = "nats")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r1b_two_runtimes_on_one_postgres_store_and_nats_jetstream_finish_every_trip_once() {
+    use sagaflow::bus::{NatsBus, NatsOptions};
+    let Ok(url) = std::env::var("SAGA_TEST_NATS_URL") else {
+        sagaflow::bus::conformance::say_skipped("R1b on PostgreSQL and NATS", "SAGA_TEST_NATS_URL");
+        return;
+    };
+    let Some(database) = database().await else { return };
+    // A v7 id's leading digits are the millisecond; its tail keeps two runs apart.
+    let id = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
+    let mut buses = Vec::new();
+    for _ in 0..2 {
+        let options = NatsOptions::new(url.clone())
+            .prefix(format!("r1b{id}"))
+            .stream(format!("R1B_{id}"))
+            .dead_letter_stream(format!("R1B_DEAD_{id}"))
+            .max_age(Duration::from_secs(600));
+        buses.push(NatsBus::connect(options).await.unwrap());
+    }
+    let next = std::sync::Mutex::new(buses.into_iter());
+    two_runtimes_finish_every_trip_once(&database, |_| std::sync::Arc::new(next.lock().unwrap().next().unwrap())).await;
 }
