@@ -22,7 +22,7 @@ fn say_which_suites_this_build_leaves_out() {
     }
     if cfg!(not(feature = "postgres")) {
         say(
-            "the PostgreSQL suites (the store conformance suite on PostgresStore, the PostgreSQL bus, postgres_store, postgres_shared, scale_out, database_restart, postgres_regressions)",
+            "the PostgreSQL suites (the store conformance suite on PostgresStore, the PostgreSQL bus, postgres_store, postgres_shared, scale_out, database_restart, postgres_regressions, postgres_properties)",
             "--features postgres and SAGA_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test",
         );
     }
