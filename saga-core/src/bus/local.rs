@@ -20,9 +20,10 @@
 //!   name: after a kill -9, reopening the store and building the runtime redelivers exactly
 //!   what was not consumed.
 //!
-//! The same protocol runs over a shared database: a queue table keyed by subscription and
-//! position, consumers claiming rows with `FOR UPDATE SKIP LOCKED` under a lease instead of
-//! holding them in memory (docs/architecture.md, "The durable local bus").
+//! Over a shared database the queues are the [`PostgresBus`](crate::bus)'s instead: a queue
+//! table keyed by subscription and position, consumers in any process claiming rows with
+//! `FOR UPDATE SKIP LOCKED` under a lease instead of holding them in memory. A `LocalBus` over
+//! a shared store delivers only in the process that holds its queues.
 
 use std::sync::Arc;
 
