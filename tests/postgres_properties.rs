@@ -134,6 +134,13 @@ async fn run(
             runtimes.push(replica(database.unwrap()).await);
         }
     }
+    // By the instances' ids: a start message waiting in the bus's queue is no runtime's work in
+    // flight, so `wait_until_all_terminal` could return before its instance exists.
+    let ids: Vec<Uuid> = orders
+        .iter()
+        .map(|o| sagaflow::saga::instance_id("order-fulfilment", &Uuid::from_u128(o.id).to_string()))
+        .collect();
+    runtimes[0].wait_until_terminal(&ids, Duration::from_secs(60)).await.unwrap();
     for r in &runtimes {
         r.wait_until_all_terminal(Duration::from_secs(60)).await.unwrap();
     }
