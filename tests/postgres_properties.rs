@@ -74,14 +74,7 @@ fn product(order: &Order) -> u32 {
 }
 
 fn runtime(store: impl Store) -> SagaRuntimeBuilder {
-    SagaRuntime::builder()
-        .store(store)
-        .saga::<OrderSaga>()
-        .handler(restock)
-        .handler(reserve_stock)
-        .handler(release_stock)
-        .handler(charge_payment)
-        .handler(ship_order)
+    register(SagaRuntime::builder().store(store))
 }
 
 async fn replica(database: &PgConnectOptions) -> SagaRuntime {
