@@ -581,13 +581,23 @@ struct RabbitStream {
 impl Drop for RabbitStream {
     fn drop(&mut self) {
         // Cancel the consumer, so that an exclusive one lets go of its queue now rather than
-        // when the connection closes. The channel stays open a while so that deliveries in
-        // hand can still be acked (a graceful shutdown finishes them), then closes, which hands
-        // back what was prefetched and never taken.
-        let (channel, tag) = (self.channel.clone(), self.consumer.tag());
+        // when the connection closes. What the broker sent before the cancel and nobody took
+        // (prefetched, or a message handed back while the cancel was on its way, which RabbitMQ
+        // may redeliver to this very consumer) is requeued at once: waiting for the channel to
+        // close would keep it from every other consumer for the linger. The channel stays open
+        // a while so that deliveries in hand can still be acked (a graceful shutdown finishes
+        // them), then closes.
+        let (channel, mut consumer) = (self.channel.clone(), self.consumer.clone());
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                let _ = channel.basic_cancel(tag, lapin::options::BasicCancelOptions::default()).await;
+                let _ = channel.basic_cancel(consumer.tag(), lapin::options::BasicCancelOptions::default()).await;
+                let requeue = BasicNackOptions { requeue: true, ..BasicNackOptions::default() };
+                let untaken = async {
+                    while let Some(Ok(d)) = consumer.next().await {
+                        let _ = d.acker.nack(requeue).await;
+                    }
+                };
+                let _ = tokio::time::timeout(CHANNEL_LINGER, untaken).await;
                 tokio::time::sleep(CHANNEL_LINGER).await;
                 let _ = channel.close(200, "consumer dropped".into()).await;
             });
