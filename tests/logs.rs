@@ -3,44 +3,10 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use common::*;
 use sagaflow::bus::InMemoryBus;
 use sagaflow::message::{Envelope, Message};
 use sagaflow::prelude::*;
-
-/// Everything logged while the guard lives, on this thread (the test runtime's only one).
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Captured {
-    fn start(&self) -> tracing::subscriber::DefaultGuard {
-        let writer = self.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .with_max_level(tracing::Level::WARN)
-            .finish();
-        tracing::subscriber::set_default(subscriber)
-    }
-
-    fn lines(&self, containing: &str) -> Vec<String> {
-        let text = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
-        text.lines().filter(|l| l.contains(containing)).map(str::to_owned).collect()
-    }
-}
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// The flight service, failing transiently every time.
 struct Overbooked;
@@ -62,7 +28,7 @@ impl Handler for Overbooked {
 #[tokio::test]
 async fn a_failing_unit_is_logged_with_its_consumer_subscription_message_and_instance() {
     let captured = Captured::default();
-    let _guard = captured.start();
+    let _guard = captured.start(tracing::Level::WARN);
     let bus = InMemoryBus::new();
     let script = Script::default();
     let runtime = SagaRuntime::builder()
@@ -103,7 +69,7 @@ async fn a_failing_unit_is_logged_with_its_consumer_subscription_message_and_ins
 #[tokio::test]
 async fn a_message_dead_lettered_at_routing_is_logged_with_its_consumer_and_subscription() {
     let captured = Captured::default();
-    let _guard = captured.start();
+    let _guard = captured.start(tracing::Level::WARN);
     let bus = InMemoryBus::new();
     let runtime = trip_runtime(&Script::default()).store(MemoryStore::new()).bus(bus.clone()).build().await.unwrap();
     let garbage = Envelope::new(BookTrip::NAME, b"not json".to_vec());

@@ -210,6 +210,55 @@ async fn an_outbox_entry_the_bus_refuses_for_good_is_parked_with_its_reason_and_
     assert_eq!(status(&runtime, 1).await, Some(SagaStatus::Running { step: 0 }), "its saga waits for an operator");
 }
 
+/// While set, the bus of the replay test refuses trip 1's flight booking.
+static REFUSE_TRIP_ONE: AtomicBool = AtomicBool::new(true);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_outbox_entry_replayed_by_an_operator_is_published_and_its_saga_goes_on() {
+    let bus = Refusing {
+        inner: InMemoryBus::new(),
+        refuse: |e| {
+            (trip_one(e) && REFUSE_TRIP_ONE.load(Ordering::SeqCst))
+                .then(|| BusError::Refused { name: e.name.clone(), reason: "maximum payload exceeded".into() })
+        },
+    };
+    let runtime = trip_runtime(&Script::default()).store(MemoryStore::new()).bus(bus).build().await.unwrap();
+    runtime.publish(&BookTrip { trip: 1 }).await.unwrap();
+    runtime.settle().await;
+    let admin = runtime.admin();
+    let parked = admin.parked(None, 10).await.unwrap();
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!(parked[0].message.name, BookFlight::NAME);
+    assert_eq!(parked[0].instance, Some(sagaflow::saga::instance_id(Trip::NAME, "1")));
+
+    REFUSE_TRIP_ONE.store(false, Ordering::SeqCst);
+    admin.replay_parked(parked[0].seq).await.unwrap();
+    runtime.wait_until_all_terminal(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(status(&runtime, 1).await, Some(SagaStatus::Completed));
+    assert!(admin.parked(None, 10).await.unwrap().is_empty(), "no longer parked");
+    assert_eq!(effects(&*runtime.store(), BookFlight::NAME, 1).await, 1);
+    let again = admin.replay_parked(parked[0].seq).await.unwrap_err();
+    assert!(matches!(again, sagaflow::Error::NotFound(_)), "{again}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_outbox_entry_discarded_by_an_operator_is_gone_for_good() {
+    let store = Arc::new(MemoryStore::new());
+    let bus = Refusing {
+        inner: InMemoryBus::new(),
+        refuse: |e| trip_one(e).then(|| BusError::Refused { name: e.name.clone(), reason: "too big".into() }),
+    };
+    let runtime = trip_runtime(&Script::default()).store(store.clone()).bus(bus).build().await.unwrap();
+    runtime.publish(&BookTrip { trip: 1 }).await.unwrap();
+    runtime.settle().await;
+    let admin = runtime.admin();
+    let parked = admin.parked(None, 10).await.unwrap();
+    assert_eq!(parked.len(), 1);
+    admin.discard_parked(parked[0].seq).await.unwrap();
+    assert!(admin.parked(None, 10).await.unwrap().is_empty());
+    assert!(store.outbox(None, 10).await.unwrap().is_empty(), "and not back in the outbox");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outbox_entry_that_keeps_failing_stalls_no_other_saga_and_no_restart() {
     let store = Arc::new(MemoryStore::new());

@@ -66,3 +66,27 @@ async fn a_runtime_killed_mid_flight_on_postgres_loses_and_repeats_nothing_after
     assert_every_trip_ended_as_scripted(&next).await;
     next.shutdown().await.unwrap();
 }
+
+/// Instances written before schema version 5 (no `saga` or `updated_at` column values) are
+/// filled in when a store connects, so listings by saga and age find them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_from_before_the_listing_columns_are_listed_after_a_reconnect() {
+    use sagaflow::store::{InstanceQuery, PostgresStore, Store};
+    use sqlx::Connection;
+    let Some(target) = PostgresTarget::from_env() else { return };
+    let database = target.fresh_database().await;
+    let store = PostgresStore::connect_options(database.clone(), 2).await.unwrap();
+    let runtime = trip_runtime(&Script::default()).store(store.clone()).build().await.unwrap();
+    for trip in 0..3 {
+        runtime.publish_idempotent(&format!("trip-{trip}"), &BookTrip { trip }).await.unwrap();
+    }
+    runtime.wait_until_all_terminal(WAIT).await.unwrap();
+    runtime.shutdown().await.unwrap();
+    let mut raw = sqlx::PgConnection::connect_with(&database).await.unwrap();
+    sqlx::query("UPDATE saga_instances SET saga = NULL, updated_at = NULL").execute(&mut raw).await.unwrap();
+    let by_saga = InstanceQuery::default().saga(Trip::NAME).updated_before(sagaflow::message::Timestamp(u64::MAX));
+    assert!(store.list_instances(&by_saga, 10).await.unwrap().records.is_empty(), "the columns are empty");
+
+    let reconnected = PostgresStore::connect_options(database, 2).await.unwrap();
+    assert_eq!(reconnected.list_instances(&by_saga, 10).await.unwrap().records.len(), 3);
+}

@@ -26,6 +26,9 @@ fn say_which_suites_this_build_leaves_out() {
             "--features postgres and SAGA_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test",
         );
     }
+    if cfg!(not(feature = "admin")) {
+        say("the admin endpoint suite (admin_http)", "--features admin");
+    }
     if cfg!(not(feature = "failpoints")) {
         say(
             "the crash-point suite (crash, an_abort_at_every_crash_point_*)",

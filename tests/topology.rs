@@ -18,6 +18,8 @@ fn refused_for_sharing(built: Result<SagaRuntime, Error>) -> String {
     }
 }
 
+/// Used by the broker tests only.
+#[cfg_attr(not(any(feature = "rabbitmq", feature = "nats")), allow(dead_code))]
 async fn completes(runtime: &SagaRuntime, trip: u32, within: Duration) {
     let deadline = Instant::now() + within;
     while status(runtime, trip).await != Some(SagaStatus::Completed) {

@@ -67,12 +67,14 @@ async fn apply(pool: &sqlx::PgPool, c: &Commit, bus_rounds: bool) -> Result<(), 
     if let Some(w) = &c.instance {
         let r = &w.record;
         sqlx::query(
-            "INSERT INTO saga_instances (id, version, status, record) VALUES ($1, $2, 0, $3) \
-             ON CONFLICT (id) DO UPDATE SET version = $2, record = $3",
+            "INSERT INTO saga_instances (id, version, status, record, saga, updated_at) VALUES ($1, $2, 0, $3, $4, $5) \
+             ON CONFLICT (id) DO UPDATE SET version = $2, record = $3, updated_at = $5",
         )
         .bind(r.id)
         .bind(big(r.version))
         .bind(bytes(r))
+        .bind(&r.saga)
+        .bind(big(r.updated_at.0))
         .execute(&mut *tx)
         .await?;
         if let Some(h) = &c.history {

@@ -24,6 +24,8 @@ mod workload;
 mod baseline;
 #[cfg(feature = "postgres")]
 mod baseline_postgres;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod probe;
 mod report;
 mod run;
@@ -154,7 +156,7 @@ fn main() -> ExitCode {
     if let Some(name) = &args.config {
         let Some(config) = Config::parse(name) else {
             eprintln!(
-                "unknown configuration {name:?}: memory, sled-none, sled-group, sled-group-local, sled-immediate, rabbitmq or rabbitmq-sled"
+                "unknown configuration {name:?}: memory, sled-none, sled-group, sled-group-local, sled-group-local-retained, sled-immediate, rabbitmq or rabbitmq-sled"
             );
             return ExitCode::FAILURE;
         };
@@ -197,9 +199,10 @@ fn main() -> ExitCode {
     // and each row is its median run, so that one noisy moment does not decide the comparison.
     let group_rows = [
         (Config::SledGroup, wanted("sled-group") || wanted("paced")),
-        (Config::SledGroupLocal, wanted("sled-group") || wanted("sled-group-local")),
+        (Config::SledGroupLocal, wanted("sled-group") || wanted("sled-group-local") || wanted("retention")),
+        (Config::SledGroupLocalRetained, wanted("sled-group") || wanted("retention")),
     ];
-    let mut group_runs: [Vec<Outcome>; 2] = Default::default();
+    let mut group_runs: [Vec<Outcome>; 3] = Default::default();
     for _ in 0..plan.sled_group_rounds {
         for ((config, on), runs) in group_rows.iter().zip(&mut group_runs) {
             if *on {
@@ -266,8 +269,8 @@ fn main() -> ExitCode {
             (true, true) => {
                 let rabbit = cfg!(feature = "rabbitmq") && std::env::var("SAGA_TEST_AMQP_URL").is_ok();
                 for rabbitmq in [false, true].into_iter().filter(|&r| !r || rabbit) {
-                    for runtimes in [1, 3] {
-                        job(workload(Config::Postgres { runtimes, rabbitmq }, plan.postgres), &mut outcomes);
+                    for processes in [1, 3] {
+                        job(workload(Config::Postgres { processes, rabbitmq }, plan.postgres), &mut outcomes);
                     }
                 }
             }

@@ -9,8 +9,8 @@
 //! The wrappers cost one branch per commit and one boxed future per finished saga.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
@@ -42,6 +42,11 @@ pub enum Release {
 /// Counters and per-saga timestamps shared by the wrappers and the driver.
 pub struct Probe {
     epoch: Instant,
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    /// The epoch on the wall clock, so that a finish seen in another process can be placed.
+    epoch_unix_ns: u64,
+    /// Told of every order saga this process finished (a replica forwards them to the driver).
+    on_finish: OnceLock<Box<dyn Fn(usize, StatusKind) + Send + Sync>>,
     order_base: u128,
     start_ns: Vec<AtomicU64>,
     end_ns: Vec<AtomicU64>,
@@ -78,6 +83,8 @@ impl Probe {
         let order_base = crate::workload::order(0).order_id.as_u128();
         Arc::new(Probe {
             epoch: Instant::now(),
+            epoch_unix_ns: unix_ns(),
+            on_finish: OnceLock::new(),
             order_base,
             start_ns: (0..sagas).map(|_| AtomicU64::new(0)).collect(),
             end_ns: (0..sagas).map(|_| AtomicU64::new(0)).collect(),
@@ -146,14 +153,37 @@ impl Probe {
     }
 
     fn event(&self, release: Release) {
-        self.last_event_ns.fetch_max(self.now_ns(), Ordering::Relaxed);
+        self.event_at(release, self.now_ns());
+    }
+
+    fn event_at(&self, release: Release, at_ns: u64) {
+        self.last_event_ns.fetch_max(at_ns, Ordering::Relaxed);
         if release as u8 == self.release.load(Ordering::SeqCst) {
             self.permits.add_permits(1);
         }
     }
 
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    /// Calls `f` for every order saga this process finishes from now on (once per probe).
+    pub fn forward_finishes(&self, f: impl Fn(usize, StatusKind) + Send + Sync + 'static) {
+        let _ = self.on_finish.set(Box::new(f));
+    }
+
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    /// Records order saga `i` finished by another process at `at_unix_ns` on the wall clock.
+    pub fn finished_elsewhere(&self, i: usize, kind: StatusKind, at_unix_ns: u64) {
+        let end = at_unix_ns.saturating_sub(self.epoch_unix_ns).max(1);
+        self.record_finish(Some(i), kind, end);
+    }
+
     fn finished(&self, i: Option<usize>, kind: StatusKind) {
-        let end = self.now_ns();
+        if let (Some(i), Some(f)) = (i, self.on_finish.get()) {
+            f(i, kind);
+        }
+        self.record_finish(i, kind, self.now_ns());
+    }
+
+    fn record_finish(&self, i: Option<usize>, kind: StatusKind, end: u64) {
         if let Some(i) = i {
             self.end_ns[i].store(end, Ordering::Relaxed);
         }
@@ -163,7 +193,7 @@ impl Probe {
             _ => &self.failed,
         }
         .fetch_add(1, Ordering::Relaxed);
-        self.event(Release::Terminal);
+        self.event_at(Release::Terminal, end);
     }
 
     /// Saga latencies (publish to durable terminal commit) of every finished saga, sorted.
@@ -337,6 +367,13 @@ impl Latency {
         };
         (!sorted.is_empty()).then(|| Latency { p50_ms: rank(0.50), p99_ms: rank(0.99), max_ms: rank(1.0) })
     }
+}
+
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+/// Now on the wall clock, in nanoseconds since the Unix epoch.
+pub fn unix_ns() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Process-wide CPU time (user + system, every thread) so far.

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use sagaflow::bus::Bus;
 use sagaflow::clock::ManualClock;
+use sagaflow::engine::Retention;
 use sagaflow::message::Timestamp;
 use sagaflow::prelude::*;
 use sagaflow::store::{Intercepted, KvStore, Store};
@@ -30,15 +31,18 @@ pub enum Config {
     SledGroup,
     /// sled `Group` with the durable local bus: the embedded default.
     SledGroupLocal,
+    /// The embedded default with retention deleting finished sagas a second after they end
+    /// (and the participants' inbox entries a second after they are written).
+    SledGroupLocalRetained,
     SledImmediate,
     /// RabbitMQ with the memory store: the broker path alone, as its baseline measures it.
     RabbitMq,
     /// RabbitMQ with sled `Group`: the durable deployment.
     RabbitMqSled,
-    /// `runtimes` runtimes (in this process, each with its own connection pool and claims) on
-    /// one PostgreSQL database, on the PostgreSQL bus or on RabbitMQ.
+    /// `processes` runtime processes (each with its own connection pool and claims) on one
+    /// PostgreSQL database, on the PostgreSQL bus or on RabbitMQ (see `postgres.rs`).
     Postgres {
-        runtimes: u8,
+        processes: u8,
         rabbitmq: bool,
     },
 }
@@ -50,13 +54,14 @@ impl Config {
             "sled-none" => Config::SledNone,
             "sled-group" => Config::SledGroup,
             "sled-group-local" => Config::SledGroupLocal,
+            "sled-group-local-retained" => Config::SledGroupLocalRetained,
             "sled-immediate" => Config::SledImmediate,
             "rabbitmq" => Config::RabbitMq,
             "rabbitmq-sled" => Config::RabbitMqSled,
-            "postgres" => Config::Postgres { runtimes: 1, rabbitmq: false },
-            "postgres-3" => Config::Postgres { runtimes: 3, rabbitmq: false },
-            "postgres-rabbitmq" => Config::Postgres { runtimes: 1, rabbitmq: true },
-            "postgres-rabbitmq-3" => Config::Postgres { runtimes: 3, rabbitmq: true },
+            "postgres" => Config::Postgres { processes: 1, rabbitmq: false },
+            "postgres-3" => Config::Postgres { processes: 3, rabbitmq: false },
+            "postgres-rabbitmq" => Config::Postgres { processes: 1, rabbitmq: true },
+            "postgres-rabbitmq-3" => Config::Postgres { processes: 3, rabbitmq: true },
             _ => return None,
         })
     }
@@ -67,13 +72,14 @@ impl Config {
             Config::SledNone => "sled None, in-memory bus",
             Config::SledGroup => "sled Group, in-memory bus",
             Config::SledGroupLocal => "sled Group, durable local bus",
+            Config::SledGroupLocalRetained => "sled Group, durable local bus, retention on",
             Config::SledImmediate => "sled Immediate, in-memory bus",
             Config::RabbitMq => "memory store, RabbitMQ bus",
             Config::RabbitMqSled => "sled Group, RabbitMQ bus",
-            Config::Postgres { runtimes: 1, rabbitmq: false } => "PostgreSQL store and bus, 1 runtime",
-            Config::Postgres { rabbitmq: false, .. } => "PostgreSQL store and bus, 3 runtimes",
-            Config::Postgres { runtimes: 1, rabbitmq: true } => "PostgreSQL store, RabbitMQ bus, 1 runtime",
-            Config::Postgres { rabbitmq: true, .. } => "PostgreSQL store, RabbitMQ bus, 3 runtimes",
+            Config::Postgres { processes: 1, rabbitmq: false } => "PostgreSQL store and bus, 1 process",
+            Config::Postgres { rabbitmq: false, .. } => "PostgreSQL store and bus, 3 processes",
+            Config::Postgres { processes: 1, rabbitmq: true } => "PostgreSQL store, RabbitMQ bus, 1 process",
+            Config::Postgres { rabbitmq: true, .. } => "PostgreSQL store, RabbitMQ bus, 3 processes",
         }
     }
 
@@ -82,7 +88,9 @@ impl Config {
             Config::Memory | Config::RabbitMq | Config::Postgres { .. } => None,
             Config::SledNone => Some(Durability::None),
             Config::SledImmediate => Some(Durability::Immediate),
-            Config::SledGroup | Config::SledGroupLocal | Config::RabbitMqSled => Some(Durability::default()),
+            Config::SledGroup | Config::SledGroupLocal | Config::SledGroupLocalRetained | Config::RabbitMqSled => {
+                Some(Durability::default())
+            }
         }
     }
 }
@@ -101,6 +109,9 @@ pub enum Job {
     /// Reopens `dir` (clock still frozen at `clock_ms`) and times until every one of `sagas`
     /// moved a step.
     Recovery { dir: PathBuf, sagas: u64, clock_ms: u64 },
+    /// One more runtime process of a PostgreSQL row, on the driver's database `database`
+    /// (and RabbitMQ `namespace`, if on RabbitMQ): see `postgres.rs`.
+    PostgresReplica { database: String, namespace: Option<String>, sagas: u64 },
 }
 
 /// A baseline's figures.
@@ -176,6 +187,12 @@ pub fn run(job: Job) -> Outcome {
         }
         Job::RecoverySetup { dir, sagas, clock_ms } => rt.block_on(recovery_setup(dir, sagas, clock_ms)),
         Job::Recovery { dir, sagas, clock_ms } => rt.block_on(recovery(dir, sagas, clock_ms)),
+        #[cfg(feature = "postgres")]
+        Job::PostgresReplica { database, namespace, sagas } => {
+            rt.block_on(crate::postgres::replica(database, namespace, sagas))
+        }
+        #[cfg(not(feature = "postgres"))]
+        Job::PostgresReplica { .. } => panic!("the PostgreSQL configurations need --features postgres"),
     }
 }
 
@@ -194,11 +211,20 @@ fn sled(dir: &std::path::Path, durability: Durability) -> SledStore {
     SledStore::open_with(dir, options).expect("open the sled store")
 }
 
-async fn build(store: impl Store, bus: impl Bus, probe: &Arc<Probe>) -> SagaRuntime {
-    build_with(store, bus, probe, None).await
+pub(crate) async fn build(store: impl Store, bus: impl Bus, probe: &Arc<Probe>) -> SagaRuntime {
+    build_with(store, bus, probe, None, false).await
 }
 
-async fn build_with(store: impl Store, bus: impl Bus, probe: &Arc<Probe>, clock: Option<ManualClock>) -> SagaRuntime {
+/// How long the retention row keeps finished sagas and participants' inbox entries.
+const RETAINED_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+async fn build_with(
+    store: impl Store,
+    bus: impl Bus,
+    probe: &Arc<Probe>,
+    clock: Option<ManualClock>,
+    retained: bool,
+) -> SagaRuntime {
     // The parked saga's warehouse: it takes every hold request and never answers (a command
     // that nothing takes would be refused by the bus).
     let mut warehouse = bus.subscribe("bench.warehouse", &[HoldStock::NAME]).await.expect("subscribe the warehouse");
@@ -211,18 +237,38 @@ async fn build_with(store: impl Store, bus: impl Bus, probe: &Arc<Probe>, clock:
     if let Some(clock) = clock {
         builder = builder.clock(clock);
     }
+    if retained {
+        builder = builder
+            .retention::<crate::domain::OrderSaga>(Retention::keep(RETAINED_FOR))
+            .inbox_horizon(RETAINED_FOR)
+            .retention_every(RETAINED_FOR / 4);
+    }
     register(builder).build().await.expect("build the runtime")
 }
 
+/// The RabbitMQ names of this run (a PostgreSQL row's replicas are handed the driver's).
 #[cfg(feature = "rabbitmq")]
-fn rabbit_namespace() -> String {
+pub(crate) fn rabbit_namespace() -> String {
     format!("sagaflow-bench-{}", std::process::id())
+}
+
+/// A RabbitMQ bus on `SAGA_TEST_AMQP_URL` with its names under `namespace`.
+#[cfg(feature = "rabbitmq")]
+pub(crate) async fn rabbit_bus(namespace: &str) -> sagaflow::bus::RabbitMqBus {
+    use sagaflow::bus::{RabbitMqBus, RabbitMqOptions};
+    let url = std::env::var("SAGA_TEST_AMQP_URL").expect("SAGA_TEST_AMQP_URL is set");
+    RabbitMqBus::connect(RabbitMqOptions::new(url).namespace(namespace)).await.expect("connect to RabbitMQ")
 }
 
 /// Pushes order sagas `0..sagas` (or paces them at `rate`/s) and waits until all finished.
 /// Returns the elapsed time from the first publish to the last durable finish, and the CPU
 /// time the process spent meanwhile.
-async fn drive(runtime: &Arc<SagaRuntime>, probe: &Arc<Probe>, sagas: u64, rate: Option<f64>) -> (Duration, Duration) {
+pub(crate) async fn drive(
+    runtime: &Arc<SagaRuntime>,
+    probe: &Arc<Probe>,
+    sagas: u64,
+    rate: Option<f64>,
+) -> (Duration, Duration) {
     let cpu = cpu_time();
     let t0 = Instant::now();
     match rate {
@@ -265,7 +311,7 @@ async fn wait_for(done: impl Fn() -> bool, total: u64, what: &str, count: impl F
     }
 }
 
-fn fill(outcome: &mut Outcome, probe: &Probe, sagas: u64, elapsed: Duration, cpu: Duration) {
+pub(crate) fn fill(outcome: &mut Outcome, probe: &Probe, sagas: u64, elapsed: Duration, cpu: Duration) {
     let secs = elapsed.as_secs_f64().max(1e-9);
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     outcome.sagas = sagas;
@@ -292,8 +338,8 @@ async fn workload(config: Config, sagas: u64, in_flight: usize, rate: Option<f64
     let probe = Probe::new(sagas as usize, if rate.is_some() { usize::MAX >> 4 } else { in_flight }, Release::Terminal);
     let dir = temp_dir("store");
     #[cfg(feature = "postgres")]
-    if let Config::Postgres { runtimes, rabbitmq } = config {
-        return postgres_workload(config, &probe, runtimes, rabbitmq, sagas, in_flight).await;
+    if let Config::Postgres { .. } = config {
+        return crate::postgres::workload(config, &probe, sagas, in_flight).await;
     }
     let runtime = match config {
         Config::Memory => build(MemoryStore::new(), ProbeBus::new(InMemoryBus::new(), probe.clone()), &probe).await,
@@ -301,19 +347,15 @@ async fn workload(config: Config, sagas: u64, in_flight: usize, rate: Option<f64
             let store = sled(dir.path(), config.durability().unwrap_or_default());
             build(store, ProbeBus::new(InMemoryBus::new(), probe.clone()), &probe).await
         }
-        Config::SledGroupLocal => {
+        Config::SledGroupLocal | Config::SledGroupLocalRetained => {
             let store: Arc<dyn Store> = Arc::new(sled(dir.path(), config.durability().unwrap_or_default()));
-            build(store.clone(), ProbeBus::new(LocalBus::open(store), probe.clone()), &probe).await
+            let bus = ProbeBus::new(LocalBus::open(store.clone()), probe.clone());
+            build_with(store, bus, &probe, None, config == Config::SledGroupLocalRetained).await
         }
         Config::RabbitMq | Config::RabbitMqSled => {
             #[cfg(feature = "rabbitmq")]
             {
-                use sagaflow::bus::{RabbitMqBus, RabbitMqOptions};
-                let url = std::env::var("SAGA_TEST_AMQP_URL").expect("SAGA_TEST_AMQP_URL is set");
-                let bus = RabbitMqBus::connect(RabbitMqOptions::new(url).namespace(rabbit_namespace()))
-                    .await
-                    .expect("connect to RabbitMQ");
-                let bus = ProbeBus::new(bus, probe.clone());
+                let bus = ProbeBus::new(rabbit_bus(&rabbit_namespace()).await, probe.clone());
                 match config.durability() {
                     Some(d) => build(sled(dir.path(), d), bus, &probe).await,
                     None => build(MemoryStore::new(), bus, &probe).await,
@@ -347,85 +389,9 @@ async fn workload(config: Config, sagas: u64, in_flight: usize, rate: Option<f64
     outcome
 }
 
-/// The PostgreSQL rows: `runtimes` runtimes on a fresh database, publishing through the first,
-/// then the raw sqlx replay of the commits they made (`baseline_postgres`).
-#[cfg(feature = "postgres")]
-async fn postgres_workload(
-    config: Config,
-    probe: &Arc<Probe>,
-    runtimes: u8,
-    rabbitmq: bool,
-    sagas: u64,
-    in_flight: usize,
-) -> Outcome {
-    use sagaflow::bus::PostgresBus;
-    use sagaflow::store::{PostgresStore, PostgresTarget};
-    let target = PostgresTarget::from_env().expect("SAGA_TEST_POSTGRES_URL is set");
-    let database = target.fresh_database().await;
-    let record = crate::baseline_postgres::RecordCommits::default();
-    let mut built = Vec::new();
-    for _ in 0..runtimes {
-        let store = PostgresStore::connect_options(database.clone(), 8).await.expect("connect to PostgreSQL");
-        let bus: Arc<dyn Bus> = if rabbitmq {
-            #[cfg(feature = "rabbitmq")]
-            {
-                use sagaflow::bus::{RabbitMqBus, RabbitMqOptions};
-                let url = std::env::var("SAGA_TEST_AMQP_URL").expect("SAGA_TEST_AMQP_URL is set");
-                let options = RabbitMqOptions::new(url).namespace(rabbit_namespace());
-                Arc::new(RabbitMqBus::connect(options).await.expect("connect to RabbitMQ"))
-            }
-            #[cfg(not(feature = "rabbitmq"))]
-            panic!("the RabbitMQ configuration needs --features rabbitmq")
-        } else {
-            Arc::new(PostgresBus::new(&store))
-        };
-        let store = Intercepted::new(store, record.clone());
-        built.push(Arc::new(build(store, ProbeBus::new(bus, probe.clone()), probe).await));
-    }
-    let (elapsed, cpu) = drive(&built[0], probe, sagas, None).await;
-    let mut outcome =
-        Outcome { label: config.label().to_owned(), kind: "workload".into(), in_flight, ..Outcome::default() };
-    fill(&mut outcome, probe, sagas, elapsed, cpu);
-    outcome.notes.push(format!(
-        "{:.0} refused commits (version conflicts re-run, duplicates dropped) per 1,000 sagas",
-        outcome.refused as f64 * 1000.0 / sagas.max(1) as f64
-    ));
-    for runtime in built {
-        if let Ok(runtime) = Arc::try_unwrap(runtime) {
-            runtime.shutdown().await.expect("shut the runtime down");
-        }
-    }
-    #[cfg(feature = "rabbitmq")]
-    if rabbitmq {
-        clean_rabbit().await;
-    }
-    let commits = std::mem::take(&mut *record.0.lock().unwrap_or_else(|e| e.into_inner()));
-    let replay_database = target.fresh_database().await;
-    drop(PostgresStore::connect_options(replay_database.clone(), 1).await.expect("migrate the replay database"));
-    let cpu = cpu_time();
-    let replayed = crate::baseline_postgres::replay(replay_database, &commits, !rabbitmq).await;
-    let rate = commits.len() as f64 / replayed.as_secs_f64().max(1e-9);
-    outcome.baseline = Some(BaselineOutcome {
-        name: if rabbitmq {
-            "raw sqlx, the run's commits replayed"
-        } else {
-            "raw sqlx, the run's commits and bus rounds"
-        }
-        .into(),
-        unit: "commits".into(),
-        units: commits.len() as u64,
-        elapsed_s: replayed.as_secs_f64(),
-        cpu_s: cpu_time().saturating_sub(cpu).as_secs_f64(),
-        rate,
-        config_rate: outcome.commits_per_s,
-        ratio: outcome.commits_per_s / rate.max(1e-9),
-    });
-    outcome
-}
-
 /// Deletes the queues and exchanges of the RabbitMQ configuration.
 #[cfg(feature = "rabbitmq")]
-async fn clean_rabbit() {
+pub(crate) async fn clean_rabbit() {
     use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
     let Ok(url) = std::env::var("SAGA_TEST_AMQP_URL") else { return };
     let Ok(connection) = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await else {
@@ -476,7 +442,11 @@ fn run_baseline(
         }
         // The local bus row is measured against the in-memory row's baseline (the same commits
         // without the queue writes), so the two rows compare directly.
-        Config::SledNone | Config::SledGroup | Config::SledGroupLocal | Config::SledImmediate => {
+        Config::SledNone
+        | Config::SledGroup
+        | Config::SledGroupLocal
+        | Config::SledGroupLocalRetained
+        | Config::SledImmediate => {
             let shapes = rt.block_on(commit_shapes(500));
             let bytes = shapes.iter().map(Shape::bytes).sum::<u64>() as f64 / shapes.len().max(1) as f64;
             outcome.bytes_per_commit = Some(bytes);
@@ -585,7 +555,7 @@ async fn recovery_setup(dir: PathBuf, sagas: u64, clock_ms: u64) -> Outcome {
     let clock = ManualClock::starting_at(clock_ms);
     let store = sled(&dir, Durability::default());
     let bus = ProbeBus::new(InMemoryBus::new(), probe.clone()).refusing::<ReserveStock>();
-    let runtime = Arc::new(build_with(store, bus, &probe, Some(clock)).await);
+    let runtime = Arc::new(build_with(store, bus, &probe, Some(clock), false).await);
     let t0 = Instant::now();
     let (runtime_ref, probe_ref) = (&runtime, &probe);
     futures::stream::iter(0..sagas)
@@ -625,7 +595,7 @@ async fn recovery(dir: PathBuf, sagas: u64, clock_ms: u64) -> Outcome {
     let store = sled(&dir, Durability::default());
     let open = t0.elapsed();
     let bus = ProbeBus::new(InMemoryBus::new(), probe.clone());
-    let runtime = build_with(store, bus, &probe, Some(ManualClock::starting_at(clock_ms))).await;
+    let runtime = build_with(store, bus, &probe, Some(ManualClock::starting_at(clock_ms)), false).await;
     let built = t0.elapsed();
     let reserved = || probe.reserved.load(Ordering::Relaxed);
     wait_for(|| reserved() >= sagas, sagas, "the stranded commands to be handled", reserved).await;

@@ -105,7 +105,7 @@ impl OrderSaga {
         self.stock_reserved = false;
     }
 
-    #[step(pivot, timeout = "30s")]
+    #[step(pivot, timeout = "30s", retry = payment_retry())]
     fn charge_payment(&self) -> ChargePayment {
         ChargePayment { order_id: self.order_id, buyer: self.buyer.clone(), amount_cents: self.total_cents }
     }
@@ -132,4 +132,17 @@ impl OrderSaga {
 
     #[reply(ship, failure)]
     fn shipping_delayed(&mut self, _: &ShippingDelayed) {}
+}
+
+/// `--payment-outage`: the card processor of this order is unreachable until this moment.
+pub static PAYMENT_OUTAGE: std::sync::OnceLock<(uuid::Uuid, std::time::Instant)> = std::sync::OnceLock::new();
+
+/// How an unanswered charge is retried: until it is answered (a pivot's default), or, in a run
+/// with `--payment-outage`, not at all: the order is parked as failed for a person to look
+/// at the processor and retry it.
+pub fn payment_retry() -> RetryPolicy {
+    match PAYMENT_OUTAGE.get() {
+        Some(_) => RetryPolicy::never(),
+        None => RetryPolicy::forever(std::time::Duration::from_secs(1)).max_delay(std::time::Duration::from_secs(60)),
+    }
 }

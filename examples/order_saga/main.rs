@@ -5,6 +5,7 @@
 //! delayed once by the carrier (the retriable ship step tries again). It prints a summary and
 //! checks that every order finished and that the stock, charges and shipments add up.
 
+mod admin;
 mod domain;
 mod services;
 mod workload;
@@ -33,7 +34,20 @@ struct Args {
     /// Print the saga as a Mermaid flowchart and exit.
     #[arg(long)]
     diagram: bool,
+    /// Serve the admin endpoint on this address (127.0.0.1:9180, say) and keep running after
+    /// the summary until Ctrl-C; actions need the token in SAGAFLOW_ADMIN_TOKEN (build with
+    /// `--features admin`).
+    #[arg(long)]
+    admin: Option<std::net::SocketAddr>,
+    /// Order 3's card processor is unreachable for this many seconds from the start: its
+    /// charge is dead-lettered, and after the 30 s payment timeout the order is parked as
+    /// failed (the charge may have happened). Retry it once the outage is over.
+    #[arg(long, value_name = "SECONDS")]
+    payment_outage: Option<u64>,
 }
+
+/// The order the payment outage hits.
+const OUTAGE_ORDER: u32 = 3;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -61,8 +75,17 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         std::fs::remove_dir_all(&dir)?;
     }
     let store = SledStore::open(&dir)?;
+    if let Some(seconds) = args.payment_outage {
+        let until = Instant::now() + Duration::from_secs(seconds);
+        let _ = PAYMENT_OUTAGE.set((order(OUTAGE_ORDER).order_id, until));
+        println!("the card processor of order {OUTAGE_ORDER} is unreachable for {seconds} s");
+    }
     // On a persistent store the default bus is the durable local bus: a crash loses no message.
     let runtime = register(SagaRuntime::builder().store(store)).build().await?;
+    let endpoint = match args.admin {
+        Some(addr) => Some(admin::serve(&runtime, addr).await?),
+        None => None,
+    };
 
     // A key per submission: a client that retries after a crash or a timeout submits the same
     // message again, and the runtime turns it into one saga.
@@ -83,6 +106,11 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     }
     let elapsed = started.elapsed();
     let ok = summary(&runtime, args.orders, elapsed, &dir).await?;
+    if let Some(endpoint) = endpoint {
+        println!("serving the admin endpoint until Ctrl-C");
+        tokio::signal::ctrl_c().await?;
+        admin::stop(endpoint).await?;
+    }
     runtime.shutdown().await?;
     Ok(ok)
 }
@@ -96,7 +124,7 @@ async fn summary(
     let count = |ids: Vec<Uuid>| ids.len();
     let completed = runtime.instances(StatusKind::Completed).await?;
     let compensated = runtime.instances(StatusKind::Compensated).await?;
-    let failed = count(runtime.instances(StatusKind::Failed).await?);
+    let failed = runtime.instances(StatusKind::Failed).await?;
     let open = count(runtime.instances(StatusKind::Running).await?)
         + count(runtime.instances(StatusKind::Compensating).await?);
 
@@ -118,7 +146,8 @@ async fn summary(
         on_shelves += u64::from(runtime.record::<u32>("catalog", &stock_key(product_id)).await?.unwrap_or(0));
     }
     let (mut reserved, mut charges, mut shipments) = (0u64, 0usize, 0usize);
-    for id in &completed {
+    // A failed order waits for an operator with its stock still reserved.
+    for id in completed.iter().chain(&failed) {
         let state: OrderSaga = match runtime.instance(*id).await? {
             Some(i) => i.state()?,
             None => continue,
@@ -127,6 +156,9 @@ async fn summary(
             if !r.released {
                 reserved += r.items.iter().map(|i| u64::from(i.units)).sum::<u64>();
             }
+        }
+        if !completed.contains(id) {
+            continue;
         }
         charges += usize::from(
             runtime.record::<Charge>("payment.charge", &format!("charge/{}", state.order_id)).await?.is_some(),
@@ -143,7 +175,7 @@ async fn summary(
         completed: completed.len(),
         compensated: compensated.len(),
         compensated_detail: format!("  (out of stock {out_of_stock}, payment declined {declined})"),
-        failed,
+        failed: failed.len(),
         open,
         on_shelves,
         reserved,

@@ -2,6 +2,7 @@
 //! through the handler context, so its effects commit atomically with its inbox and replies.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use sagaflow::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -91,6 +92,11 @@ pub async fn charge_payment(
     cmd: ChargePayment,
     ctx: &mut HandlerContext,
 ) -> Result<Result<PaymentSucceeded, PaymentFailed>, HandlerError> {
+    if PAYMENT_OUTAGE.get().is_some_and(|(order, until)| *order == cmd.order_id && Instant::now() < *until) {
+        // After its retries the command is dead-lettered; the saga's pivot then times out with
+        // its outcome unknown and parks the order as failed, for an operator.
+        return Err(HandlerError::transient("the card processor is unreachable"));
+    }
     if cmd.buyer.starts_with("declined-") {
         return Ok(Err(PaymentFailed { order_id: cmd.order_id, reason: "card declined".into() }));
     }

@@ -50,7 +50,7 @@ impl Books {
         println!("  failed        {:>6}", self.failed);
         println!("  still running {:>6}", self.open);
         println!(
-            "  stock         {delivered} delivered = {} on shelves + {} reserved for completed orders: {}",
+            "  stock         {delivered} delivered = {} on shelves + {} reserved for completed and failed orders: {}",
             self.on_shelves,
             self.reserved,
             mark(stock_ok)

@@ -57,6 +57,20 @@ pub enum Error {
     /// The runtime was configured inconsistently.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// What an operator asked for does not exist (a parked outbox entry already replayed).
+    #[error("{0} not found")]
+    NotFound(String),
+    /// An operator's action does not apply to the instance as it stands (see
+    /// [`Admin::act`](crate::admin::Admin::act)); nothing was changed.
+    #[error("cannot {action} instance {instance}: {reason}")]
+    Refused {
+        /// The action asked for.
+        action: &'static str,
+        /// The instance.
+        instance: uuid::Uuid,
+        /// Why it does not apply.
+        reason: String,
+    },
     /// A wait ([`SagaRuntime::wait_until_terminal`](crate::engine::SagaRuntime::wait_until_terminal)
     /// or [`wait_until_all_terminal`](crate::engine::SagaRuntime::wait_until_all_terminal)) ran out.
     #[error(

@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod activity;
+pub mod admin;
 pub mod bus;
 pub mod clock;
 pub mod crash_points;

@@ -93,7 +93,17 @@ fn open_store_of_format(version: u32) -> StoreError {
     let dir = tempfile::tempdir().unwrap();
     drop(SledStore::open(dir.path()).unwrap());
     {
-        let db = sled::open(dir.path()).unwrap();
+        // sled's own I/O threads may hold the directory's lock a moment after the store is dropped.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let db = loop {
+            match sled::open(dir.path()) {
+                Ok(db) => break db,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("cannot reopen the store's directory with sled: {e}"),
+            }
+        };
         db.insert(b"mformat", &version.to_be_bytes()).unwrap();
         db.flush().unwrap();
     }

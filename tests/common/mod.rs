@@ -100,6 +100,8 @@ pub enum Answer {
     Succeed,
     Refuse,
     Ignore,
+    /// Fail for good: the command is dead-lettered.
+    Fail,
 }
 
 /// Per command name and trip, how participants answer (default: succeed).
@@ -107,9 +109,16 @@ pub enum Answer {
 pub struct Script {
     answers: Arc<Mutex<HashMap<(&'static str, u32), Answer>>>,
     log: Arc<Mutex<Vec<(&'static str, u32)>>>,
+    /// Participants keep no records of their own (only their inbox), nor a log.
+    forgetful: bool,
 }
 
 impl Script {
+    /// A script whose participants write nothing but their inbox entries.
+    pub fn forgetful() -> Self {
+        Script { forgetful: true, ..Script::default() }
+    }
+
     pub fn answer(&self, command: &'static str, trip: u32, answer: Answer) -> &Self {
         self.answers.lock().unwrap().insert((command, trip), answer);
         self
@@ -177,14 +186,20 @@ impl<C: Command> Handler for Scripted<C> {
 
     async fn handle(&self, cmd: C, ctx: &mut HandlerContext) -> Result<(), HandlerError> {
         let trip = cmd.trip();
+        if self.script.forgetful {
+            return ctx.reply(&C::ok(trip));
+        }
         self.script.log.lock().unwrap().push((C::NAME, trip));
+        if let Answer::Fail = self.script.get(C::NAME, trip) {
+            return Err(HandlerError::permanent(format!("{} is down", C::NAME)));
+        }
         let key = effect_key(C::NAME, trip);
         let count: u32 = ctx.load(&key).await?.unwrap_or(0);
         ctx.save(&key, &(count + 1)).await?;
         match self.script.get(C::NAME, trip) {
             Answer::Succeed => ctx.reply(&C::ok(trip)),
             Answer::Refuse => ctx.reply(&C::refused(trip)),
-            Answer::Ignore => Ok(()),
+            Answer::Ignore | Answer::Fail => Ok(()),
         }
     }
 }
@@ -237,5 +252,40 @@ pub async fn advance(runtime: &SagaRuntime, clock: &sagaflow::clock::ManualClock
         clock.advance(by);
         runtime.fire_due_timers().await;
         runtime.settle().await;
+    }
+}
+
+/// Everything logged on this thread while the guard lives (a `#[tokio::test]` runtime runs
+/// every task on the test's thread), at `level` and above.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    pub fn start(&self, level: tracing::Level) -> tracing::subscriber::DefaultGuard {
+        let writer = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(level)
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    pub fn lines(&self, containing: &str) -> Vec<String> {
+        self.text().lines().filter(|l| l.contains(containing)).map(str::to_owned).collect()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

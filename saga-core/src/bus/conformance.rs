@@ -177,20 +177,72 @@ pub async fn dead_letters_keep_their_reason(t: &dyn ConformanceTarget) -> Result
     let d = next(&mut c, t.patience()).await?;
     d.dead_letter("payload is not an order").await.map_err(|e| e.to_string())?;
     nothing(&mut c, Duration::from_millis(500)).await?;
-    let mut dead = Vec::new();
-    for _ in 0..20 {
-        dead = bus.dead_letters(&sub, 100).await.map_err(|e| e.to_string())?;
-        if !dead.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    check(dead.len() == 1, format!("{} dead letters", dead.len()))?;
+    let dead = dead_letters_once_there(&*bus, &sub, 1, t.patience()).await?;
     check(dead[0].envelope.message_id == sent.message_id, "another message was dead-lettered")?;
     check(dead[0].reason == "payload is not an order", format!("reason {:?}", dead[0].reason))?;
     check(dead[0].subscription == sub, format!("parked on {:?}", dead[0].subscription))?;
     bus.unsubscribe(&sub).await.map_err(|e| e.to_string())?;
     t.clean_up(&bus, &sub).await;
+    Ok(())
+}
+
+/// The dead letters of `subscription` once there are `count` of them (a broker may take a
+/// moment to route one), or an error saying how many there were.
+async fn dead_letters_once_there(
+    bus: &dyn Bus,
+    subscription: &str,
+    count: usize,
+    patience: Duration,
+) -> Result<Vec<super::DeadLetter>, String> {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let dead = bus.dead_letters(subscription, 100).await.map_err(|e| e.to_string())?;
+        if dead.len() >= count || tokio::time::Instant::now() >= deadline {
+            check(dead.len() == count, format!("{} dead letters, expected {count}", dead.len()))?;
+            return Ok(dead);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A replayed dead letter comes back to its own subscription only, counted as a first
+/// delivery, and leaves the dead letters; a discarded one is gone; neither touches the others.
+pub async fn dead_letters_are_replayed_to_their_subscription_or_discarded(
+    t: &dyn ConformanceTarget,
+) -> Result<(), String> {
+    let bus = t.bus().await;
+    let (sub, bystander, name) = (unique("replay"), unique("bystander"), unique("event"));
+    let mut c = bus.subscribe(&sub, &[&name]).await.map_err(|e| e.to_string())?;
+    let mut other = bus.subscribe(&bystander, &[&name]).await.map_err(|e| e.to_string())?;
+    let (replayed, discarded) = (sample(&name), sample(&name));
+    for m in [&replayed, &discarded] {
+        bus.publish(m.clone()).await.map_err(|e| e.to_string())?;
+    }
+    for _ in 0..2 {
+        next(&mut c, t.patience()).await?.dead_letter("the tax service was down").await.map_err(|e| e.to_string())?;
+        next(&mut other, t.patience()).await?.ack().await.map_err(|e| e.to_string())?;
+    }
+    dead_letters_once_there(&*bus, &sub, 2, t.patience()).await?;
+    let count = bus.replay_dead_letter(&sub, replayed.message_id).await.map_err(|e| e.to_string())?;
+    check(count == 1, format!("replayed {count} dead letters, expected 1"))?;
+    let again = next(&mut c, t.patience()).await?;
+    check(again.envelope().message_id == replayed.message_id, "another message arrived")?;
+    check(again.envelope().attempt == 1, format!("replayed as attempt {}", again.envelope().attempt))?;
+    check(again.envelope().payload == replayed.payload, "the payload changed")?;
+    again.ack().await.map_err(|e| e.to_string())?;
+    nothing(&mut other, Duration::from_millis(500)).await.map_err(|e| format!("another subscription: {e}"))?;
+    let left = dead_letters_once_there(&*bus, &sub, 1, t.patience()).await?;
+    check(left[0].envelope.message_id == discarded.message_id, "the replayed message is still dead-lettered")?;
+    let count = bus.discard_dead_letter(&sub, discarded.message_id).await.map_err(|e| e.to_string())?;
+    check(count == 1, format!("discarded {count} dead letters, expected 1"))?;
+    dead_letters_once_there(&*bus, &sub, 0, t.patience()).await?;
+    let count = bus.replay_dead_letter(&sub, discarded.message_id).await.map_err(|e| e.to_string())?;
+    check(count == 0, format!("replayed {count} discarded dead letters"))?;
+    nothing(&mut c, Duration::from_millis(500)).await?;
+    for s in [&sub, &bystander] {
+        bus.unsubscribe(s).await.map_err(|e| e.to_string())?;
+        t.clean_up(&bus, s).await;
+    }
     Ok(())
 }
 
@@ -263,6 +315,7 @@ macro_rules! conformance_tests {
             every_subscription_gets_a_copy,
             nacked_messages_return_after_their_delay,
             dead_letters_keep_their_reason,
+            dead_letters_are_replayed_to_their_subscription_or_discarded,
             unsettled_deliveries_survive_a_consumer_crash,
             publishes_no_subscription_takes_are_refused,
             an_exclusive_subscription_has_one_consumer_at_a_time,

@@ -27,10 +27,12 @@
 
 use std::sync::Arc;
 
+use uuid::Uuid;
+
 use super::{Bus, BusError, Consumer, DeadLetter, InMemoryBus};
 use crate::activity::Activity;
 use crate::message::Envelope;
-use crate::store::{QueuedMessage, Store};
+use crate::store::{QueueDeadLetter, QueuedMessage, Store, StoreError};
 
 /// A durable, in-process [`Bus`]: queues kept in the store, so a crash loses nothing queued.
 ///
@@ -89,18 +91,27 @@ impl LocalBus {
     }
 
     async fn read_dead_letters(&self, subscription: Option<&str>, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
+        let found = self.scan_dead_letters(|d| subscription.is_none_or(|s| s == d.subscription), limit).await?;
+        Ok(found
+            .into_iter()
+            .map(|d| DeadLetter { subscription: d.subscription, envelope: d.envelope, reason: d.reason, at: d.at })
+            .collect())
+    }
+
+    /// The store's dead letters that `keep` selects, oldest first, at most `limit`.
+    async fn scan_dead_letters(
+        &self,
+        keep: impl Fn(&QueueDeadLetter) -> bool,
+        limit: usize,
+    ) -> Result<Vec<QueueDeadLetter>, BusError> {
         const PAGE: usize = 256;
         let mut found = Vec::new();
         let mut after = None;
         while found.len() < limit {
-            let page = self.store.queue_dead_letters(after, PAGE).await.map_err(|e| {
-                BusError::Transport(format!("cannot read the local bus's dead letters from the store: {e}"))
-            })?;
+            let page = self.store.queue_dead_letters(after, PAGE).await.map_err(store_failed)?;
             let last = page.len() < PAGE;
             after = page.last().map(|d| d.seq);
-            found.extend(page.into_iter().filter(|d| subscription.is_none_or(|s| s == d.subscription)).map(|d| {
-                DeadLetter { subscription: d.subscription, envelope: d.envelope, reason: d.reason, at: d.at }
-            }));
+            found.extend(page.into_iter().filter(|d| keep(d)));
             if last {
                 break;
             }
@@ -108,6 +119,18 @@ impl LocalBus {
         found.truncate(limit);
         Ok(found)
     }
+
+    /// The positions of `subscription`'s dead letters of `message_id`.
+    async fn dead_seqs(&self, subscription: &str, message_id: Uuid) -> Result<Vec<u64>, BusError> {
+        let dead = self
+            .scan_dead_letters(|d| d.subscription == subscription && d.envelope.message_id == message_id, usize::MAX)
+            .await?;
+        Ok(dead.iter().map(|d| d.seq).collect())
+    }
+}
+
+fn store_failed(e: StoreError) -> BusError {
+    BusError::Transport(format!("the store that keeps the local bus's queues failed: {e}"))
 }
 
 #[async_trait::async_trait]
@@ -132,6 +155,24 @@ impl Bus for LocalBus {
     }
     async fn dead_letters(&self, subscription: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
         self.read_dead_letters(Some(subscription), limit).await
+    }
+    async fn replay_dead_letter(&self, subscription: &str, message_id: Uuid) -> Result<usize, BusError> {
+        let mut revived = Vec::new();
+        for seq in self.dead_seqs(subscription, message_id).await? {
+            revived.extend(self.store.revive_queue_dead_letter(seq).await.map_err(store_failed)?);
+        }
+        let count = revived.len();
+        // Durable in the queue already: if the subscription is not loaded in this process (an
+        // offline admin), its next subscribe delivers them.
+        let _ = self.queues.deliver_stored(revived);
+        Ok(count)
+    }
+    async fn discard_dead_letter(&self, subscription: &str, message_id: Uuid) -> Result<usize, BusError> {
+        let mut discarded = 0;
+        for seq in self.dead_seqs(subscription, message_id).await? {
+            discarded += usize::from(self.store.remove_queue_dead_letter(seq).await.map_err(store_failed)?);
+        }
+        Ok(discarded)
     }
     fn stored_routes(&self, store: &dyn Store, name: &str) -> Option<Vec<String>> {
         if store.identity() != self.store.identity() {

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use tokio::sync::{Notify, OnceCell, mpsc};
+use uuid::Uuid;
 
 use super::{Acker, Bus, BusError, Consumer, Delivery, DeliveryStream};
 use crate::activity::Activity;
@@ -328,6 +329,16 @@ impl Inner {
         Ok(())
     }
 
+    /// Removes and returns the dead letters of `message_id` on `subscription`.
+    fn take_dead(&self, subscription: &str, message_id: Uuid) -> Vec<DeadLetter> {
+        let mut dead = lock(&self.dead);
+        let (taken, kept) = std::mem::take(&mut *dead)
+            .into_iter()
+            .partition(|d| d.subscription == subscription && d.envelope.message_id == message_id);
+        *dead = kept;
+        taken
+    }
+
     async fn park(&self, queue: &Queue, item: Item, reason: String) -> Result<(), BusError> {
         let subscription = queue.name.as_str();
         tracing::debug!(
@@ -477,6 +488,23 @@ impl Bus for InMemoryBus {
     async fn dead_letters(&self, subscription: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
         let dead = lock(&self.inner.dead);
         Ok(dead.iter().filter(|d| d.subscription == subscription).take(limit).cloned().collect())
+    }
+
+    async fn replay_dead_letter(&self, subscription: &str, message_id: Uuid) -> Result<usize, BusError> {
+        if !lock(&self.inner.topology).queues.contains_key(subscription) {
+            return Err(BusError::UnknownSubscription(subscription.to_owned()));
+        }
+        let revived = self.inner.take_dead(subscription, message_id);
+        let count = revived.len();
+        for mut dead in revived {
+            dead.envelope.attempt = 1;
+            self.inject(subscription, dead.envelope)?;
+        }
+        Ok(count)
+    }
+
+    async fn discard_dead_letter(&self, subscription: &str, message_id: Uuid) -> Result<usize, BusError> {
+        Ok(self.inner.take_dead(subscription, message_id).len())
     }
 }
 

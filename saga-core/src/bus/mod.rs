@@ -139,6 +139,12 @@ pub trait Bus: Send + Sync + 'static {
         None
     }
 
+    /// Whether the bus is connected to its broker now, for readiness probes; `None` (the
+    /// default) for a bus that has no connection to lose or cannot tell.
+    fn connected(&self) -> Option<bool> {
+        None
+    }
+
     /// Closes the connection gracefully (the runtime's `shutdown` calls it). Default: nothing.
     async fn close(&self) -> Result<(), BusError> {
         Ok(())
@@ -220,6 +226,48 @@ pub trait Bus: Send + Sync + 'static {
                 .to_owned(),
         ))
     }
+
+    /// Hands every dead letter of `message_id` on `subscription` back to that subscription
+    /// (and no other one bound to its name), with its delivery count reset so that it gets a
+    /// fresh retry budget, and removes it from the dead letters; returns how many it replayed
+    /// (0: there is none). Fix what made it fail first. The message keeps its id, and a
+    /// consumer that had recorded it would skip it; a dead-lettered message was not recorded.
+    ///
+    /// The default says the transport cannot (a bus of your own that parks messages should
+    /// implement it, and [`Bus::discard_dead_letter`]).
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use saga_core::bus::{Bus, InMemoryBus};
+    /// use saga_core::message::Envelope;
+    /// let bus = InMemoryBus::new();
+    /// let mut billing = bus.subscribe("billing", &["ordering.order-paid"]).await.unwrap();
+    /// bus.publish(Envelope::new("ordering.order-paid", b"{}".to_vec())).await.unwrap();
+    /// let delivery = billing.next().await.unwrap();
+    /// let id = delivery.envelope().message_id;
+    /// delivery.dead_letter("the tax service was down").await.unwrap();
+    ///
+    /// assert_eq!(bus.replay_dead_letter("billing", id).await.unwrap(), 1);
+    /// let again = billing.next().await.unwrap();
+    /// assert_eq!((again.envelope().message_id, again.envelope().attempt), (id, 1));
+    /// again.ack().await.unwrap();
+    /// assert!(bus.dead_letters("billing", 10).await.unwrap().is_empty());
+    /// # });
+    /// ```
+    async fn replay_dead_letter(&self, subscription: &str, message_id: uuid::Uuid) -> Result<usize, BusError> {
+        let _ = (subscription, message_id);
+        Err(BusError::Transport(
+            "this bus cannot replay its dead letters: implement Bus::replay_dead_letter".to_owned(),
+        ))
+    }
+
+    /// Deletes every dead letter of `message_id` on `subscription` for good; returns how many.
+    async fn discard_dead_letter(&self, subscription: &str, message_id: uuid::Uuid) -> Result<usize, BusError> {
+        let _ = (subscription, message_id);
+        Err(BusError::Transport(
+            "this bus cannot discard its dead letters: implement Bus::discard_dead_letter".to_owned(),
+        ))
+    }
 }
 
 #[async_trait::async_trait]
@@ -242,6 +290,9 @@ impl<B: Bus + ?Sized> Bus for Arc<B> {
     fn max_payload(&self) -> Option<usize> {
         (**self).max_payload()
     }
+    fn connected(&self) -> Option<bool> {
+        (**self).connected()
+    }
     async fn close(&self) -> Result<(), BusError> {
         (**self).close().await
     }
@@ -256,5 +307,11 @@ impl<B: Bus + ?Sized> Bus for Arc<B> {
     }
     async fn dead_letters(&self, subscription: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
         (**self).dead_letters(subscription, limit).await
+    }
+    async fn replay_dead_letter(&self, subscription: &str, message_id: uuid::Uuid) -> Result<usize, BusError> {
+        (**self).replay_dead_letter(subscription, message_id).await
+    }
+    async fn discard_dead_letter(&self, subscription: &str, message_id: uuid::Uuid) -> Result<usize, BusError> {
+        (**self).discard_dead_letter(subscription, message_id).await
     }
 }

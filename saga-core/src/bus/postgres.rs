@@ -44,7 +44,7 @@ use uuid::Uuid;
 use super::{Acker, Bus, BusError, Consumer, DeadLetter, Delivery, DeliveryStream};
 use crate::message::{Envelope, Timestamp};
 use crate::saga::RetryPolicy;
-use crate::store::{PostgresStore, StoreError, layout};
+use crate::store::{self, PostgresStore, StoreError, layout};
 
 /// The channel publishes notify on; the payload is the subscription.
 const CHANNEL: &str = "saga_queue";
@@ -286,6 +286,37 @@ impl Inner {
         .execute(&self.pool)
         .await
         .map(drop)
+    }
+
+    /// The positions of `subscription`'s dead letters of `message_id` (the id is inside the
+    /// stored envelope, so they are read page by page).
+    async fn dead_seqs(&self, subscription: &str, message_id: Uuid) -> Result<Vec<u64>, BusError> {
+        const PAGE: i64 = 500;
+        let failed = |e: &dyn std::fmt::Display| transport("find a dead letter", e);
+        let (mut found, mut after) = (Vec::new(), -1_i64);
+        loop {
+            let rows = sqlx::query(
+                "SELECT seq, envelope FROM saga_queue_dead WHERE subscription = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            )
+            .bind(subscription)
+            .bind(after)
+            .bind(PAGE)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| failed(&e))?;
+            for row in &rows {
+                let seq: i64 = row.get(0);
+                after = seq;
+                let envelope: Envelope = layout::decode("dead letter", &seq.to_be_bytes(), row.get::<&[u8], _>(1))
+                    .map_err(|e| failed(&e))?;
+                if envelope.message_id == message_id {
+                    found.push(u64::try_from(seq).unwrap_or_default());
+                }
+            }
+            if rows.len() < PAGE as usize {
+                return Ok(found);
+            }
+        }
     }
 
     /// Returns a row this bus holds to the queue, visible again after `delay`.
@@ -655,6 +686,49 @@ impl Bus for PostgresBus {
                 .map_err(|e| transport("unsubscribe", e))?;
         }
         tx.commit().await.map_err(|e| transport("unsubscribe", e))
+    }
+
+    async fn replay_dead_letter(&self, subscription: &str, message_id: Uuid) -> Result<usize, BusError> {
+        let bound: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM saga_bus_bindings WHERE subscription = $1)")
+            .bind(subscription)
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(|e| transport("replay a dead letter", e))?;
+        if !bound {
+            return Err(BusError::UnknownSubscription(subscription.to_owned()));
+        }
+        let mut replayed = 0;
+        for seq in self.inner.dead_seqs(subscription, message_id).await? {
+            if store::revive_dead_letter(&self.inner.pool, seq)
+                .await
+                .map_err(|e| transport("replay a dead letter", e))?
+                .is_some()
+            {
+                replayed += 1;
+            }
+        }
+        if replayed > 0 {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(subscription)
+                .execute(&self.inner.pool)
+                .await
+                .map_err(|e| transport("replay a dead letter", e))?;
+        }
+        Ok(replayed)
+    }
+
+    async fn discard_dead_letter(&self, subscription: &str, message_id: Uuid) -> Result<usize, BusError> {
+        let mut discarded = 0;
+        for seq in self.inner.dead_seqs(subscription, message_id).await? {
+            if store::remove_dead_letter(&self.inner.pool, seq)
+                .await
+                .map_err(|e| transport("discard a dead letter", e))?
+            {
+                discarded += 1;
+            }
+        }
+        Ok(discarded)
     }
 
     async fn dead_letters(&self, subscription: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError> {

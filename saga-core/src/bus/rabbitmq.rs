@@ -494,6 +494,62 @@ fn envelope(routing_key: &str, p: &BasicProperties, payload: Vec<u8>, redelivere
     }
 }
 
+/// How many dead letters of a subscription a replay or discard looks through at most: the
+/// dead-letter queue is read from its head, every message it passes is held until the end.
+const DEAD_LETTER_SCAN: usize = 10_000;
+
+impl RabbitMqBus {
+    /// The next message of `subscription`'s dead-letter queue on `channel`, unacked (it goes
+    /// back when the channel closes unless its acker acks it), or `None` at the end.
+    async fn next_dead_letter(
+        &self,
+        channel: &Channel,
+        subscription: &str,
+    ) -> Result<Option<(lapin::Acker, DeadLetter)>, BusError> {
+        let queue = format!("{}.dead", self.inner.options.queue(subscription));
+        let got = channel
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+            .await
+            .map_err(|e| transport(&format!("reading {queue}"), e))?;
+        let Some(message) = got else { return Ok(None) };
+        let d = message.delivery;
+        let reason = header_str(d.properties.headers(), REASON).unwrap_or_default();
+        let at = header_u64(d.properties.headers(), DEAD_AT).map_or_else(Timestamp::now, Timestamp);
+        let envelope = envelope(&d.routing_key.to_string(), &d.properties, d.data, d.redelivered);
+        Ok(Some((d.acker, DeadLetter { subscription: subscription.to_owned(), envelope, reason, at })))
+    }
+
+    /// Replays (to the subscription's queue, nowhere else) or discards the dead letters of
+    /// `message_id`, among the first [`DEAD_LETTER_SCAN`] of the subscription.
+    async fn settle_dead_letters(&self, subscription: &str, message_id: Uuid, replay: bool) -> Result<usize, BusError> {
+        let channel = self.inner.connection.create_channel().await.map_err(|e| transport("channel", e))?;
+        let queue = self.inner.options.queue(subscription);
+        let mut settled = 0;
+        let scan = async {
+            for _ in 0..DEAD_LETTER_SCAN {
+                let Some((acker, mut dead)) = self.next_dead_letter(&channel, subscription).await? else { break };
+                if dead.envelope.message_id != message_id {
+                    continue;
+                }
+                if replay {
+                    dead.envelope.attempt = 1;
+                    // Published before the ack: a lost ack leaves a dead copy, never no copy.
+                    self.publish_to("", &queue, &dead.envelope, FieldTable::default()).await.map_err(|e| match e {
+                        BusError::Unroutable { .. } => BusError::UnknownSubscription(subscription.to_owned()),
+                        other => other,
+                    })?;
+                }
+                acker.ack(BasicAckOptions::default()).await.map_err(|e| transport("settle a dead letter", e))?;
+                settled += 1;
+            }
+            Ok(())
+        }
+        .await;
+        let _ = channel.close(200, "dead letters settled".into()).await;
+        scan.map(|()| settled)
+    }
+}
+
 #[async_trait::async_trait]
 impl Bus for RabbitMqBus {
     async fn publish(&self, mut envelope: Envelope) -> Result<(), BusError> {
@@ -522,27 +578,34 @@ impl Bus for RabbitMqBus {
 
     async fn dead_letters(&self, subscription: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
         let channel = self.inner.connection.create_channel().await.map_err(|e| transport("channel", e))?;
-        let queue = format!("{}.dead", self.inner.options.queue(subscription));
         let mut out = Vec::new();
-        while out.len() < limit {
-            let got = channel
-                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
-                .await
-                .map_err(|e| transport(&format!("reading {queue}"), e))?;
-            let Some(message) = got else { break };
-            let d = message.delivery;
-            let reason = header_str(d.properties.headers(), REASON).unwrap_or_default();
-            let at = header_u64(d.properties.headers(), DEAD_AT).map_or_else(Timestamp::now, Timestamp);
-            let envelope = envelope(&d.routing_key.to_string(), &d.properties, d.data, d.redelivered);
-            out.push(DeadLetter { subscription: subscription.to_owned(), envelope, reason, at });
+        let read = async {
+            while out.len() < limit {
+                let Some((_, dead)) = self.next_dead_letter(&channel, subscription).await? else { break };
+                out.push(dead);
+            }
+            Ok(())
         }
+        .await;
         // Closing the channel hands the unacked messages back to the queue.
         let _ = channel.close(200, "peeked".into()).await;
-        Ok(out)
+        read.map(|()| out)
+    }
+
+    async fn replay_dead_letter(&self, subscription: &str, message_id: Uuid) -> Result<usize, BusError> {
+        self.settle_dead_letters(subscription, message_id, true).await
+    }
+
+    async fn discard_dead_letter(&self, subscription: &str, message_id: Uuid) -> Result<usize, BusError> {
+        self.settle_dead_letters(subscription, message_id, false).await
     }
 
     fn max_payload(&self) -> Option<usize> {
         Some(self.inner.options.max_message_bytes)
+    }
+
+    fn connected(&self) -> Option<bool> {
+        Some(self.inner.connection.status().connected())
     }
 
     async fn close(&self) -> Result<(), BusError> {

@@ -25,6 +25,8 @@ pub(crate) enum Input {
     },
     /// A fired durable timer.
     Timer(TimerRecord),
+    /// An operator's action on the lane's instance (see [`crate::admin`]).
+    Operator(std::sync::Arc<crate::admin::OperatorRequest>),
 }
 
 /// A delivery routed to a lane.

@@ -70,6 +70,7 @@ impl UnitContext {
                 (envelope.name.clone(), envelope.message_id, correlation)
             }
             Input::Timer(t) => (format!("timer:{:?}", t.purpose), t.key.timer_id, Some(t.key.instance_id)),
+            Input::Operator(r) => (format!("operator:{}", r.operation.as_str()), r.id, Some(lane_key)),
         };
         UnitContext {
             consumer: driver.name().to_owned(),
@@ -210,7 +211,7 @@ async fn run_unit(core: &Arc<Core>, work: Work) -> Completion {
     let context = UnitContext::new(&*driver, subscription, lane_key, &input);
     let timer = match &input {
         Input::Timer(t) => Some(t.key),
-        Input::Message { .. } => None,
+        Input::Message { .. } | Input::Operator(_) => None,
     };
     let span = tracing::info_span!(
         "unit_of_work",

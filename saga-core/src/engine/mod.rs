@@ -17,20 +17,24 @@
 //! A store that fails is not a message's fault: see [`Health`] for what the runtime does then.
 //! See `docs/architecture.md` for why each step is where it is.
 
-mod driver;
+mod builder;
+pub(crate) mod driver;
 mod health;
 mod inspect;
 mod instance;
 mod lanes;
 mod participant;
 mod relay;
+mod retention;
 mod saga_driver;
 mod timers;
 mod transition;
 
+pub use builder::SagaRuntimeBuilder;
 pub use health::{Health, StoreHealth};
 pub use instance::SagaInstance;
 pub use participant::{Handler, HandlerContext, HandlerOutput};
+pub use retention::{DEFAULT_TOMBSTONE_WINDOW, Pruned, Retention};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,13 +47,14 @@ use uuid::Uuid;
 use crate::Error;
 use crate::activity::Activity;
 use crate::bus::{Bus, Consumer, InMemoryBus, LocalBus};
-use crate::clock::{Clock, SystemClock};
-use crate::message::{Codec, CodecExt, Envelope, JsonCodec, Message};
+use crate::clock::Clock;
+use crate::message::{Codec, CodecExt, Envelope, Message};
 use crate::saga::{Saga, instance_id};
 use crate::store::{Commit, Committed, HistoryEntry, ParkedOutboxEntry, QueueEntry, StatusKind, Store, StoreError};
 use driver::Driver;
 use health::HealthState;
-use lanes::{Lanes, Work};
+pub(crate) use lanes::Lanes;
+use lanes::Work;
 use relay::RelayHandle;
 use timers::TimerService;
 
@@ -70,9 +75,79 @@ pub(crate) struct Core {
     /// How long an outbox entry may stay unroutable before the relay parks it.
     pub(crate) unroutable_grace: Duration,
     pub(crate) health: HealthState,
+    pub(crate) retention: retention::Policies,
+}
+
+/// The bus of a runtime built without one: the store's own, the durable local bus over a
+/// persistent store, or the in-memory bus.
+pub(crate) fn default_bus(store: &Arc<dyn Store>) -> Arc<dyn Bus> {
+    store.default_bus().unwrap_or_else(|| -> Arc<dyn Bus> {
+        if store.is_persistent() { Arc::new(LocalBus::open(store.clone())) } else { Arc::new(InMemoryBus::new()) }
+    })
+}
+
+/// What a [`Core`] is made of, besides the engine's own parts.
+pub(crate) struct Parts {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) bus: Arc<dyn Bus>,
+    pub(crate) codec: Arc<dyn Codec>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) max_message_bytes: usize,
+    pub(crate) retention: retention::Policies,
 }
 
 impl Core {
+    /// A core whose relay reads the returned receiver (nothing reads it until the runtime
+    /// starts its relay task: entries handed over meanwhile stay in the store).
+    pub(crate) fn assemble(
+        parts: Parts,
+        sagas: HashMap<String, Arc<dyn Driver>>,
+        lanes: Lanes,
+        unroutable_grace: Duration,
+    ) -> (Arc<Core>, tokio::sync::mpsc::UnboundedReceiver<Vec<crate::store::OutboxEntry>>) {
+        let Parts { store, bus, codec, clock, max_message_bytes, retention } = parts;
+        let (relay, relay_rx) = RelayHandle::new();
+        let max_outgoing = bus.max_payload().map_or(max_message_bytes, |limit| limit.min(max_message_bytes));
+        let core = Core {
+            store,
+            bus,
+            codec,
+            clock,
+            activity: Activity::new(),
+            relay,
+            timers: Arc::new(TimerService::default()),
+            sagas,
+            lanes,
+            max_message_bytes,
+            max_outgoing,
+            unroutable_grace,
+            health: HealthState::default(),
+            retention,
+        };
+        (Arc::new(core), relay_rx)
+    }
+
+    /// Queues an operator's request on the lane of `instance`, for the driver of `saga`;
+    /// `false` when this runtime does not run that saga.
+    pub(crate) async fn dispatch_operator(
+        &self,
+        saga: &str,
+        instance: Uuid,
+        request: Arc<crate::admin::OperatorRequest>,
+    ) -> bool {
+        let Some(driver) = self.sagas.get(saga).cloned() else { return false };
+        let work = Work {
+            subscription: driver.subscription().into(),
+            driver,
+            lane_key: instance,
+            input: driver::Input::Operator(request),
+            delivery: None,
+            guard: self.activity.guard(),
+        };
+        self.lanes.dispatch(work).await;
+        true
+    }
+
     /// Commits a unit of work. Its messages for subscriptions whose queues the store keeps (the
     /// local bus, see [`Bus::stored_routes`]) are written into those queues by the commit
     /// itself; the others go to the outbox, for the relay.
@@ -118,244 +193,6 @@ pub(crate) async fn already_processed(
         }
         None => core.store.processed(consumer, envelope.message_id).await,
     }
-}
-
-/// Configures and starts a [`SagaRuntime`].
-pub struct SagaRuntimeBuilder {
-    store: Option<Arc<dyn Store>>,
-    bus: Option<Arc<dyn Bus>>,
-    codec: Arc<dyn Codec>,
-    clock: Arc<dyn Clock>,
-    lanes: usize,
-    max_message_bytes: usize,
-    unroutable_grace: Duration,
-    subscription: Option<String>,
-    drivers: Vec<Arc<dyn Driver>>,
-    errors: Vec<String>,
-}
-
-impl Default for SagaRuntimeBuilder {
-    fn default() -> Self {
-        SagaRuntimeBuilder {
-            store: None,
-            bus: None,
-            codec: Arc::new(JsonCodec),
-            clock: Arc::new(SystemClock),
-            lanes: 16,
-            max_message_bytes: 4 * 1024 * 1024,
-            unroutable_grace: Duration::from_secs(600),
-            subscription: None,
-            drivers: Vec::new(),
-            errors: Vec::new(),
-        }
-    }
-}
-
-impl SagaRuntimeBuilder {
-    /// Where saga progress is kept (required): `SledStore::open(dir)?` or `MemoryStore::new()`.
-    pub fn store(mut self, store: impl Store) -> Self {
-        self.store = Some(Arc::new(store));
-        self
-    }
-
-    /// The transport. Default: the store's own bus when it has one ([`Store::default_bus`]:
-    /// a `PostgresStore` gives the `PostgresBus` on its database, which every replica
-    /// shares); else a [`LocalBus`] on the runtime's store when the store is persistent
-    /// (sled), so in-process messages survive a crash; a new [`InMemoryBus`] otherwise (the
-    /// in-memory store loses everything anyway).
-    pub fn bus(mut self, bus: impl Bus) -> Self {
-        self.bus = Some(Arc::new(bus));
-        self
-    }
-
-    /// The codec for payloads and state (default: [`JsonCodec`]).
-    pub fn codec(mut self, codec: impl Codec) -> Self {
-        self.codec = Arc::new(codec);
-        self
-    }
-
-    /// The clock durable timers follow (default: the system clock; tests use `ManualClock`).
-    pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
-        self
-    }
-
-    /// How many lanes run units of work in parallel (default 16).
-    pub fn lanes(mut self, lanes: usize) -> Self {
-        self.lanes = lanes.max(1);
-        self
-    }
-
-    /// The largest payload accepted (default 4 MiB); larger deliveries are dead-lettered
-    /// before they are decoded, and larger outgoing messages are refused when they are
-    /// committed (so is anything over the bus's own limit, [`Bus::max_payload`]).
-    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
-        self.max_message_bytes = bytes;
-        self
-    }
-
-    /// How long the outbox relay keeps trying a message that no subscription takes
-    /// ([`BusError::Unroutable`](crate::bus::BusError::Unroutable): its consumer has not
-    /// subscribed yet) before it parks it for an operator (default 10 minutes).
-    pub fn park_unroutable_after(mut self, grace: Duration) -> Self {
-        self.unroutable_grace = grace;
-        self
-    }
-
-    /// Consumes every saga's and handler's messages from one subscription named `name`
-    /// (by default each has its own: `saga.<name>` for a saga, the handler's name for a
-    /// handler), dispatching each delivery by its message name. This is how a service takes
-    /// the place of a .NET eShop service, whose one queue (its `SubscriptionClientName`) is
-    /// bound to every event it handles. Each message name may then be consumed by one saga or
-    /// handler only; [`Self::build`] says which clash.
-    ///
-    /// ```
-    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
-    /// use saga_core::{engine::SagaRuntime, store::MemoryStore};
-    /// let runtime = SagaRuntime::builder().store(MemoryStore::new()).subscription("Ordering").build().await.unwrap();
-    /// # drop(runtime);
-    /// # });
-    /// ```
-    pub fn subscription(mut self, name: impl Into<String>) -> Self {
-        self.subscription = Some(name.into());
-        self
-    }
-
-    /// Runs saga `S`. Its definition is validated here; errors surface from [`Self::build`].
-    pub fn saga<S: Saga>(mut self) -> Self {
-        match saga_driver::SagaDriver::<S>::new() {
-            Ok(driver) => self.drivers.push(Arc::new(driver)),
-            Err(e) => self.errors.push(e.to_string()),
-        }
-        self
-    }
-
-    /// Runs participant `handler`.
-    pub fn handler(mut self, handler: impl Handler) -> Self {
-        self.drivers.push(Arc::new(participant::ParticipantDriver::new(handler)));
-        self
-    }
-
-    /// Subscribes every saga and participant and starts consuming. What a previous run left
-    /// in the outbox is published in the background, and interrupted local steps run again
-    /// (in a shared store: once their lease ran out, by whichever process claims them).
-    ///
-    /// Refused with [`Error::Config`] when the definitions clash, when a saga sends a
-    /// command nothing consumes on a bus that knows it would vanish (the in-memory bus), or
-    /// when another consumer holds one of the subscriptions while the store belongs to this
-    /// process alone (see [`Store::is_shared`]).
-    pub async fn build(self) -> Result<SagaRuntime, Error> {
-        if !self.errors.is_empty() {
-            return Err(Error::Config(self.errors.join("; ")));
-        }
-        let store = self.store.ok_or_else(|| {
-            Error::Config("no store: call .store(SledStore::open(dir)?) or .store(MemoryStore::new())".into())
-        })?;
-        let mut seen = std::collections::HashSet::new();
-        for d in &self.drivers {
-            if !seen.insert(d.subscription()) {
-                return Err(Error::Config(format!(
-                    "two sagas or handlers share the name {:?}: names must be unique",
-                    d.name()
-                )));
-            }
-        }
-        let routers = Router::plan(&self.drivers, self.subscription.as_deref())?;
-        let bus = self.bus.or_else(|| store.default_bus()).unwrap_or_else(|| -> Arc<dyn Bus> {
-            if store.is_persistent() { Arc::new(LocalBus::open(store.clone())) } else { Arc::new(InMemoryBus::new()) }
-        });
-        let (relay, relay_rx) = RelayHandle::new();
-        let (lanes, lane_receivers) = Lanes::new(self.lanes);
-        let sagas = self.drivers.iter().filter(|d| d.is_saga()).map(|d| (d.name().to_owned(), d.clone())).collect();
-        let max_outgoing = bus.max_payload().map_or(self.max_message_bytes, |limit| limit.min(self.max_message_bytes));
-        let core = Arc::new(Core {
-            store,
-            bus,
-            codec: self.codec,
-            clock: self.clock,
-            activity: Activity::new(),
-            relay,
-            timers: Arc::new(TimerService::default()),
-            sagas,
-            lanes,
-            max_message_bytes: self.max_message_bytes,
-            max_outgoing,
-            unroutable_grace: self.unroutable_grace,
-            health: HealthState::default(),
-        });
-        // Subscribe before anything is published, so that no message (ours or a leftover)
-        // goes to a name nobody is bound to yet. A store this process owns must not be shared
-        // through a subscription with another runtime.
-        let exclusive = !core.store.is_shared();
-        let subscriptions = routers.iter().map(|r| r.subscription.clone()).collect();
-        let mut consumers = Vec::new();
-        for router in routers {
-            let names = router.names();
-            let subscribed = if exclusive {
-                core.bus.subscribe_exclusive(&router.subscription, &names).await
-            } else {
-                core.bus.subscribe(&router.subscription, &names).await
-            };
-            let consumer = subscribed.map_err(|e| match e {
-                crate::bus::BusError::SubscriptionInUse { .. } => Error::Config(format!(
-                    "{e}. This runtime's store belongs to this process alone, so the runtime must be the only \
-                     consumer of its subscriptions: a second runtime with a store of its own would take replies \
-                     for instances it does not hold. Run one runtime per subscription, or run replicas on one \
-                     shared store"
-                )),
-                other => Error::Bus(other),
-            })?;
-            consumers.push((router, consumer));
-        }
-        check_commands_are_consumed(&core, &self.drivers)?;
-        let mut tasks = Vec::new();
-        lane_receivers.start(&core, &mut tasks);
-        tasks.push(tokio::spawn(relay::run(core.clone(), relay_rx)));
-        tasks.push(match core.store.claim_lease() {
-            Some(lease) => tokio::spawn(relay::sweep_stale(core.clone(), lease)),
-            None => tokio::spawn(relay::sweep(core.clone(), core.activity.guard())),
-        });
-        tasks.push(tokio::spawn(timers::run(core.clone())));
-        let consumer_tasks = consumers
-            .into_iter()
-            .map(|(router, consumer)| tokio::spawn(consume(core.clone(), Arc::new(router), consumer)))
-            .collect();
-        Ok(SagaRuntime { core, tasks, consumers: consumer_tasks, drivers: self.drivers, subscriptions })
-    }
-}
-
-/// Every command a saga sends must reach a consumer: one of this runtime's handlers, or a
-/// subscription the bus knows. A bus that can tell (the in-memory one) makes a command
-/// nothing takes an error, since it could only vanish; for a broker it is a warning (the
-/// consumer may be another service that has not subscribed yet).
-fn check_commands_are_consumed(core: &Core, drivers: &[Arc<dyn Driver>]) -> Result<(), Error> {
-    let consumed: std::collections::HashSet<&str> = drivers.iter().flat_map(|d| d.names()).collect();
-    let mut missing = Vec::new();
-    for saga in drivers.iter().filter(|d| d.is_saga()) {
-        for (step, command) in saga.sends() {
-            if consumed.contains(command) {
-                continue;
-            }
-            match core.bus.has_subscribers(command) {
-                Some(true) => {}
-                Some(false) => missing.push(format!("{command} (step {step} of saga {})", saga.name())),
-                None => tracing::warn!(
-                    saga = %saga.name(),
-                    %step,
-                    %command,
-                    "no handler of this runtime consumes the command; it needs a consumer elsewhere on the bus"
-                ),
-            }
-        }
-    }
-    if missing.is_empty() {
-        return Ok(());
-    }
-    Err(Error::Config(format!(
-        "nothing consumes {}: register a handler for each with .handler(...), or subscribe to it before build() \
-         (on this bus a command without a subscription would be lost)",
-        missing.join(", ")
-    )))
 }
 
 /// One subscription of the runtime and the saga or handlers that consume it.
@@ -609,6 +446,13 @@ impl SagaRuntime {
         Ok(self.core.store.instances_with_status(status, usize::MAX).await?)
     }
 
+    /// Runs a retention pass now, as the background task does every
+    /// [`retention_every`](SagaRuntimeBuilder::retention_every): deletes the finished
+    /// instances every policy kept long enough, then tombstones past their window.
+    pub async fn prune_now(&self) -> Result<Pruned, Error> {
+        Ok(retention::pass(&self.core).await?)
+    }
+
     /// An instance's history, oldest first.
     pub async fn history(&self, id: Uuid) -> Result<Vec<HistoryEntry>, Error> {
         Ok(self.core.store.history(id).await?)
@@ -625,6 +469,20 @@ impl SagaRuntime {
     /// The Mermaid flowchart of a saga this runtime runs, by name.
     pub fn diagram(&self, saga: &str) -> Option<String> {
         self.core.sagas.get(saga).and_then(|d| d.diagram())
+    }
+
+    /// The operators' view: list, count and inspect instances (see [`Admin`](crate::admin::Admin)).
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use saga_core::{engine::SagaRuntime, store::{InstanceQuery, MemoryStore}};
+    /// let runtime = SagaRuntime::builder().store(MemoryStore::new()).build().await.unwrap();
+    /// let page = runtime.admin().list(&InstanceQuery::default(), 100).await.unwrap();
+    /// assert!(page.instances.is_empty());
+    /// # });
+    /// ```
+    pub fn admin(&self) -> crate::admin::Admin {
+        crate::admin::Admin::new(self.core.clone(), self.subscriptions.clone().into())
     }
 
     /// The store the runtime commits to.

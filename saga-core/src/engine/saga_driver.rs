@@ -7,6 +7,7 @@ use uuid::Uuid;
 use super::Core;
 use super::driver::{Driver, Failure, Input, PendingCommit, Routed, Unit};
 use super::transition::{LOCAL_LEASE, Transition};
+use crate::admin::OperatorRequest;
 use crate::message::{Codec, CodecExt, Envelope, Timestamp};
 use crate::saga::{Action, DefinitionError, Route, Saga, SagaDefinition, StepContext, StepError, instance_id};
 use crate::store::{
@@ -94,6 +95,12 @@ impl<S: Saga> SagaDriver<S> {
         let cause = MessageRef { id: envelope.message_id, name: envelope.name.clone() };
         let (t, previous) = match (route, existing) {
             (Route::Start(i), None) => {
+                if let Some(t) = super::retention::deleted_recently(core, S::NAME, id, now).await? {
+                    return Ok(Unit::Skipped(format!(
+                        "instance {id} already ran (it ended {} and retention deleted it; its tombstone is kept until {})",
+                        t.status, t.until.0
+                    )));
+                }
                 let Some(state) = (self.def.starts[i].init)(decoded) else {
                     return Err(Failure::DeadLetter(format!("{} did not decode as a start message", envelope.name)));
                 };
@@ -192,6 +199,35 @@ impl<S: Saga> SagaDriver<S> {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// An operator's action: a unit of work like a message's, deduplicated by the request's id
+    /// in the instance's inbox and version-checked, so that it and a message racing it on
+    /// another process serialize (the loser re-runs on what the winner wrote).
+    async fn on_operator(&self, core: &Core, id: Uuid, request: &OperatorRequest) -> Result<Unit, Failure> {
+        let action = request.operation.as_str();
+        let Some(record) = core.store.instance(id).await? else {
+            return Ok(request.refuse("there is no such instance"));
+        };
+        if record.saga != S::NAME {
+            return Ok(request.refuse(&format!("it belongs to saga {}", record.saga)));
+        }
+        if core.store.processed(id, request.id).await? {
+            return Ok(Unit::Skipped(format!("operator request {} already applied", request.id)));
+        }
+        let previous = Some((record.version, record.status.kind()));
+        let state = match self.decode_state(&*core.codec, &record) {
+            Ok(state) => state,
+            Err(Failure::DeadLetter(reason)) => return Ok(request.refuse(&reason)),
+            Err(other) => return Err(other),
+        };
+        let now = core.clock.now();
+        let mut t = self.transition(core, now, request.id, record, state);
+        if let Err(reason) = t.operate(request.operation, &request.by, &request.reason) {
+            return Ok(request.refuse(&reason));
+        }
+        let cause = MessageRef { id: request.id, name: format!("operator:{action}") };
+        self.commit(core, t, previous, cause).await
     }
 
     async fn on_timer(&self, core: &Core, timer: &TimerRecord) -> Result<Unit, Failure> {
@@ -390,6 +426,7 @@ fn log_event(event: &HistoryEvent) {
         }
         HistoryEvent::StatusChanged { to } => tracing::info!(status = ?to, "saga status changed"),
         HistoryEvent::Ignored { reason } => tracing::debug!(%reason, "message ignored"),
+        HistoryEvent::Operator { action, by, reason } => tracing::info!(%action, %by, %reason, "operator action"),
         _ => tracing::trace!(?event, "saga history"),
     }
 }
@@ -455,6 +492,11 @@ impl<S: Saga> Driver for SagaDriver<S> {
                 Err(Failure::DeadLetter(format!("{} reached saga {} undecoded", envelope.name, S::NAME)))
             }
             Input::Timer(timer) => self.on_timer(core, timer).await,
+            Input::Operator(request) => {
+                let unit = self.on_operator(core, lane_key, request).await;
+                request.answer(&unit);
+                unit
+            }
         }
     }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
+use crate::admin::Operation;
 use crate::message::{Codec, CodecExt, Envelope, Timestamp, derive_id, headers};
 use crate::saga::{Action, Decoded, EventOutcome, Saga, SagaDefinition, StepError, StepKind};
 use crate::store::{
@@ -202,14 +203,19 @@ impl<'a, S: Saga> Transition<'a, S> {
         let timeout = s.phase_timeout(phase);
         match action {
             Action::Send { build, .. } => match build(&self.state, self.codec) {
-                Ok((message, payload)) if payload.len() > self.max_payload => self.fail(format!(
-                    "the command {message} of step {} is {} bytes, more than the {} bytes a message may have \
+                Ok((message, payload)) if payload.len() > self.max_payload => self.fail_at(
+                    step,
+                    phase,
+                    attempt,
+                    format!(
+                        "the command {message} of step {} is {} bytes, more than the {} bytes a message may have \
                      (the runtime's max_message_bytes, or what the bus carries): send a reference to the data \
                      instead of the data",
-                    s.name,
-                    payload.len(),
-                    self.max_payload
-                )),
+                        s.name,
+                        payload.len(),
+                        self.max_payload
+                    ),
+                ),
                 Ok((message, payload)) => {
                     let envelope = self.command(message, payload, step, phase);
                     let command = envelope.message_id;
@@ -219,7 +225,9 @@ impl<'a, S: Saga> Transition<'a, S> {
                     let timer = timeout.map(|t| self.schedule(t, TimerPurpose::Timeout { step, phase, attempt }).key);
                     self.await_(step, phase, attempt, timer, Some(command));
                 }
-                Err(e) => self.fail(format!("cannot encode the command of step {}: {e}", s.name)),
+                Err(e) => {
+                    self.fail_at(step, phase, attempt, format!("cannot encode the command of step {}: {e}", s.name))
+                }
             },
             Action::Local(_) => {
                 let lease = timeout.map_or(LOCAL_LEASE, |t| t + Duration::from_secs(1));
@@ -287,6 +295,79 @@ impl<'a, S: Saga> Transition<'a, S> {
         self.set_status(SagaStatus::Failed { reason });
     }
 
+    /// Parks the instance for an operator where `(step, phase)` failed. The position stays in
+    /// `awaiting` (without a timer or a command, so nothing fires and no reply matches), so
+    /// that an operator's retry or skip knows what to run again or pass over.
+    fn fail_at(&mut self, step: u32, phase: Phase, attempt: u32, reason: String) {
+        let outcome_unknown = self.outcome_unknown(step, phase);
+        self.fail(reason);
+        self.record.awaiting = Some(Awaiting { step, phase, attempt, timer: None, command: None, outcome_unknown });
+    }
+
+    /// An operator's action (see [`crate::admin`]); `Err` says why it does not apply to the
+    /// instance as it stands, and then nothing changed.
+    pub(crate) fn operate(&mut self, operation: Operation, by: &str, reason: &str) -> Result<(), String> {
+        let failed_at = match (&self.record.status, &self.record.awaiting) {
+            (SagaStatus::Failed { .. }, Some(a)) => Some((a.step, a.phase)),
+            _ => None,
+        };
+        if let Some((step, _)) = failed_at.filter(|(step, _)| *step as usize >= self.def.steps.len()) {
+            return Err(format!("the definition has no step #{step} any more: cancel it"));
+        }
+        let status = self.record.status.kind();
+        let note = HistoryEvent::Operator { action: operation.as_str().into(), by: by.into(), reason: reason.into() };
+        match (operation, &self.record.status) {
+            (Operation::Retry | Operation::Resume, SagaStatus::Failed { .. }) => {
+                let (step, phase) = failed_at.ok_or_else(no_failed_step)?;
+                self.events.push(note);
+                self.begin(step, phase, 1);
+            }
+            (Operation::Skip, SagaStatus::Failed { .. }) => {
+                let (step, phase) = failed_at.ok_or_else(no_failed_step)?;
+                self.events.push(note);
+                self.clear_awaiting();
+                match phase {
+                    Phase::Action => self.action_succeeded(step),
+                    Phase::Compensation => self.compensation_succeeded(step),
+                }
+            }
+            (Operation::Abort, SagaStatus::Running { step }) => {
+                let step = *step;
+                self.events.push(note);
+                self.abort_from(step, by, reason);
+            }
+            (Operation::Abort, SagaStatus::Failed { .. }) => match failed_at.ok_or_else(no_failed_step)? {
+                (step, Phase::Action) => {
+                    self.events.push(note);
+                    self.abort_from(step, by, reason);
+                }
+                (_, Phase::Compensation) => {
+                    return Err("it failed while compensating: retry or skip the compensation".into());
+                }
+            },
+            (Operation::Cancel, s) if !s.is_terminal() || matches!(s, SagaStatus::Failed { .. }) => {
+                self.events.push(note);
+                self.clear_awaiting();
+                self.set_status(SagaStatus::Cancelled { reason: format!("cancelled by {by}: {reason}") });
+            }
+            (Operation::Abort, SagaStatus::Compensating { .. }) => return Err("it is compensating already".into()),
+            (_, SagaStatus::Running { .. } | SagaStatus::Compensating { .. }) => {
+                return Err(format!("it is {status}, not failed: abort or cancel it instead"));
+            }
+            (_, _) => return Err(format!("it is {status}: it will not move again")),
+        }
+        Ok(())
+    }
+
+    /// Compensates from `step` on an operator's word; the step itself too, if it has a
+    /// compensation, since its command may have been carried out.
+    fn abort_from(&mut self, step: u32, by: &str, reason: &str) {
+        let has_compensation = self.def.steps.get(step as usize).is_some_and(|s| s.compensation.is_some());
+        let from = if has_compensation { Some(step) } else { step.checked_sub(1) };
+        self.clear_awaiting();
+        self.start_compensation(from, format!("aborted by {by}: {reason}"));
+    }
+
     fn attempt_failed(&mut self, step: u32, phase: Phase, attempt: u32, reason: String, cause: Cause) {
         let def = self.def;
         let s = &def.steps[step as usize];
@@ -308,10 +389,12 @@ impl<'a, S: Saga> Transition<'a, S> {
                     }
                 }
                 match s.kind {
-                    StepKind::Retriable => self.fail(format!("step {} failed after {attempt} attempts: {reason}", s.name)),
+                    StepKind::Retriable => {
+                        self.fail_at(step, phase, attempt, format!("step {} failed after {attempt} attempts: {reason}", s.name))
+                    }
                     // A refusal under the step's idempotency key answers for every attempt;
                     // anything less leaves open whether the point of no return was passed.
-                    StepKind::Pivot if unknown && cause != Cause::Refused => self.fail(format!(
+                    StepKind::Pivot if unknown && cause != Cause::Refused => self.fail_at(step, phase, attempt, format!(
                         "pivot outcome unknown: step {} got no definitive answer in {attempt} attempts (last: {reason}), \
                          so it may have been carried out and the steps before it are not compensated; find out \
                          whether it happened, then resume or compensate the instance",
@@ -331,9 +414,12 @@ impl<'a, S: Saga> Transition<'a, S> {
                 });
                 match s.compensation_retry.delay_before_retry(attempt, id) {
                     Some(delay) => self.retry_later(step, phase, attempt + 1, delay),
-                    None => {
-                        self.fail(format!("compensation of step {} failed after {attempt} attempts: {reason}", s.name))
-                    }
+                    None => self.fail_at(
+                        step,
+                        phase,
+                        attempt,
+                        format!("compensation of step {} failed after {attempt} attempts: {reason}", s.name),
+                    ),
                 }
             }
         }
@@ -461,4 +547,8 @@ impl<'a, S: Saga> Transition<'a, S> {
             Err(StepError::Failed(r)) => self.attempt_failed(step, phase, attempt, r, Cause::Refused),
         }
     }
+}
+
+fn no_failed_step() -> String {
+    "it failed outside any step (see its reason), so there is no step to run again or pass over: cancel it".into()
 }

@@ -32,6 +32,17 @@ impl Timestamp {
     pub fn plus(self, d: std::time::Duration) -> Self {
         Timestamp(self.0.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
     }
+
+    /// This time minus a duration, saturating at the epoch.
+    ///
+    /// ```
+    /// use saga_core::message::Timestamp;
+    /// assert_eq!(Timestamp(5_000).minus(std::time::Duration::from_secs(2)), Timestamp(3_000));
+    /// assert_eq!(Timestamp(5).minus(std::time::Duration::from_secs(2)), Timestamp(0));
+    /// ```
+    pub fn minus(self, d: std::time::Duration) -> Self {
+        Timestamp(self.0.saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
+    }
 }
 
 impl From<SystemTime> for Timestamp {

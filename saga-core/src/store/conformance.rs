@@ -19,8 +19,8 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::{
-    Commit, EntityWrite, InstanceRecord, InstanceWrite, MemoryStore, Phase, SagaStatus, StatusKind, Store, StoreError,
-    TimerKey, TimerPurpose, TimerRecord,
+    Commit, EntityWrite, HistoryEntry, InstanceQuery, InstanceRecord, InstanceWrite, MemoryStore, Phase, PruneOutcome,
+    SagaStatus, StatusKind, Store, StoreError, TimerKey, TimerPurpose, TimerRecord, Tombstone,
 };
 use crate::message::{Envelope, Timestamp};
 
@@ -275,6 +275,105 @@ pub async fn the_status_index_follows_the_status(t: &dyn StoreTarget) -> Outcome
     check(!listed(StatusKind::Running).await?, "no longer listed as running")
 }
 
+/// Every page of `query` (`limit` per page), followed from cursor to cursor, the pages' sizes
+/// checked against `limit`.
+async fn every_page(store: &dyn Store, query: InstanceQuery, limit: usize) -> Result<Vec<InstanceRecord>, String> {
+    let (mut found, mut query) = (Vec::new(), query);
+    for _ in 0..1000 {
+        let page = store.list_instances(&query, limit).await.map_err(failed("a listing"))?;
+        check(page.records.len() <= limit, format!("a page of {} records for a limit of {limit}", page.records.len()))?;
+        found.extend(page.records);
+        match page.next {
+            Some(next) => query = query.after(Some(next)),
+            None => return Ok(found),
+        }
+    }
+    Err("a listing did not end after 1,000 pages".into())
+}
+
+/// Listings filter by saga, status and age, page with a cursor that loses and repeats
+/// nothing, and counts by saga and status add up; an instance's history comes a page at a time.
+pub async fn listings_filter_page_and_count_instances(t: &dyn StoreTarget) -> Outcome {
+    let store = t.store().await;
+    let statuses = [SagaStatus::Running { step: 0 }, SagaStatus::Completed, SagaStatus::Failed { reason: "x".into() }];
+    let (a, b) = (unique("a"), unique("b"));
+    let mut written = Vec::new();
+    for i in 0..30u64 {
+        let mut r = record(Uuid::now_v7(), 1, statuses[(i % 3) as usize].clone());
+        r.saga = if i % 2 == 0 { a.clone() } else { b.clone() };
+        r.updated_at = Timestamp(i * 10);
+        durably(
+            &*store,
+            Commit { instance: Some(InstanceWrite { record: r.clone(), previous: None }), ..Commit::default() },
+        )
+        .await
+        .map_err(failed("a start"))?;
+        written.push(r);
+    }
+    let ids = |records: &[InstanceRecord]| {
+        let mut ids: Vec<Uuid> = records.iter().map(|r| r.id).collect();
+        ids.sort();
+        ids
+    };
+    let expect =
+        |keep: &dyn Fn(&InstanceRecord) -> bool| ids(&written.iter().filter(|r| keep(r)).cloned().collect::<Vec<_>>());
+    let mine = |r: &InstanceRecord| r.saga == a || r.saga == b;
+    let all = every_page(&*store, InstanceQuery::default(), 7).await?;
+    let all: Vec<InstanceRecord> = all.into_iter().filter(mine).collect();
+    check(all.len() == 30, format!("paging by 7 saw {} of the 30 instances (a repeat or a loss)", all.len()))?;
+    check(ids(&all) == expect(&|_| true), "paging by 7 saw other instances than the 30 written")?;
+    let failed_b = every_page(&*store, InstanceQuery::default().saga(&b).status(StatusKind::Failed), 2).await?;
+    let want = expect(&|r| r.saga == b && r.status.kind() == StatusKind::Failed);
+    check(ids(&failed_b) == want, format!("saga b, failed: {} instances, expected {}", failed_b.len(), want.len()))?;
+    let old = every_page(&*store, InstanceQuery::default().saga(&a).updated_before(Timestamp(100)), 50).await?;
+    let want = expect(&|r| r.saga == a && r.updated_at < Timestamp(100));
+    check(ids(&old) == want, format!("saga a, changed before 100: {} instances, expected {}", old.len(), want.len()))?;
+
+    let mut counted = std::collections::BTreeMap::new();
+    let mut query = InstanceQuery::default();
+    loop {
+        let counts = store.count_instances(&query).await.map_err(failed("counting"))?;
+        for c in counts.counts.into_iter().filter(|c| c.saga == a || c.saga == b) {
+            *counted.entry((c.saga, c.status.as_str())).or_insert(0) += c.count;
+        }
+        match counts.next {
+            Some(next) => query = query.after(Some(next)),
+            None => break,
+        }
+    }
+    for saga in [&a, &b] {
+        for status in StatusKind::ALL {
+            let want = written.iter().filter(|r| r.saga == *saga && r.status.kind() == status).count() as u64;
+            let got = counted.get(&(saga.clone(), status.as_str())).copied().unwrap_or(0);
+            check(got == want, format!("count of {saga} {status}: {got}, expected {want}"))?;
+        }
+    }
+
+    let id = written[0].id;
+    for version in 2..=6 {
+        let mut r = written[0].clone();
+        r.version = version;
+        let history = HistoryEntry { version, at: Timestamp(version), cause: None, events: Vec::new() };
+        let previous = Some((version - 1, r.status.kind()));
+        durably(
+            &*store,
+            Commit {
+                instance: Some(InstanceWrite { record: r, previous }),
+                history: Some(history),
+                ..Commit::default()
+            },
+        )
+        .await
+        .map_err(failed("a transition"))?;
+    }
+    let page: Vec<u64> =
+        store.history_page(id, Some(3), 2).await.map_err(failed("a history page"))?.iter().map(|h| h.version).collect();
+    check(page == [4, 5], format!("history after version 3, 2 entries: {page:?}"))?;
+    let first: Vec<u64> =
+        store.history_page(id, None, 1).await.map_err(failed("a history page"))?.iter().map(|h| h.version).collect();
+    check(first == [2], format!("the first history entry: {first:?}"))
+}
+
 /// Published outbox entries can be removed; one the relay gives up on is parked with its
 /// reason and leaves the outbox.
 pub async fn outbox_entries_are_removed_or_parked_with_their_reason(t: &dyn StoreTarget) -> Outcome {
@@ -294,7 +393,15 @@ pub async fn outbox_entries_are_removed_or_parked_with_their_reason(t: &dyn Stor
     check(
         parked.iter().any(|p| p.seq == second && p.reason == "nobody takes it" && p.envelope.name == b),
         "the parked entry with its reason",
-    )
+    )?;
+    // An operator's replay: the envelope back in the outbox, the parked entry gone, together.
+    let envelope = parked.iter().find(|p| p.seq == second).map(|p| p.envelope.clone()).ok_or("parked")?;
+    durably(&*store, Commit { outbox: vec![envelope], parked_remove: vec![second], ..Commit::default() })
+        .await
+        .map_err(failed("a replay"))?;
+    check(outbox_named(&*store, &[&b]).await? == [b.as_str()], "the replayed entry is in the outbox again")?;
+    let parked = store.parked_outbox(None, 100_000).await.map_err(failed("parked_outbox"))?;
+    check(!parked.iter().any(|p| p.seq == second), "and no longer parked")
 }
 
 /// A commit writes queued copies with it; a consumer's commit that takes its entry in place
@@ -345,7 +452,144 @@ pub async fn queue_entries_are_rewritten_removed_and_dead_lettered(t: &dyn Store
     check(
         dead.iter().any(|d| d.subscription == subscription && d.reason == "cannot parse" && d.envelope.payload == [2]),
         "the dead letter with its reason",
-    )
+    )?;
+    let seq = queued[2].seq;
+    let revived = store.revive_queue_dead_letter(seq).await.map_err(failed("revive_queue_dead_letter"))?;
+    let Some(revived) = revived.filter(|m| m.subscription == subscription && m.envelope.attempt == 1) else {
+        return Err("a revived dead letter is queued again on its subscription, as a first delivery".into());
+    };
+    let left = store.queued(&subscription, None, 10).await.map_err(failed("queued"))?;
+    check(left.iter().any(|m| m.seq == seq && m.envelope.payload == [2]), "the revived entry is in the queue")?;
+    let dead = store.queue_dead_letters(None, 100_000).await.map_err(failed("queue_dead_letters"))?;
+    check(!dead.iter().any(|d| d.seq == seq), "a revived dead letter is no longer dead")?;
+    check(store.revive_queue_dead_letter(seq).await.map_err(failed("revive"))?.is_none(), "it revives once")?;
+    store.dead_letter_queued(revived, "again", Timestamp(10)).await.map_err(failed("dead letter"))?;
+    check(store.remove_queue_dead_letter(seq).await.map_err(failed("remove_queue_dead_letter"))?, "removed")?;
+    check(!store.remove_queue_dead_letter(seq).await.map_err(failed("remove"))?, "a removed dead letter is gone")?;
+    let dead = store.queue_dead_letters(None, 100_000).await.map_err(failed("queue_dead_letters"))?;
+    check(!dead.iter().any(|d| d.seq == seq), "a removed dead letter is not listed")
+}
+
+/// Retention finds a finished instance by the time it finished and deletes it at the version
+/// it was read, with its history, inbox, status and index entries, leaving a tombstone until
+/// its time; a stale read deletes nothing; a running instance is never a candidate.
+pub async fn a_pruned_instance_leaves_only_its_tombstone(t: &dyn StoreTarget) -> Outcome {
+    let store = t.store().await;
+    let saga = unique("retained");
+    let (id, running, first, second) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let entry = |version| HistoryEntry { version, at: Timestamp(0), cause: None, events: Vec::new() };
+    let at = |mut w: InstanceWrite, updated: u64| {
+        w.record.saga = saga.clone();
+        w.record.updated_at = Timestamp(updated);
+        w
+    };
+    let steps = [
+        (first, at(write(id, 1, SagaStatus::Running { step: 0 }, None), 10), entry(1)),
+        (second, at(write(id, 2, SagaStatus::Completed, Some((1, StatusKind::Running))), 50), entry(2)),
+        (first, at(write(running, 1, SagaStatus::Running { step: 0 }, None), 10), entry(1)),
+    ];
+    for (message, instance, history) in steps {
+        let inbox = Some((instance.record.id, message));
+        let commit = Commit { inbox, instance: Some(instance), history: Some(history), ..Commit::default() };
+        durably(&*store, commit).await.map_err(failed("a commit"))?;
+    }
+    let expired = |before| store.expired_instances(&saga, Timestamp(before), 100);
+    check(expired(50).await.map_err(failed("expired_instances"))?.is_empty(), "nothing finished before 50")?;
+    let found = expired(51).await.map_err(failed("expired_instances"))?;
+    check(found.len() == 1 && found[0].record.id == id, format!("the finished instance only, got {found:?}"))?;
+    let tombstone = Tombstone {
+        saga: saga.clone(),
+        status: StatusKind::Completed,
+        pruned_at: Timestamp(100),
+        until: Timestamp(200),
+    };
+    let mut stale = found[0].clone();
+    stale.record.version = 1;
+    let outcome = store.prune_instance(&stale, &tombstone).await.map_err(failed("prune_instance"))?;
+    check(outcome == PruneOutcome::Changed, format!("a stale read prunes nothing, got {outcome:?}"))?;
+    check(store.instance(id).await.map_err(failed("instance"))?.is_some(), "the instance is still there")?;
+
+    let outcome = store.prune_instance(&found[0], &tombstone).await.map_err(failed("prune_instance"))?;
+    check(outcome == PruneOutcome::Pruned, format!("pruned, got {outcome:?}"))?;
+    check(store.instance(id).await.map_err(failed("instance"))?.is_none(), "the record is gone")?;
+    check(store.history(id).await.map_err(failed("history"))?.is_empty(), "its history is gone")?;
+    for message in [first, second] {
+        check(!store.processed(id, message).await.map_err(failed("processed"))?, "its inbox is gone")?;
+    }
+    let completed =
+        every_page(&*store, InstanceQuery::default().saga(&saga).status(StatusKind::Completed), 100).await?;
+    check(completed.is_empty(), "its status entry is gone")?;
+    check(expired(1_000).await.map_err(failed("expired_instances"))?.is_empty(), "its index entry is gone")?;
+    check(store.instance(running).await.map_err(failed("instance"))?.is_some(), "the running instance is kept")?;
+    check(store.tombstone(id).await.map_err(failed("tombstone"))? == Some(tombstone.clone()), "its tombstone")?;
+
+    store.prune_tombstones(Timestamp(150), 100_000).await.map_err(failed("prune_tombstones"))?;
+    check(store.tombstone(id).await.map_err(failed("tombstone"))?.is_some(), "the tombstone is kept until its time")?;
+    store.prune_tombstones(Timestamp(201), 100_000).await.map_err(failed("prune_tombstones"))?;
+    check(store.tombstone(id).await.map_err(failed("tombstone"))?.is_none(), "the tombstone goes after its time")
+}
+
+/// Retention sweeps a consumer's inbox page by page and deletes the entries written before
+/// the horizon, and no other consumer's.
+pub async fn inbox_entries_older_than_the_horizon_are_swept(t: &dyn StoreTarget) -> Outcome {
+    let store = t.store().await;
+    let (consumer, other) = (Uuid::now_v7(), Uuid::now_v7());
+    let messages: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
+    for (who, message) in messages.iter().map(|m| (consumer, *m)).chain([(other, messages[0])]) {
+        durably(&*store, Commit { inbox: Some((who, message)), ..Commit::default() })
+            .await
+            .map_err(failed("a commit"))?;
+    }
+    let sweep = |before: Timestamp| {
+        let store = store.clone();
+        async move {
+            let (mut deleted, mut after, mut pages) = (0, None, 0);
+            loop {
+                let (gone, next) =
+                    store.prune_inbox(consumer, before, after, 2).await.map_err(failed("prune_inbox"))?;
+                deleted += gone;
+                pages += 1;
+                match next {
+                    Some(next) => after = Some(next),
+                    None => return Ok::<_, String>((deleted, pages)),
+                }
+            }
+        }
+    };
+    let (deleted, pages) = sweep(Timestamp(1)).await?;
+    check(deleted == 0 && pages == 3, format!("nothing is older than the epoch: {deleted} deleted in {pages} pages"))?;
+    let (deleted, _) = sweep(Timestamp::now().plus(std::time::Duration::from_secs(1))).await?;
+    check(deleted == 5, format!("every entry is older than a second from now: {deleted} deleted"))?;
+    for message in &messages {
+        check(!store.processed(consumer, *message).await.map_err(failed("processed"))?, "the entry is gone")?;
+    }
+    check(store.processed(other, messages[0]).await.map_err(failed("processed"))?, "another consumer's entry stays")
+}
+
+/// Retention of the queues' dead letters: those older than the cut go, then the oldest past
+/// the count kept.
+pub async fn dead_letters_past_their_age_or_count_are_pruned(t: &dyn StoreTarget) -> Outcome {
+    let store = t.store().await;
+    let subscription = unique("audit");
+    let enqueued = store
+        .enqueue((0..4).map(|n| (subscription.clone(), Envelope::new("e", vec![n]))).collect())
+        .await
+        .map_err(failed("enqueue"))?;
+    enqueued.durable.await.map_err(failed("enqueue's durability"))?;
+    let queued = store.queued(&subscription, None, 10).await.map_err(failed("queued"))?;
+    for (n, message) in (1..).zip(queued) {
+        store.dead_letter_queued(message, "bad", Timestamp(n * 10)).await.map_err(failed("dead letter"))?;
+    }
+    let payloads = |store: Arc<dyn Store>| async move {
+        let dead = store.queue_dead_letters(None, 100).await.map_err(failed("queue_dead_letters"))?;
+        Ok::<_, String>(dead.into_iter().map(|d| d.envelope.payload[0]).collect::<Vec<u8>>())
+    };
+    let deleted = store.prune_queue_dead_letters(Timestamp(25), 100, 100).await.map_err(failed("prune"))?;
+    check(deleted == 2, format!("the two dead-lettered before 25 go, {deleted} went"))?;
+    check(payloads(store.clone()).await? == [2, 3], "the younger two stay")?;
+    let deleted = store.prune_queue_dead_letters(Timestamp(0), 1, 100).await.map_err(failed("prune"))?;
+    check(deleted == 1, format!("one past the count of one goes, {deleted} went"))?;
+    check(payloads(store.clone()).await? == [3], "the newest stays")
 }
 
 /// Writers on several handles racing on one instance: for each version exactly one commit
@@ -490,9 +734,13 @@ macro_rules! store_conformance_tests {
             the_inbox_refuses_a_message_its_consumer_processed,
             a_stale_version_loses_and_changes_nothing,
             the_status_index_follows_the_status,
+            listings_filter_page_and_count_instances,
             outbox_entries_are_removed_or_parked_with_their_reason,
             a_queued_message_commits_with_its_unit_and_is_consumed_once,
             queue_entries_are_rewritten_removed_and_dead_lettered,
+            a_pruned_instance_leaves_only_its_tombstone,
+            inbox_entries_older_than_the_horizon_are_swept,
+            dead_letters_past_their_age_or_count_are_pruned,
             concurrent_writers_on_one_instance_serialize,
             due_timers_and_local_steps_are_claimed_by_one_process_at_a_time,
             outbox_entries_nobody_published_within_a_lease_go_to_one_sweeper,

@@ -6,8 +6,9 @@
 use uuid::Uuid;
 
 use super::{
-    Commit, Committed, Durable, Enqueued, EntityRecord, HistoryEntry, InstanceRecord, OutboxEntry, ParkedOutboxEntry,
-    QueueDeadLetter, QueuedMessage, StatusKind, Store, StoreError, TimerKey, TimerRecord,
+    Commit, Committed, Durable, Enqueued, EntityRecord, HistoryEntry, InstanceCounts, InstanceListing, InstanceQuery,
+    InstanceRecord, OutboxEntry, ParkedOutboxEntry, PruneOutcome, QueueDeadLetter, QueuedMessage, RetentionCandidate,
+    StatusKind, Store, StoreError, TimerKey, TimerRecord, Tombstone,
 };
 use crate::message::{Envelope, Timestamp};
 
@@ -83,6 +84,15 @@ impl<S: Store, H: CommitHook> Store for Intercepted<S, H> {
     }
     async fn history(&self, id: Uuid) -> Result<Vec<HistoryEntry>, StoreError> {
         self.store.history(id).await
+    }
+    async fn history_page(&self, id: Uuid, after: Option<u64>, limit: usize) -> Result<Vec<HistoryEntry>, StoreError> {
+        self.store.history_page(id, after, limit).await
+    }
+    async fn list_instances(&self, query: &InstanceQuery, limit: usize) -> Result<InstanceListing, StoreError> {
+        self.store.list_instances(query, limit).await
+    }
+    async fn count_instances(&self, query: &InstanceQuery) -> Result<InstanceCounts, StoreError> {
+        self.store.count_instances(query).await
     }
     async fn processed(&self, consumer: Uuid, message_id: Uuid) -> Result<bool, StoreError> {
         self.store.processed(consumer, message_id).await
@@ -171,5 +181,49 @@ impl<S: Store, H: CommitHook> Store for Intercepted<S, H> {
     }
     async fn queue_dead_letters(&self, after: Option<u64>, limit: usize) -> Result<Vec<QueueDeadLetter>, StoreError> {
         self.store.queue_dead_letters(after, limit).await
+    }
+    async fn revive_queue_dead_letter(&self, seq: u64) -> Result<Option<QueuedMessage>, StoreError> {
+        self.store.revive_queue_dead_letter(seq).await
+    }
+    async fn remove_queue_dead_letter(&self, seq: u64) -> Result<bool, StoreError> {
+        self.store.remove_queue_dead_letter(seq).await
+    }
+    async fn expired_instances(
+        &self,
+        saga: &str,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<RetentionCandidate>, StoreError> {
+        self.store.expired_instances(saga, before, limit).await
+    }
+    async fn prune_instance(
+        &self,
+        candidate: &RetentionCandidate,
+        tombstone: &Tombstone,
+    ) -> Result<PruneOutcome, StoreError> {
+        self.store.prune_instance(candidate, tombstone).await
+    }
+    async fn prune_inbox(
+        &self,
+        consumer: Uuid,
+        before: Timestamp,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<(usize, Option<Uuid>), StoreError> {
+        self.store.prune_inbox(consumer, before, after, limit).await
+    }
+    async fn prune_queue_dead_letters(
+        &self,
+        before: Timestamp,
+        keep: usize,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        self.store.prune_queue_dead_letters(before, keep, limit).await
+    }
+    async fn tombstone(&self, id: Uuid) -> Result<Option<Tombstone>, StoreError> {
+        self.store.tombstone(id).await
+    }
+    async fn prune_tombstones(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        self.store.prune_tombstones(now, limit).await
     }
 }

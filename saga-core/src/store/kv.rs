@@ -7,8 +7,10 @@ use uuid::Uuid;
 
 use super::layout as key;
 use super::{
-    Commit, Committed, Durable, Enqueued, EntityRecord, FORMAT_VERSION, HistoryEntry, InstanceRecord, OutboxEntry,
-    ParkedOutboxEntry, QueueDeadLetter, QueuedMessage, StatusKind, Store, StoreError, TimerKey, TimerRecord,
+    Commit, Committed, Durable, Enqueued, EntityRecord, FORMAT_VERSION, HistoryEntry, InstanceCount, InstanceCounts,
+    InstanceCursor, InstanceListing, InstanceQuery, InstanceRecord, OutboxEntry, PRUNE_BATCH, ParkedOutboxEntry,
+    PruneOutcome, QueueDeadLetter, QueuedMessage, RetentionCandidate, SCAN_BUDGET, StatusKind, Store, StoreError,
+    TimerKey, TimerRecord, Tombstone,
 };
 use crate::message::{Envelope, Timestamp};
 
@@ -279,6 +281,57 @@ impl<B: OrderedKv> KvStore<B> {
         })
     }
 
+    fn read_instance(&self, id: Uuid) -> Result<Option<InstanceRecord>, StoreError> {
+        let k = key::instance(id);
+        match self.kv.get(&k)? {
+            Some(v) => {
+                let (_, body) = key::split_versioned("instance", &k, &v)?;
+                Ok(Some(key::decode("instance", &k, body)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Walks the status index from `query`'s cursor, handing each matching instance to `take`
+    /// until it returns `false` or [`SCAN_BUDGET`] entries were looked at; returns where to go
+    /// on from (`None` at the end of the index).
+    fn walk_instances(
+        &self,
+        query: &InstanceQuery,
+        mut take: impl FnMut(InstanceRecord) -> bool,
+    ) -> Result<Option<InstanceCursor>, StoreError> {
+        const PAGE: usize = 256;
+        let mut budget = SCAN_BUDGET;
+        for status in query.statuses() {
+            let prefix = key::status_prefix(status);
+            let end = key::prefix_end(&prefix);
+            let mut from = match query.after {
+                Some(cursor) if cursor.status == status => key::just_after(&key::status(status, cursor.id)),
+                _ => prefix.clone(),
+            };
+            loop {
+                let asked = PAGE.min(budget);
+                let page = self.kv.scan(&from, &end, asked)?;
+                for (k, _) in &page {
+                    budget -= 1;
+                    let id = key::uuid_at("status index", k, 2)?;
+                    // An index entry whose record is gone (pruned meanwhile) or moved on
+                    // (its new status's entry is elsewhere) is passed over.
+                    let matched = self.read_instance(id)?.filter(|r| query.matches(r));
+                    let more = matched.is_none_or(&mut take);
+                    if !more || budget == 0 {
+                        return Ok(Some(InstanceCursor::new(status, id)));
+                    }
+                }
+                match page.last() {
+                    Some((k, _)) if page.len() == asked => from = key::just_after(k),
+                    _ => break,
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// The engine underneath.
     pub fn engine(&self) -> &B {
         &self.kv
@@ -301,7 +354,9 @@ impl<B: OrderedKv> KvStore<B> {
                 None => {
                     let k = key::inbox(consumer, message_id);
                     b.checks.push(Check::Absent { key: k.clone(), rejection });
-                    b.put(k, Vec::new());
+                    // When, by the wall clock, so that retention can drop it past the bus's
+                    // redelivery horizon (entries written before had no value: time 0).
+                    b.put(k, Timestamp::now().0.to_be_bytes().to_vec());
                 }
             }
         }
@@ -318,6 +373,11 @@ impl<B: OrderedKv> KvStore<B> {
                     b.delete(key::status(kind, id));
                 }
                 b.put(key::status(new_kind, id), Vec::new());
+                // Indexed once, when it finishes; an entry left by an instance an operator
+                // brought back is dropped by retention when it finds the instance running.
+                if new_kind.is_prunable() && !old_kind.is_some_and(StatusKind::is_prunable) {
+                    b.put(key::finished(&w.record.saga, w.record.updated_at, id), Vec::new());
+                }
             }
             b.put(k, key::versioned(w.record.version, &key::encode("instance", &w.record)?));
             if let Some(h) = &commit.history {
@@ -354,6 +414,9 @@ impl<B: OrderedKv> KvStore<B> {
         for t in &commit.timers_remove {
             b.delete(key::timer(t));
         }
+        for seq in &commit.parked_remove {
+            b.delete(key::parked(*seq));
+        }
         Ok((b, seqs, queue_seqs))
     }
 }
@@ -379,14 +442,7 @@ impl<B: OrderedKv> Store for KvStore<B> {
     }
 
     async fn instance(&self, id: Uuid) -> Result<Option<InstanceRecord>, StoreError> {
-        let k = key::instance(id);
-        match self.kv.get(&k)? {
-            Some(v) => {
-                let (_, body) = key::split_versioned("instance", &k, &v)?;
-                Ok(Some(key::decode("instance", &k, body)?))
-            }
-            None => Ok(None),
-        }
+        self.read_instance(id)
     }
 
     async fn instances_with_status(&self, status: StatusKind, limit: usize) -> Result<Vec<Uuid>, StoreError> {
@@ -405,6 +461,45 @@ impl<B: OrderedKv> Store for KvStore<B> {
             .iter()
             .map(|(k, v)| key::decode("history", k, v))
             .collect()
+    }
+
+    async fn history_page(&self, id: Uuid, after: Option<u64>, limit: usize) -> Result<Vec<HistoryEntry>, StoreError> {
+        let prefix = key::history_prefix(id);
+        let from = match after {
+            Some(version) => key::just_after(&key::history(id, version)),
+            None => prefix.clone(),
+        };
+        self.kv
+            .scan(&from, &key::prefix_end(&prefix), limit)?
+            .iter()
+            .map(|(k, v)| key::decode("history", k, v))
+            .collect()
+    }
+
+    async fn list_instances(&self, query: &InstanceQuery, limit: usize) -> Result<InstanceListing, StoreError> {
+        let mut listing = InstanceListing::default();
+        if limit == 0 {
+            listing.next = query.after;
+            return Ok(listing);
+        }
+        listing.next = self.walk_instances(query, |record| {
+            listing.records.push(record);
+            listing.records.len() < limit
+        })?;
+        Ok(listing)
+    }
+
+    async fn count_instances(&self, query: &InstanceQuery) -> Result<InstanceCounts, StoreError> {
+        let mut counts: std::collections::BTreeMap<(String, u8), InstanceCount> = Default::default();
+        let next = self.walk_instances(query, |record| {
+            let status = record.status.kind();
+            counts
+                .entry((record.saga.clone(), status.tag()))
+                .or_insert_with(|| InstanceCount { saga: record.saga, status, count: 0 })
+                .count += 1;
+            true
+        })?;
+        Ok(InstanceCounts { counts: counts.into_values().collect(), next })
     }
 
     async fn processed(&self, consumer: Uuid, message_id: Uuid) -> Result<bool, StoreError> {
@@ -580,6 +675,154 @@ impl<B: OrderedKv> Store for KvStore<B> {
         batch.delete(key::queued(&message.subscription, message.seq));
         batch.put(key::dead(message.seq), key::encode("dead letter", &dead)?);
         self.kv.apply(batch)?.map_err(StoreError::from)
+    }
+
+    async fn revive_queue_dead_letter(&self, seq: u64) -> Result<Option<QueuedMessage>, StoreError> {
+        let k = key::dead(seq);
+        let Some(v) = self.kv.get(&k)? else { return Ok(None) };
+        let dead: DeadQueued = key::decode("dead letter", &k, &v)?;
+        let mut envelope = dead.envelope;
+        envelope.attempt = 1;
+        let mut batch = Batch::default();
+        batch.delete(k);
+        batch.put(key::queued(&dead.subscription, seq), key::encode("queued message", &envelope)?);
+        self.kv.apply(batch)?.map_err(StoreError::from)?;
+        self.kv.durable().await?;
+        Ok(Some(QueuedMessage { subscription: dead.subscription, seq, envelope }))
+    }
+
+    async fn remove_queue_dead_letter(&self, seq: u64) -> Result<bool, StoreError> {
+        let k = key::dead(seq);
+        if self.kv.get(&k)?.is_none() {
+            return Ok(false);
+        }
+        let mut batch = Batch::default();
+        batch.delete(k);
+        self.kv.apply(batch)?.map_err(StoreError::from)?;
+        self.kv.durable().await?;
+        Ok(true)
+    }
+
+    async fn expired_instances(
+        &self,
+        saga: &str,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<RetentionCandidate>, StoreError> {
+        let prefix = key::finished_prefix(saga);
+        let mut found = Vec::new();
+        let mut stale = Vec::new();
+        for (k, _) in self.kv.scan(&prefix, &key::finished_at(saga, before), limit)? {
+            let finished_at = Timestamp(key::u64_at("finished instance", &k, prefix.len())?);
+            let id = key::uuid_at("finished instance", &k, prefix.len() + 8)?;
+            match self.instance(id).await? {
+                // Finished still: an operator may have retried a failed instance that then
+                // finished again, which indexed it again, later.
+                Some(record) if record.status.kind().is_prunable() => {
+                    found.push(RetentionCandidate { record, finished_at })
+                }
+                _ => stale.push(k),
+            }
+        }
+        // Entries of instances that are gone, or were brought back (an operator's retry).
+        self.kv.remove(&stale)?;
+        Ok(found)
+    }
+
+    async fn prune_instance(
+        &self,
+        candidate: &RetentionCandidate,
+        tombstone: &Tombstone,
+    ) -> Result<PruneOutcome, StoreError> {
+        let record = &candidate.record;
+        let id = record.id;
+        let k = key::instance(id);
+        // History and inbox entries extend the record's key.
+        let children = self.kv.scan(&key::just_after(&k), &key::prefix_end(&k), PRUNE_BATCH)?;
+        let more = children.len() == PRUNE_BATCH;
+        let mut batch = Batch::default();
+        batch.checks.push(Check::Version { key: k.clone(), expected: record.version, what: Subject::Instance(id) });
+        for (child, _) in children {
+            batch.delete(child);
+        }
+        if !more {
+            batch.delete(k);
+            batch.delete(key::status(record.status.kind(), id));
+            batch.delete(key::finished(&record.saga, candidate.finished_at, id));
+            batch.put(key::tombstone(id), key::encode("tombstone", tombstone)?);
+            batch.put(key::tombstone_expiry(tombstone.until, id), Vec::new());
+        }
+        Ok(match self.kv.apply(batch)? {
+            Err(_) => PruneOutcome::Changed,
+            Ok(()) if more => PruneOutcome::Partly,
+            Ok(()) => PruneOutcome::Pruned,
+        })
+    }
+
+    async fn prune_inbox(
+        &self,
+        consumer: Uuid,
+        before: Timestamp,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<(usize, Option<Uuid>), StoreError> {
+        let prefix = key::inbox_prefix(consumer);
+        let from = after.map_or_else(|| prefix.clone(), |m| key::just_after(&key::inbox(consumer, m)));
+        let page = self.kv.scan(&from, &key::prefix_end(&prefix), limit)?;
+        let next = match page.last() {
+            Some((k, _)) if page.len() == limit => Some(key::uuid_at("inbox entry", k, prefix.len())?),
+            _ => None,
+        };
+        let old: Vec<Vec<u8>> =
+            page.into_iter().filter(|(_, v)| Timestamp(leading_version(v)) < before).map(|(k, _)| k).collect();
+        self.kv.remove(&old)?;
+        Ok((old.len(), next))
+    }
+
+    async fn prune_queue_dead_letters(
+        &self,
+        before: Timestamp,
+        keep: usize,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        // Positions follow arrival, so the oldest come first. Of the first `keep + limit`, those
+        // past `keep` are over the count whatever lies beyond (at most `limit` go anyway).
+        let (from, to) = (vec![key::DEAD], key::prefix_end(&[key::DEAD]));
+        let head = self.kv.scan(&from, &to, keep.saturating_add(limit))?;
+        let mut over = head.len().saturating_sub(keep);
+        let mut doomed = Vec::new();
+        for (k, v) in head.into_iter().take(limit) {
+            let dead: DeadQueued = key::decode("dead letter", &k, &v)?;
+            if over == 0 && dead.at >= before {
+                break;
+            }
+            over = over.saturating_sub(1);
+            doomed.push(k);
+        }
+        self.kv.remove(&doomed)?;
+        Ok(doomed.len())
+    }
+
+    async fn tombstone(&self, id: Uuid) -> Result<Option<Tombstone>, StoreError> {
+        let k = key::tombstone(id);
+        self.kv.get(&k)?.map(|v| key::decode("tombstone", &k, &v)).transpose()
+    }
+
+    async fn prune_tombstones(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        let expired = self.kv.scan(&[key::TOMBSTONE_EXPIRY], &key::tombstone_expiry(now, Uuid::nil()), limit)?;
+        let mut batch = Batch::default();
+        for (k, _) in &expired {
+            let until = Timestamp(key::u64_at("tombstone expiry", k, 1)?);
+            let id = key::uuid_at("tombstone expiry", k, 9)?;
+            // The instance may have started again and been deleted again since: its newer
+            // tombstone stays.
+            if self.tombstone(id).await?.is_some_and(|t| t.until == until) {
+                batch.delete(key::tombstone(id));
+            }
+            batch.delete(k.clone());
+        }
+        self.kv.apply(batch)?.map_err(StoreError::from)?;
+        Ok(expired.len())
     }
 
     async fn queue_dead_letters(&self, after: Option<u64>, limit: usize) -> Result<Vec<QueueDeadLetter>, StoreError> {

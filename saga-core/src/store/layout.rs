@@ -8,7 +8,7 @@
 //! | `m` | name | metadata (`m format` = format version, u32 BE) |
 //! | `i` | instance id | version (u64 BE) ++ record |
 //! | `i` | instance id, `h`, version (u64 BE) | history entry |
-//! | `i` | consumer id, `x`, message id | empty: the inbox (a saga's consumer id is its instance id) |
+//! | `i` | consumer id, `x`, message id | when it was written (u64 BE ms, wall clock; empty if written before retention existed): the inbox (a saga's consumer id is its instance id) |
 //! | `s` | status tag, instance id | empty: the status index |
 //! | `o` | sequence (u64 BE) | envelope: the outbox, in publication order |
 //! | `p` | sequence (u64 BE) | reason, time, envelope: outbox entries the relay parked |
@@ -16,6 +16,9 @@
 //! | `e` | scope length (u16 BE), scope, key | version (u64 BE) ++ value: participant records |
 //! | `q` | subscription length (u16 BE), subscription, sequence (u64 BE) | envelope: the local bus's durable queues |
 //! | `d` | sequence (u64 BE) | subscription, reason, time, envelope: messages dead-lettered from those queues |
+//! | `r` | saga length (u16 BE), saga, finished at (u64 BE), instance id | empty: finished instances by age, for retention |
+//! | `y` | instance id | tombstone: what retention left of a deleted instance |
+//! | `z` | until (u64 BE), instance id | empty: the tombstones' expiry index |
 //! | `w` | sequence (u64 BE), chunk (u32 BE) | chunk count (u32 BE) ++ a chunk of a batch's encoded writes while they are applied (sled's write-ahead record) |
 //!
 //! An instance's record, history and inbox share the prefix `i` + id, so a transition's writes
@@ -43,10 +46,45 @@ pub(crate) const ENTITY: u8 = b'e';
 pub(crate) const WRITE_AHEAD: u8 = b'w';
 pub(crate) const QUEUE: u8 = b'q';
 pub(crate) const DEAD: u8 = b'd';
+pub(crate) const FINISHED: u8 = b'r';
+pub(crate) const TOMBSTONE: u8 = b'y';
+pub(crate) const TOMBSTONE_EXPIRY: u8 = b'z';
 
 pub(crate) fn instance(id: Uuid) -> Vec<u8> {
     let mut k = Vec::with_capacity(17);
     k.push(INSTANCE);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+pub(crate) fn finished_prefix(saga: &str) -> Vec<u8> {
+    scoped_prefix(FINISHED, saga)
+}
+
+/// The first key of `saga`'s finished instances at `at` (those before it sort first).
+pub(crate) fn finished_at(saga: &str, at: Timestamp) -> Vec<u8> {
+    let mut k = finished_prefix(saga);
+    k.extend_from_slice(&at.0.to_be_bytes());
+    k
+}
+
+pub(crate) fn finished(saga: &str, at: Timestamp, id: Uuid) -> Vec<u8> {
+    let mut k = finished_at(saga, at);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+pub(crate) fn tombstone(id: Uuid) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(TOMBSTONE);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+pub(crate) fn tombstone_expiry(until: Timestamp, id: Uuid) -> Vec<u8> {
+    let mut k = Vec::with_capacity(25);
+    k.push(TOMBSTONE_EXPIRY);
+    k.extend_from_slice(&until.0.to_be_bytes());
     k.extend_from_slice(id.as_bytes());
     k
 }
@@ -64,11 +102,24 @@ pub(crate) fn status_prefix(kind: StatusKind) -> Vec<u8> {
 }
 
 pub(crate) fn inbox(consumer: Uuid, message_id: Uuid) -> Vec<u8> {
+    let mut k = inbox_prefix(consumer);
+    k.extend_from_slice(message_id.as_bytes());
+    k
+}
+
+pub(crate) fn inbox_prefix(consumer: Uuid) -> Vec<u8> {
     let mut k = Vec::with_capacity(34);
     k.push(INSTANCE);
     k.extend_from_slice(consumer.as_bytes());
     k.push(INBOX_TAG);
-    k.extend_from_slice(message_id.as_bytes());
+    k
+}
+
+/// The first key after `key` (every key that extends it included).
+pub(crate) fn just_after(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 1);
+    k.extend_from_slice(key);
+    k.push(0);
     k
 }
 

@@ -18,6 +18,7 @@ pub(crate) mod layout;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
+pub mod query;
 mod records;
 #[cfg(feature = "sled")]
 mod sled;
@@ -30,9 +31,15 @@ pub use kv::{Batch, KeyValue, KvStore, OrderedKv, Rejection, Write, leading_vers
 pub use memory::{MemoryKv, MemoryStore};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresStore, PostgresTarget};
+#[cfg(feature = "postgres")]
+pub(crate) use postgres::{remove_dead_letter, revive_dead_letter};
+pub use query::{
+    BadCursor, InstanceCount, InstanceCounts, InstanceCursor, InstanceListing, InstanceQuery, SCAN_BUDGET,
+};
 pub use records::{
     Awaiting, EntityRecord, HistoryEntry, HistoryEvent, InstanceRecord, MessageRef, OutboxEntry, ParkedOutboxEntry,
-    Phase, QueueDeadLetter, QueueEntry, QueuedMessage, SagaStatus, StatusKind, TimerKey, TimerPurpose, TimerRecord,
+    Phase, PruneOutcome, QueueDeadLetter, QueueEntry, QueuedMessage, RetentionCandidate, SagaStatus, StatusKind,
+    TimerKey, TimerPurpose, TimerRecord, Tombstone, UnknownStatus,
 };
 #[cfg(feature = "sled")]
 pub use sled::{SledKv, SledOptions, SledStore};
@@ -215,6 +222,9 @@ pub struct Commit {
     pub timers_remove: Vec<TimerKey>,
     /// The instance's history entry (requires `instance`).
     pub history: Option<HistoryEntry>,
+    /// Parked outbox entries to remove, by position: an operator replayed them (their
+    /// envelopes in `outbox` again) or discarded them.
+    pub parked_remove: Vec<u64>,
 }
 
 impl Commit {
@@ -292,6 +302,15 @@ pub trait Store: Send + Sync + 'static {
     async fn instances_with_status(&self, status: StatusKind, limit: usize) -> Result<Vec<Uuid>, StoreError>;
     /// An instance's history, oldest first.
     async fn history(&self, id: Uuid) -> Result<Vec<HistoryEntry>, StoreError>;
+    /// A page of an instance's history: entries after version `after` (from the first),
+    /// oldest first, at most `limit`.
+    async fn history_page(&self, id: Uuid, after: Option<u64>, limit: usize) -> Result<Vec<HistoryEntry>, StoreError>;
+    /// A page of the instances that match `query`, in status then id order, at most `limit`,
+    /// having looked at no more than [`SCAN_BUDGET`] instances (see [`query`](self::query)).
+    async fn list_instances(&self, query: &InstanceQuery, limit: usize) -> Result<InstanceListing, StoreError>;
+    /// Instance counts by saga and status among those that match `query` (its cursor
+    /// included), as far as one bounded read got: go on from `next` until it is `None`.
+    async fn count_instances(&self, query: &InstanceQuery) -> Result<InstanceCounts, StoreError>;
     /// Whether `consumer` already processed `message_id`.
     async fn processed(&self, consumer: Uuid, message_id: Uuid) -> Result<bool, StoreError>;
     /// A participant's record.
@@ -403,7 +422,57 @@ pub trait Store: Send + Sync + 'static {
     async fn dead_letter_queued(&self, message: QueuedMessage, reason: &str, at: Timestamp) -> Result<(), StoreError>;
     /// Dead-lettered queue messages in position order, after `after`, at most `limit`.
     async fn queue_dead_letters(&self, after: Option<u64>, limit: usize) -> Result<Vec<QueueDeadLetter>, StoreError>;
+    /// Moves dead letter `seq` back into its subscription's queue, at the position it had and
+    /// with its delivery count reset, in one atomic write, durable when this returns: the
+    /// message as queued now, or `None` if there is no such dead letter.
+    async fn revive_queue_dead_letter(&self, seq: u64) -> Result<Option<QueuedMessage>, StoreError>;
+    /// Deletes dead letter `seq`; whether there was one.
+    async fn remove_queue_dead_letter(&self, seq: u64) -> Result<bool, StoreError>;
+
+    /// Retention: up to `limit` instances of `saga` that finished (completed, compensated or
+    /// cancelled, see [`StatusKind::is_prunable`]) before `before`, oldest first. An
+    /// instance that finished before the store indexed finished instances (format 1 on sled,
+    /// schema 5 on PostgreSQL) is not found.
+    async fn expired_instances(
+        &self,
+        saga: &str,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<RetentionCandidate>, StoreError>;
+    /// Retention: deletes a finished instance that is still as it was read (its version): its
+    /// record, history, inbox and status entry, writing `tombstone` in their place, in one
+    /// atomic write. An instance with more than [`PRUNE_BATCH`] history and inbox entries
+    /// loses them over several calls ([`PruneOutcome::Partly`]), its record last.
+    async fn prune_instance(
+        &self,
+        candidate: &RetentionCandidate,
+        tombstone: &Tombstone,
+    ) -> Result<PruneOutcome, StoreError>;
+    /// Retention: looks at up to `limit` of `consumer`'s inbox entries after message `after`
+    /// (from the first), in message id order, and deletes those written before `before` (by
+    /// the wall clock; entries written by a version that did not record the time count as
+    /// old). Returns how many it deleted and where to go on from (`None`: the end).
+    async fn prune_inbox(
+        &self,
+        consumer: Uuid,
+        before: Timestamp,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<(usize, Option<Uuid>), StoreError>;
+    /// Retention of the dead letters this store keeps for the local and PostgreSQL buses:
+    /// deletes, oldest first and at most `limit`, those dead-lettered before `before` and
+    /// those past the newest `keep`; how many it deleted.
+    async fn prune_queue_dead_letters(&self, before: Timestamp, keep: usize, limit: usize)
+    -> Result<usize, StoreError>;
+    /// The tombstone of instance `id`, if retention deleted it and the tombstone is kept still.
+    async fn tombstone(&self, id: Uuid) -> Result<Option<Tombstone>, StoreError>;
+    /// Deletes at most `limit` tombstones kept until before `now`; how many it deleted.
+    async fn prune_tombstones(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError>;
 }
+
+/// The most keys (history entries and inbox entries) one [`Store::prune_instance`] call
+/// deletes, so that one write stays small however long the instance lived.
+pub const PRUNE_BATCH: usize = 1000;
 
 #[async_trait::async_trait]
 impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
@@ -421,6 +490,15 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     async fn history(&self, id: Uuid) -> Result<Vec<HistoryEntry>, StoreError> {
         (**self).history(id).await
+    }
+    async fn history_page(&self, id: Uuid, after: Option<u64>, limit: usize) -> Result<Vec<HistoryEntry>, StoreError> {
+        (**self).history_page(id, after, limit).await
+    }
+    async fn list_instances(&self, query: &InstanceQuery, limit: usize) -> Result<InstanceListing, StoreError> {
+        (**self).list_instances(query, limit).await
+    }
+    async fn count_instances(&self, query: &InstanceQuery) -> Result<InstanceCounts, StoreError> {
+        (**self).count_instances(query).await
     }
     async fn processed(&self, consumer: Uuid, message_id: Uuid) -> Result<bool, StoreError> {
         (**self).processed(consumer, message_id).await
@@ -509,5 +587,49 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     async fn queue_dead_letters(&self, after: Option<u64>, limit: usize) -> Result<Vec<QueueDeadLetter>, StoreError> {
         (**self).queue_dead_letters(after, limit).await
+    }
+    async fn revive_queue_dead_letter(&self, seq: u64) -> Result<Option<QueuedMessage>, StoreError> {
+        (**self).revive_queue_dead_letter(seq).await
+    }
+    async fn remove_queue_dead_letter(&self, seq: u64) -> Result<bool, StoreError> {
+        (**self).remove_queue_dead_letter(seq).await
+    }
+    async fn expired_instances(
+        &self,
+        saga: &str,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<RetentionCandidate>, StoreError> {
+        (**self).expired_instances(saga, before, limit).await
+    }
+    async fn prune_instance(
+        &self,
+        candidate: &RetentionCandidate,
+        tombstone: &Tombstone,
+    ) -> Result<PruneOutcome, StoreError> {
+        (**self).prune_instance(candidate, tombstone).await
+    }
+    async fn prune_inbox(
+        &self,
+        consumer: Uuid,
+        before: Timestamp,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<(usize, Option<Uuid>), StoreError> {
+        (**self).prune_inbox(consumer, before, after, limit).await
+    }
+    async fn prune_queue_dead_letters(
+        &self,
+        before: Timestamp,
+        keep: usize,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        (**self).prune_queue_dead_letters(before, keep, limit).await
+    }
+    async fn tombstone(&self, id: Uuid) -> Result<Option<Tombstone>, StoreError> {
+        (**self).tombstone(id).await
+    }
+    async fn prune_tombstones(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        (**self).prune_tombstones(now, limit).await
     }
 }

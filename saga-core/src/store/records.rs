@@ -28,6 +28,12 @@ pub enum SagaStatus {
         /// What went wrong.
         reason: String,
     },
+    /// Stopped by an operator without compensating (see [`admin`](crate::admin)): what its
+    /// steps did stays done.
+    Cancelled {
+        /// Who cancelled it and why.
+        reason: String,
+    },
 }
 
 impl SagaStatus {
@@ -39,17 +45,22 @@ impl SagaStatus {
             SagaStatus::Completed => StatusKind::Completed,
             SagaStatus::Compensated => StatusKind::Compensated,
             SagaStatus::Failed { .. } => StatusKind::Failed,
+            SagaStatus::Cancelled { .. } => StatusKind::Cancelled,
         }
     }
 
     /// Whether the instance will never move again on its own.
     pub fn is_terminal(&self) -> bool {
-        matches!(self, SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed { .. })
+        matches!(
+            self,
+            SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed { .. } | SagaStatus::Cancelled { .. }
+        )
     }
 }
 
 /// [`SagaStatus`] without data: what the status index is keyed by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum StatusKind {
     /// See [`SagaStatus::Running`].
     Running,
@@ -61,17 +72,32 @@ pub enum StatusKind {
     Compensated,
     /// See [`SagaStatus::Failed`].
     Failed,
+    /// See [`SagaStatus::Cancelled`].
+    Cancelled,
 }
 
 impl StatusKind {
     /// Every kind, in index order.
-    pub const ALL: [StatusKind; 5] = [
+    pub const ALL: [StatusKind; 6] = [
         StatusKind::Running,
         StatusKind::Compensating,
         StatusKind::Completed,
         StatusKind::Compensated,
         StatusKind::Failed,
+        StatusKind::Cancelled,
     ];
+
+    /// Its name in lower case, as the admin API and the CLI write it (`failed`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusKind::Running => "running",
+            StatusKind::Compensating => "compensating",
+            StatusKind::Completed => "completed",
+            StatusKind::Compensated => "compensated",
+            StatusKind::Failed => "failed",
+            StatusKind::Cancelled => "cancelled",
+        }
+    }
 
     pub(crate) fn tag(self) -> u8 {
         match self {
@@ -80,7 +106,36 @@ impl StatusKind {
             StatusKind::Completed => 3,
             StatusKind::Compensated => 4,
             StatusKind::Failed => 5,
+            StatusKind::Cancelled => 6,
         }
+    }
+}
+
+impl std::fmt::Display for StatusKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A status name that is none of [`StatusKind::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown saga status {0:?}: running, compensating, completed, compensated, failed or cancelled")]
+pub struct UnknownStatus(pub String);
+
+impl std::str::FromStr for StatusKind {
+    type Err = UnknownStatus;
+    /// Parses [`StatusKind::as_str`]'s names, in any case.
+    ///
+    /// ```
+    /// use saga_core::store::StatusKind;
+    /// assert_eq!("Failed".parse::<StatusKind>().unwrap(), StatusKind::Failed);
+    /// assert!("stuck".parse::<StatusKind>().is_err());
+    /// ```
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        StatusKind::ALL
+            .into_iter()
+            .find(|k| k.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| UnknownStatus(s.to_owned()))
     }
 }
 
@@ -298,6 +353,15 @@ pub enum HistoryEvent {
         /// The status the instance had finished with.
         status: StatusKind,
     },
+    /// An operator acted on the instance (see [`admin`](crate::admin)).
+    Operator {
+        /// The action: `retry`, `skip`, `abort`, `resume` or `cancel`.
+        action: String,
+        /// Who, as the operator gave it.
+        by: String,
+        /// Why, as the operator gave it.
+        reason: String,
+    },
 }
 
 /// Everything one commit did to an instance.
@@ -389,4 +453,47 @@ pub struct QueueDeadLetter {
     pub reason: String,
     /// When.
     pub at: crate::message::Timestamp,
+}
+
+/// What retention leaves of an instance it deleted, until `until`: enough for a late duplicate
+/// of its start message to be recognised and skipped rather than start the saga again.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Tombstone {
+    /// The saga the instance belonged to.
+    pub saga: String,
+    /// The status it ended with.
+    pub status: StatusKind,
+    /// When it was deleted.
+    pub pruned_at: crate::message::Timestamp,
+    /// Until when the tombstone is kept; after that the instance's id is free again.
+    pub until: crate::message::Timestamp,
+}
+
+/// A finished instance old enough for retention, as [`Store::expired_instances`](super::Store::expired_instances)
+/// finds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetentionCandidate {
+    /// The instance as it was read.
+    pub record: InstanceRecord,
+    /// When it finished, as the store indexed it.
+    pub finished_at: crate::message::Timestamp,
+}
+
+/// What [`Store::prune_instance`](super::Store::prune_instance) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PruneOutcome {
+    /// The instance is gone; its tombstone is written.
+    Pruned,
+    /// Part of its history and inbox is gone; call again for the rest.
+    Partly,
+    /// It changed since it was read (or is gone): nothing was deleted.
+    Changed,
+}
+
+impl StatusKind {
+    /// Whether retention deletes instances that ended so: completed, compensated and
+    /// cancelled ones. A failed instance waits for an operator, however old it is.
+    pub fn is_prunable(self) -> bool {
+        matches!(self, StatusKind::Completed | StatusKind::Compensated | StatusKind::Cancelled)
+    }
 }

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use crate::activity::Activity;
-use crate::bus::{Bus, BusError, Consumer, InMemoryBus};
+use crate::bus::{Bus, BusError, Consumer, DeadLetter, InMemoryBus};
 use crate::message::Envelope;
 
 #[derive(Default)]
@@ -140,5 +140,17 @@ impl Bus for HarnessBus {
 
     fn activity(&self) -> Option<Arc<Activity>> {
         self.inner.activity()
+    }
+
+    async fn dead_letters(&self, subscription: &str, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
+        self.inner.dead_letters(subscription, limit).await
+    }
+
+    async fn replay_dead_letter(&self, subscription: &str, message_id: uuid::Uuid) -> Result<usize, BusError> {
+        self.inner.replay_dead_letter(subscription, message_id).await
+    }
+
+    async fn discard_dead_letter(&self, subscription: &str, message_id: uuid::Uuid) -> Result<usize, BusError> {
+        self.inner.discard_dead_letter(subscription, message_id).await
     }
 }

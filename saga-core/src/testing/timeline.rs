@@ -47,6 +47,7 @@ pub fn render(history: &[HistoryEntry]) -> String {
                 HistoryEvent::Ignored { reason } => format!("ignored: {reason}"),
                 HistoryEvent::StatusChanged { to } => format!("status -> {to:?}"),
                 HistoryEvent::LateReply { name, status, .. } => format!("late reply {name} (the saga had {status:?})"),
+                HistoryEvent::Operator { action, by, reason } => format!("operator {by}: {action} ({reason})"),
             };
             let _ = writeln!(out, "                     {line}");
         }

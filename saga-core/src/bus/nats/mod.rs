@@ -146,6 +146,10 @@ const H_DEAD_SUBSCRIPTION: &str = "sagaflow-dead-subscription";
 const H_DEAD_AT: &str = "sagaflow-dead-at";
 const H_DEAD_SUBJECT: &str = "sagaflow-dead-subject";
 const H_DEAD_SEQUENCE: &str = "sagaflow-dead-sequence";
+/// On a replayed dead letter: the one subscription it is for. It is published on its name's
+/// subject (a durable filters on one subject), so the other subscriptions bound to that name
+/// get it too, and ack it unseen.
+const H_REPLAY_FOR: &str = "sagaflow-replay-for";
 
 /// How long one pull request waits on the server before it is renewed.
 const PULL_EXPIRES: Duration = Duration::from_secs(30);
@@ -1007,6 +1011,14 @@ impl Inner {
         };
         let attempt = u32::try_from(delivered.max(1)).unwrap_or(u32::MAX);
         let (raw, acker) = message.split();
+        if let Some(target) = header(raw.headers.as_ref(), H_REPLAY_FOR) {
+            if decode_value(target).ok().as_deref() != Some(binding.subscription.as_str()) {
+                if let Err(e) = acker.ack_with(AckKind::Ack).await {
+                    tracing::debug!(error = %e, "could not ack another subscription's replay; it comes back");
+                }
+                return None;
+            }
+        }
         let acker = NatsAcker {
             inner: self.clone(),
             binding: binding.clone(),
@@ -1130,9 +1142,66 @@ fn exhausted(max_deliver: u32) -> String {
     format!("delivered {max_deliver} times without being acked")
 }
 
-#[async_trait::async_trait]
-impl Bus for NatsBus {
-    async fn publish(&self, mut envelope: Envelope) -> Result<(), BusError> {
+/// A dead letter sent back to the one subscription it came from.
+struct Replay<'a> {
+    subscription: &'a str,
+    /// Its position in the dead-letter stream, which makes its publish id: the message's own
+    /// id would be deduplicated by the server within the duplicate window.
+    dead_sequence: u64,
+}
+
+impl NatsBus {
+    /// Replays (to that subscription only) or discards `subscription`'s dead letters of
+    /// `message_id`.
+    async fn settle_dead_letters(&self, subscription: &str, message_id: Uuid, replay: bool) -> Result<usize, BusError> {
+        let inner = &self.inner;
+        if replay {
+            let durables = durable_prefix(subscription);
+            let mut names = inner.stream.consumer_names();
+            let mut bound = false;
+            while let Some(name) = names.next().await {
+                bound |= name.is_ok_and(|n| n.starts_with(&durables));
+            }
+            if !bound {
+                return Err(BusError::UnknownSubscription(subscription.to_owned()));
+            }
+        }
+        let failed = |e: &dyn std::fmt::Display| {
+            BusError::Transport(format!(
+                "cannot settle dead letters of {subscription:?} in stream {} at {}: {e}; \
+                 check that the stream exists and the connection to NATS",
+                inner.options.dead_letter_stream, inner.url
+            ))
+        };
+        let subject = inner.dead_subject(subscription)?;
+        let (mut settled, mut sequence) = (0, 1);
+        loop {
+            let request = inner.dead.raw_message_builder().sequence(sequence).next_by_subject(subject.clone());
+            let message = match request.send().await {
+                Ok(message) => message,
+                Err(e) if matches!(e.kind(), stream::RawMessageErrorKind::NoMessageFound) => return Ok(settled),
+                Err(e) => return Err(failed(&e)),
+            };
+            sequence = message.sequence.saturating_add(1);
+            let mut dead = inner.read_dead_letter(subscription, &message);
+            if dead.envelope.message_id != message_id {
+                continue;
+            }
+            if replay {
+                dead.envelope.payload =
+                    inner.check_out(Some(&message.headers), &message.payload).await.map_err(|e| match e {
+                        large::CheckOut::Missing(reason) | large::CheckOut::Unavailable(reason) => failed(&reason),
+                    })?;
+                dead.envelope.attempt = 1;
+                let to = Replay { subscription, dead_sequence: message.sequence };
+                self.publish_envelope(dead.envelope, Some(to)).await?;
+            }
+            inner.dead.delete_message(message.sequence).await.map_err(|e| failed(&e))?;
+            settled += 1;
+        }
+    }
+
+    async fn publish_envelope(&self, mut envelope: Envelope, replay: Option<Replay<'_>>) -> Result<(), BusError> {
         let inner = &self.inner;
         if *inner.closed.borrow() {
             return Err(BusError::Closed);
@@ -1150,9 +1219,15 @@ impl Bus for NatsBus {
         }
         let mut headers = envelope_headers(&envelope)
             .map_err(|e| BusError::Transport(format!("cannot publish message {}: {e}", envelope.message_id)))?;
-        insert(&mut headers, async_nats::header::NATS_MESSAGE_ID, &envelope.message_id.to_string());
+        let id = match &replay {
+            Some(replay) => {
+                put(&mut headers, H_REPLAY_FOR, replay.subscription).map_err(BusError::Transport)?;
+                format!("{}:replay:{}", envelope.message_id, replay.dead_sequence)
+            }
+            None => envelope.message_id.to_string(),
+        };
+        insert(&mut headers, async_nats::header::NATS_MESSAGE_ID, &id);
         insert(&mut headers, async_nats::header::NATS_EXPECTED_STREAM, &inner.options.stream);
-        let id = envelope.message_id.to_string();
         let (name, payload) = (envelope.name.clone(), std::mem::take(&mut envelope.payload));
         let body = inner.check_in(&mut headers, &id, payload).await?;
         let publish = Publish::build().payload(body.into()).headers(headers);
@@ -1189,6 +1264,21 @@ impl Bus for NatsBus {
             tracing::debug!(message_name = %envelope.name, message_id = %envelope.message_id, "already stored; deduplicated");
         }
         Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Bus for NatsBus {
+    async fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
+        self.publish_envelope(envelope, None).await
+    }
+
+    async fn replay_dead_letter(&self, subscription: &str, message_id: Uuid) -> Result<usize, BusError> {
+        self.settle_dead_letters(subscription, message_id, true).await
+    }
+
+    async fn discard_dead_letter(&self, subscription: &str, message_id: Uuid) -> Result<usize, BusError> {
+        self.settle_dead_letters(subscription, message_id, false).await
     }
 
     async fn subscribe(&self, subscription: &str, names: &[&str]) -> Result<Consumer, BusError> {
@@ -1233,6 +1323,10 @@ impl Bus for NatsBus {
         }
         tracing::debug!(subscription, removed = durables.len(), "unsubscribed");
         Ok(())
+    }
+
+    fn connected(&self) -> Option<bool> {
+        Some(self.inner.client.connection_state() == async_nats::connection::State::Connected)
     }
 
     async fn close(&self) -> Result<(), BusError> {

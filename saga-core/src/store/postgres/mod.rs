@@ -46,9 +46,12 @@ use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use super::layout as key;
+mod query;
+
 use super::{
-    Commit, Committed, Durable, Enqueued, EntityRecord, HistoryEntry, InstanceRecord, OutboxEntry, ParkedOutboxEntry,
-    QueueDeadLetter, QueuedMessage, StatusKind, Store, StoreError, TimerKey, TimerPurpose, TimerRecord,
+    Commit, Committed, Durable, Enqueued, EntityRecord, HistoryEntry, InstanceCounts, InstanceListing, InstanceQuery,
+    InstanceRecord, OutboxEntry, PRUNE_BATCH, ParkedOutboxEntry, PruneOutcome, QueueDeadLetter, QueuedMessage,
+    RetentionCandidate, StatusKind, Store, StoreError, TimerKey, TimerPurpose, TimerRecord, Tombstone,
 };
 use crate::message::{Envelope, Timestamp};
 
@@ -108,6 +111,7 @@ fn status_code(kind: StatusKind) -> i16 {
         StatusKind::Completed => 2,
         StatusKind::Compensated => 3,
         StatusKind::Failed => 4,
+        StatusKind::Cancelled => 5,
     }
 }
 
@@ -158,7 +162,9 @@ impl PostgresStore {
             },
             other => open(format!("cannot bring the schema up to date: {other}")),
         })?;
-        Ok(PostgresStore { pool, place, owner: Uuid::now_v7(), lease: DEFAULT_LEASE })
+        let store = PostgresStore { pool, place, owner: Uuid::now_v7(), lease: DEFAULT_LEASE };
+        store.fill_instance_columns().await?;
+        Ok(store)
     }
 
     /// How long this process's claims on timers, local steps and stale outbox rows last
@@ -201,23 +207,25 @@ impl PostgresStore {
 
     async fn apply(&self, tx: &mut Transaction<'static, Postgres>, commit: &Commit) -> Result<CommitRows, StoreError> {
         if let Some((consumer, message_id)) = commit.inbox {
-            let taken = match &commit.consumes {
-                Some((subscription, seq)) => {
-                    sqlx::query("DELETE FROM saga_queue WHERE subscription = $1 AND seq = $2")
-                        .bind(subscription)
-                        .bind(big(*seq))
-                        .execute(&mut **tx)
-                        .await
+            let taken =
+                match &commit.consumes {
+                    Some((subscription, seq)) => {
+                        sqlx::query("DELETE FROM saga_queue WHERE subscription = $1 AND seq = $2")
+                            .bind(subscription)
+                            .bind(big(*seq))
+                            .execute(&mut **tx)
+                            .await
+                    }
+                    None => sqlx::query(
+                        "INSERT INTO saga_inbox (consumer, message_id, at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(consumer)
+                    .bind(message_id)
+                    .bind(big(Timestamp::now().0))
+                    .execute(&mut **tx)
+                    .await,
                 }
-                None => {
-                    sqlx::query("INSERT INTO saga_inbox (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                        .bind(consumer)
-                        .bind(message_id)
-                        .execute(&mut **tx)
-                        .await
-                }
-            }
-            .map_err(db)?;
+                .map_err(db)?;
             if taken.rows_affected() == 0 {
                 return Err(StoreError::Duplicate { consumer, message_id });
             }
@@ -228,20 +236,25 @@ impl PostgresStore {
             let status = status_code(r.status.kind());
             let written = match w.previous {
                 None => sqlx::query(
-                    "INSERT INTO saga_instances (id, version, status, record) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                )
-                .bind(r.id)
-                .bind(big(r.version))
-                .bind(status)
-                .bind(record),
-                Some((read, _)) => sqlx::query(
-                    "UPDATE saga_instances SET version = $2, status = $3, record = $4 WHERE id = $1 AND version = $5",
+                    "INSERT INTO saga_instances (id, version, status, record, saga, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
                 )
                 .bind(r.id)
                 .bind(big(r.version))
                 .bind(status)
                 .bind(record)
-                .bind(big(read)),
+                .bind(&r.saga)
+                .bind(big(r.updated_at.0)),
+                Some((read, _)) => sqlx::query(
+                    "UPDATE saga_instances SET version = $2, status = $3, record = $4, updated_at = $6 \
+                     WHERE id = $1 AND version = $5",
+                )
+                .bind(r.id)
+                .bind(big(r.version))
+                .bind(status)
+                .bind(record)
+                .bind(big(read))
+                .bind(big(r.updated_at.0)),
             }
             .execute(&mut **tx)
             .await
@@ -250,6 +263,18 @@ impl PostgresStore {
                 let found = self.version_in(tx, "SELECT version FROM saga_instances WHERE id = $1", r.id).await?;
                 let expected = w.previous.map_or(0, |(v, _)| v);
                 return Err(StoreError::Conflict { what: format!("saga instance {}", r.id), expected, found });
+            }
+            // Indexed once, when it finishes (see the kv store's `prepare`).
+            if r.status.kind().is_prunable() && !w.previous.is_some_and(|(_, kind)| kind.is_prunable()) {
+                sqlx::query(
+                    "INSERT INTO saga_finished (saga, finished_at, id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                )
+                .bind(&r.saga)
+                .bind(big(r.updated_at.0))
+                .bind(r.id)
+                .execute(&mut **tx)
+                .await
+                .map_err(db)?;
             }
             if let Some(h) = &commit.history {
                 sqlx::query("INSERT INTO saga_history (instance_id, version, entry) VALUES ($1, $2, $3)")
@@ -328,6 +353,14 @@ impl PostgresStore {
                 .bind(big(t.due.0))
                 .bind(t.instance_id)
                 .bind(t.timer_id)
+                .execute(&mut **tx)
+                .await
+                .map_err(db)?;
+        }
+        if !commit.parked_remove.is_empty() {
+            let seqs: Vec<i64> = commit.parked_remove.iter().map(|s| big(*s)).collect();
+            sqlx::query("DELETE FROM saga_parked_outbox WHERE seq = ANY($1)")
+                .bind(seqs)
                 .execute(&mut **tx)
                 .await
                 .map_err(db)?;
@@ -426,12 +459,28 @@ impl Store for PostgresStore {
     }
 
     async fn history(&self, id: Uuid) -> Result<Vec<HistoryEntry>, StoreError> {
-        let rows = sqlx::query("SELECT entry FROM saga_history WHERE instance_id = $1 ORDER BY version")
-            .bind(id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db)?;
+        self.history_page(id, None, usize::MAX).await
+    }
+
+    async fn history_page(&self, id: Uuid, after: Option<u64>, limit: usize) -> Result<Vec<HistoryEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT entry FROM saga_history WHERE instance_id = $1 AND version > $2 ORDER BY version LIMIT $3",
+        )
+        .bind(id)
+        .bind(after.map_or(-1, big))
+        .bind(self::limit(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
         rows.iter().map(|row| decode("history", id, row.get::<&[u8], _>(0))).collect()
+    }
+
+    async fn list_instances(&self, query: &InstanceQuery, limit: usize) -> Result<InstanceListing, StoreError> {
+        self.select_instances(query, limit).await
+    }
+
+    async fn count_instances(&self, query: &InstanceQuery) -> Result<InstanceCounts, StoreError> {
+        self.count_by_saga_and_status(query).await
     }
 
     async fn processed(&self, consumer: Uuid, message_id: Uuid) -> Result<bool, StoreError> {
@@ -752,6 +801,192 @@ impl Store for PostgresStore {
         tx.commit().await.map_err(db)
     }
 
+    async fn revive_queue_dead_letter(&self, seq: u64) -> Result<Option<QueuedMessage>, StoreError> {
+        revive_dead_letter(&self.pool, seq).await
+    }
+
+    async fn remove_queue_dead_letter(&self, seq: u64) -> Result<bool, StoreError> {
+        remove_dead_letter(&self.pool, seq).await
+    }
+
+    async fn expired_instances(
+        &self,
+        saga: &str,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<RetentionCandidate>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT f.id, f.finished_at, i.record FROM saga_finished f LEFT JOIN saga_instances i ON i.id = f.id \
+             WHERE f.saga = $1 AND f.finished_at < $2 ORDER BY f.finished_at LIMIT $3",
+        )
+        .bind(saga)
+        .bind(big(before.0))
+        .bind(self::limit(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let mut found = Vec::new();
+        for row in &rows {
+            let (id, finished_at): (Uuid, i64) = (row.get(0), row.get(1));
+            let record: Option<InstanceRecord> =
+                row.get::<Option<&[u8]>, _>(2).map(|bytes| decode("instance", id, bytes)).transpose()?;
+            match record {
+                Some(record) if record.status.kind().is_prunable() => {
+                    found.push(RetentionCandidate { record, finished_at: Timestamp(small(finished_at)) });
+                }
+                // Gone, or brought back by an operator: the entry is stale.
+                _ => {
+                    sqlx::query("DELETE FROM saga_finished WHERE saga = $1 AND finished_at = $2 AND id = $3")
+                        .bind(saga)
+                        .bind(finished_at)
+                        .bind(id)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(db)?;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    async fn prune_instance(
+        &self,
+        candidate: &RetentionCandidate,
+        tombstone: &Tombstone,
+    ) -> Result<PruneOutcome, StoreError> {
+        let record = &candidate.record;
+        let mut tx = self.begin().await?;
+        // Locks the row at the version read, or finds that it moved on.
+        let current = sqlx::query("SELECT 1 FROM saga_instances WHERE id = $1 AND version = $2 FOR UPDATE")
+            .bind(record.id)
+            .bind(big(record.version))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+        if current.is_none() {
+            return Ok(PruneOutcome::Changed);
+        }
+        for (table, column) in [("saga_history", "instance_id"), ("saga_inbox", "consumer")] {
+            let deleted = sqlx::query(&format!(
+                "DELETE FROM {table} WHERE ctid IN (SELECT ctid FROM {table} WHERE {column} = $1 LIMIT $2)"
+            ))
+            .bind(record.id)
+            .bind(limit(PRUNE_BATCH))
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            if deleted.rows_affected() == PRUNE_BATCH as u64 {
+                tx.commit().await.map_err(db)?;
+                return Ok(PruneOutcome::Partly);
+            }
+        }
+        sqlx::query("DELETE FROM saga_instances WHERE id = $1").bind(record.id).execute(&mut *tx).await.map_err(db)?;
+        sqlx::query("DELETE FROM saga_finished WHERE saga = $1 AND finished_at = $2 AND id = $3")
+            .bind(&record.saga)
+            .bind(big(candidate.finished_at.0))
+            .bind(record.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        sqlx::query(
+            "INSERT INTO saga_tombstones (id, saga, status, pruned_at, until) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (id) DO UPDATE SET saga = $2, status = $3, pruned_at = $4, until = $5",
+        )
+        .bind(record.id)
+        .bind(&tombstone.saga)
+        .bind(tombstone.status.as_str())
+        .bind(big(tombstone.pruned_at.0))
+        .bind(big(tombstone.until.0))
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(PruneOutcome::Pruned)
+    }
+
+    async fn prune_inbox(
+        &self,
+        consumer: Uuid,
+        before: Timestamp,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<(usize, Option<Uuid>), StoreError> {
+        let row = sqlx::query(
+            "WITH page AS (SELECT message_id, at FROM saga_inbox WHERE consumer = $1 AND message_id > $2 \
+                           ORDER BY message_id LIMIT $3), \
+                  gone AS (DELETE FROM saga_inbox i USING page p \
+                           WHERE i.consumer = $1 AND i.message_id = p.message_id AND (p.at IS NULL OR p.at < $4) \
+                           RETURNING 1) \
+             SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM page), \
+                    (SELECT message_id FROM page ORDER BY message_id DESC LIMIT 1)",
+        )
+        .bind(consumer)
+        .bind(after.unwrap_or(Uuid::nil()))
+        .bind(self::limit(limit))
+        .bind(big(before.0))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)?;
+        let (deleted, seen, last): (i64, i64, Option<Uuid>) = (row.get(0), row.get(1), row.get(2));
+        let next = last.filter(|_| usize::try_from(seen).is_ok_and(|n| n == limit));
+        Ok((usize::try_from(deleted).unwrap_or_default(), next))
+    }
+
+    async fn prune_queue_dead_letters(
+        &self,
+        before: Timestamp,
+        keep: usize,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let deleted = sqlx::query(
+            "DELETE FROM saga_queue_dead WHERE seq IN ( \
+               SELECT seq FROM saga_queue_dead WHERE at < $1 \
+               UNION SELECT seq FROM (SELECT seq FROM saga_queue_dead ORDER BY seq DESC OFFSET $2) AS past \
+               ORDER BY seq LIMIT $3)",
+        )
+        .bind(big(before.0))
+        .bind(self::limit(keep))
+        .bind(self::limit(limit))
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(usize::try_from(deleted.rows_affected()).unwrap_or(usize::MAX))
+    }
+
+    async fn tombstone(&self, id: Uuid) -> Result<Option<Tombstone>, StoreError> {
+        let row = sqlx::query("SELECT saga, status, pruned_at, until FROM saga_tombstones WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.map(|row| {
+            let status: &str = row.get(1);
+            Ok(Tombstone {
+                saga: row.get(0),
+                status: status.parse().map_err(|e: super::UnknownStatus| StoreError::Corrupt {
+                    what: "tombstone",
+                    key: id.to_string(),
+                    reason: e.to_string(),
+                })?,
+                pruned_at: Timestamp(small(row.get(2))),
+                until: Timestamp(small(row.get(3))),
+            })
+        })
+        .transpose()
+    }
+
+    async fn prune_tombstones(&self, now: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        let deleted = sqlx::query(
+            "DELETE FROM saga_tombstones WHERE id IN (SELECT id FROM saga_tombstones WHERE until < $1 LIMIT $2)",
+        )
+        .bind(big(now.0))
+        .bind(self::limit(limit))
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(usize::try_from(deleted.rows_affected()).unwrap_or(usize::MAX))
+    }
+
     async fn queue_dead_letters(&self, after: Option<u64>, limit: usize) -> Result<Vec<QueueDeadLetter>, StoreError> {
         let rows = self.page("SELECT seq, subscription, reason, at, envelope FROM saga_queue_dead WHERE seq > $1 ORDER BY seq LIMIT $2", after, limit).await?;
         rows.iter()
@@ -767,6 +1002,38 @@ impl Store for PostgresStore {
             })
             .collect()
     }
+}
+
+/// Moves dead letter `seq` back into its queue (the local bus's and the PostgreSQL bus's are
+/// the same table), unclaimed, visible now and with no deliveries counted, in one transaction.
+pub(crate) async fn revive_dead_letter(pool: &PgPool, seq: u64) -> Result<Option<QueuedMessage>, StoreError> {
+    let mut tx = pool.begin().await.map_err(db)?;
+    let Some(row) = sqlx::query("DELETE FROM saga_queue_dead WHERE seq = $1 RETURNING subscription, envelope")
+        .bind(big(seq))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?
+    else {
+        return Ok(None);
+    };
+    let subscription: String = row.get(0);
+    let mut envelope: Envelope = decode("dead letter", seq, row.get::<&[u8], _>(1))?;
+    envelope.attempt = 1;
+    sqlx::query("INSERT INTO saga_queue (subscription, seq, envelope) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+        .bind(&subscription)
+        .bind(big(seq))
+        .bind(key::encode("queued message", &envelope)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    tx.commit().await.map_err(db)?;
+    Ok(Some(QueuedMessage { subscription, seq, envelope }))
+}
+
+/// Deletes dead letter `seq`; whether there was one.
+pub(crate) async fn remove_dead_letter(pool: &PgPool, seq: u64) -> Result<bool, StoreError> {
+    let deleted = sqlx::query("DELETE FROM saga_queue_dead WHERE seq = $1").bind(big(seq)).execute(pool).await;
+    Ok(deleted.map_err(db)?.rows_affected() > 0)
 }
 
 /// `PostgresStore` as a store conformance target, on the server `SAGA_TEST_POSTGRES_URL`

@@ -1,0 +1,210 @@
+//! Retention (`SagaRuntimeBuilder::retention`, `inbox_horizon`, `keep_dead_letters`): finished
+//! trips are deleted with everything they wrote, leaving tombstones for their window; a late
+//! duplicate start within the window is skipped, one after it starts a new trip; participants'
+//! inbox entries go past the horizon, and the dead letters the store keeps past their age; and
+//! a sled store that ran 20,000 trips under retention comes back to the keys and the disk it
+//! had before.
+#![cfg(feature = "sled")]
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use sagaflow::clock::ManualClock;
+use sagaflow::engine::Retention;
+use sagaflow::prelude::*;
+use sagaflow::saga::instance_id;
+use sagaflow::store::{OrderedKv, SledStore};
+
+const WAIT: Duration = Duration::from_secs(120);
+const KEEP: Duration = Duration::from_secs(3600);
+const WINDOW: Duration = Duration::from_secs(86_400);
+
+fn id(trip: u32) -> uuid::Uuid {
+    instance_id(Trip::NAME, &trip.to_string())
+}
+
+/// The trip runtime on the sled store in `path` (and its default bus, the durable local bus,
+/// whose consumers need no inbox entries: a consumed queue entry is the record).
+async fn runtime(path: &Path, clock: &ManualClock, every: Duration) -> SagaRuntime {
+    retained(trip_runtime(&Script::forgetful()).store(SledStore::open(path).unwrap()), clock, every).await
+}
+
+async fn retained(builder: sagaflow::engine::SagaRuntimeBuilder, clock: &ManualClock, every: Duration) -> SagaRuntime {
+    builder
+        .clock(clock.clone())
+        .retention::<Trip>(Retention::keep(KEEP).tombstone_for(WINDOW))
+        .inbox_horizon(Duration::from_millis(1))
+        .retention_every(every)
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Runs trips `range` in batches of 1,000 (at most that many unfinished, as a service under
+/// steady load has), each batch deleted once it is older than the policy keeps it.
+async fn run_trips(runtime: &SagaRuntime, clock: &ManualClock, range: std::ops::Range<u32>) {
+    let trips: Vec<u32> = range.collect();
+    for batch in trips.chunks(1_000) {
+        for trip in batch {
+            runtime.publish(&BookTrip { trip: *trip }).await.unwrap();
+        }
+        let ids: Vec<_> = batch.iter().map(|t| id(*t)).collect();
+        runtime.wait_until_terminal(&ids, WAIT).await.unwrap();
+        runtime.settle().await;
+        clock.advance(KEEP + Duration::from_secs(1));
+        prune_until_done(runtime).await;
+        assert!(runtime.instance(ids[0]).await.unwrap().is_none(), "a finished trip kept past the policy");
+    }
+}
+
+/// Passes until one deletes nothing more (the inbox sweep goes a stretch at a time).
+async fn prune_until_done(runtime: &SagaRuntime) -> sagaflow::engine::Pruned {
+    let mut total = sagaflow::engine::Pruned::default();
+    loop {
+        let pruned = runtime.prune_now().await.unwrap();
+        if pruned == sagaflow::engine::Pruned::default() {
+            return total;
+        }
+        total.instances += pruned.instances;
+        total.tombstones += pruned.tombstones;
+        total.inbox_entries += pruned.inbox_entries;
+    }
+}
+
+/// The store's keys, read from the directory with no runtime on it.
+fn keys(path: &Path) -> Vec<Vec<u8>> {
+    let store = SledStore::open(path).unwrap();
+    store.engine().scan(&[], &[0xff], usize::MAX).unwrap().into_iter().map(|(k, _)| k).collect()
+}
+
+/// Bytes of every file under `path`.
+fn disk(path: &Path) -> u64 {
+    std::fs::read_dir(path)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() { disk(&e.path()) } else { e.metadata().unwrap().len() }
+        })
+        .sum()
+}
+
+/// One round of `trips` trips under retention, ending with every tombstone past its window:
+/// what the store holds then, in keys and bytes on disk.
+async fn round(path: &Path, clock: &ManualClock, trips: std::ops::Range<u32>) -> (Vec<Vec<u8>>, u64) {
+    let runtime = runtime(path, clock, Duration::from_secs(3600)).await;
+    let first = trips.start;
+    let count = trips.len();
+    run_trips(&runtime, clock, trips).await;
+
+    // A late duplicate of a start, within the tombstone window: skipped, nothing runs again.
+    runtime.publish(&BookTrip { trip: first }).await.unwrap();
+    runtime.settle().await;
+    assert!(runtime.instance(id(first)).await.unwrap().is_none(), "a duplicate start within the window ran");
+
+    // Past the window the tombstones go, and the key is free: the same start is a new trip.
+    clock.advance(WINDOW + Duration::from_secs(1));
+    let pruned = prune_until_done(&runtime).await;
+    assert_eq!(pruned.tombstones, count, "every tombstone goes after its window");
+    runtime.publish(&BookTrip { trip: first }).await.unwrap();
+    let again = runtime.wait_until_terminal(&[id(first)], WAIT).await.unwrap();
+    assert_eq!(again[0].status(), &SagaStatus::Completed, "a start after the window is a new trip");
+    runtime.settle().await;
+    clock.advance(KEEP + Duration::from_secs(1));
+    assert_eq!(prune_until_done(&runtime).await.instances, 1);
+    clock.advance(WINDOW + Duration::from_secs(1));
+    assert_eq!(prune_until_done(&runtime).await.tombstones, 1);
+    runtime.shutdown().await.unwrap();
+    (keys(path), disk(path))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_thousand_trips_under_retention_leave_the_store_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let clock = ManualClock::starting_at(1_000_000);
+    let before = keys(&path);
+
+    // A first round brings sled's files to the size they keep (sled reuses the space of what
+    // was deleted rather than giving it back).
+    let (warm_keys, warm_disk) = round(&path, &clock, 0..20_000).await;
+    let (after_keys, after_disk) = round(&path, &clock, 20_000..40_000).await;
+    eprintln!(
+        "keys: {} before, {} after the first 20,000 trips, {} after the second; disk: {warm_disk} bytes after \
+         the first, {after_disk} after the second",
+        before.len(),
+        warm_keys.len(),
+        after_keys.len()
+    );
+    assert_eq!(warm_keys, before, "what the first round left");
+    assert_eq!(after_keys, before, "what the second round left");
+    // Without retention the second round would add some 130 MB (6.5 KB per saga). sled's file
+    // size after a round moves by about ±10% from run to run (how much of its log the last
+    // segments hold), so this bound is 25%: a store that grows with the sagas it ran fails it.
+    assert!(after_disk * 4 <= warm_disk * 5, "disk grew from {warm_disk} to {after_disk} bytes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_background_task_deletes_finished_trips_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_at(1_000_000);
+    let runtime = runtime(&dir.path().join("store"), &clock, Duration::from_millis(20)).await;
+    runtime.publish(&BookTrip { trip: 7 }).await.unwrap();
+    runtime.wait_until_terminal(&[id(7)], WAIT).await.unwrap();
+    clock.advance(KEEP + Duration::from_secs(1));
+    let deadline = std::time::Instant::now() + WAIT;
+    while runtime.instance(id(7)).await.unwrap().is_some() {
+        assert!(std::time::Instant::now() < deadline, "retention never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(runtime.store().tombstone(id(7)).await.unwrap().map(|t| t.status), Some(StatusKind::Completed));
+    runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participants_inbox_entries_go_past_the_horizon() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let clock = ManualClock::starting_at(1_000_000);
+    // On a broker (here the in-memory bus) a participant records each message it handled.
+    let builder = trip_runtime(&Script::forgetful()).store(SledStore::open(&path).unwrap()).bus(InMemoryBus::new());
+    let runtime = retained(builder, &clock, Duration::from_secs(3600)).await;
+    let ids: Vec<_> = (0..300).map(id).collect();
+    for trip in 0..300 {
+        runtime.publish(&BookTrip { trip }).await.unwrap();
+    }
+    runtime.wait_until_terminal(&ids, WAIT).await.unwrap();
+    runtime.settle().await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // Three commands per trip, each a participant's inbox entry (the sweep goes 10,000 at a time).
+    let pruned = runtime.prune_now().await.unwrap();
+    assert_eq!(pruned.inbox_entries, 900, "{pruned:?}");
+    assert_eq!(runtime.prune_now().await.unwrap().inbox_entries, 0);
+    runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_the_store_keeps_go_past_their_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Script::default();
+    script.answer(BookHotel::NAME, 0, Answer::Fail);
+    let runtime = trip_runtime(&script)
+        .store(SledStore::open(dir.path().join("store")).unwrap())
+        .keep_dead_letters(Duration::from_millis(1), 1_000)
+        .retention_every(Duration::from_secs(3600))
+        .build()
+        .await
+        .unwrap();
+    runtime.publish(&BookTrip { trip: 0 }).await.unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while runtime.admin().dead_letters(None, 10).await.unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "nothing was dead-lettered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(runtime.prune_now().await.unwrap().dead_letters, 1);
+    assert!(runtime.admin().dead_letters(None, 10).await.unwrap().is_empty());
+    runtime.shutdown().await.unwrap();
+}
