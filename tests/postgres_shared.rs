@@ -6,10 +6,14 @@
 //! competing consumers. Runs when `SAGA_TEST_POSTGRES_URL` is set (feature `postgres`).
 #![cfg(feature = "postgres")]
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use common::until;
 
 use sagaflow::message::{Envelope, JsonCodec};
 use sagaflow::prelude::*;
@@ -17,7 +21,6 @@ use sagaflow::store::{Commit, PgConnectOptions, PostgresStore, PostgresTarget, S
 use serde::{Deserialize, Serialize};
 
 const LEASE: Duration = Duration::from_secs(1);
-const WAIT: Duration = Duration::from_secs(60);
 
 /// How many times each gate's local step started.
 static RUNS: Mutex<Option<HashMap<u32, u32>>> = Mutex::new(None);
@@ -81,14 +84,6 @@ impl Saga for Gate {
 async fn replica(database: &PgConnectOptions, bus: &InMemoryBus) -> SagaRuntime {
     let store = PostgresStore::connect_options(database.clone(), 4).await.unwrap().with_claim_lease(LEASE);
     SagaRuntime::builder().store(store).bus(bus.clone()).saga::<Gate>().build().await.unwrap()
-}
-
-async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !done().await {
-        assert!(tokio::time::Instant::now() < deadline, "gave up waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn completed(runtime: &SagaRuntime, id: u32) -> bool {

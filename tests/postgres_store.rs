@@ -35,7 +35,9 @@ async fn assert_every_trip_ended_as_scripted(runtime: &SagaRuntime) {
         assert_eq!(effects(&*store, CancelFlight::NAME, trip).await, u32::from(refused), "trip {trip}'s cancellation");
         assert_eq!(effects(&*store, Charge::NAME, trip).await, u32::from(!refused), "trip {trip}'s charge");
     }
-    assert_eq!(runtime.outbox_len().await.unwrap(), 0);
+    // What a killed runtime published but had not yet removed from the outbox is published
+    // again (and dropped by the consumers' inboxes) once nobody touched it for a lease.
+    until("the outbox is empty", async || runtime.outbox_len().await.unwrap() == 0).await;
     assert!(runtime.pending_timers(10).await.unwrap().is_empty());
 }
 

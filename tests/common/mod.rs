@@ -289,3 +289,43 @@ impl std::io::Write for Captured {
         Ok(())
     }
 }
+
+/// A trip runtime on a memory store where trip 0 failed while compensating (its flight
+/// cancellation was refused) and trip 1 completed.
+pub async fn failed_trip(script: &Script) -> SagaRuntime {
+    failed_trip_on(script, sagaflow::store::MemoryStore::new()).await
+}
+
+/// [`failed_trip`] on `store`.
+pub async fn failed_trip_on(script: &Script, store: impl Store) -> SagaRuntime {
+    script.answer(BookHotel::NAME, 0, Answer::Refuse).answer(CancelFlight::NAME, 0, Answer::Refuse);
+    let runtime = trip_runtime(script).store(store).build().await.unwrap();
+    runtime.publish(&BookTrip { trip: 0 }).await.unwrap();
+    runtime.publish(&BookTrip { trip: 1 }).await.unwrap();
+    let wait = Duration::from_secs(60);
+    let trips = [sagaflow::saga::instance_id(Trip::NAME, "0"), sagaflow::saga::instance_id(Trip::NAME, "1")];
+    runtime.wait_until_terminal(&trips, wait).await.unwrap();
+    runtime
+}
+
+/// The runtime's admin endpoint on a free local port (mutating calls need `token`, if any),
+/// and its base URL.
+#[cfg(feature = "admin")]
+pub async fn serve_admin(runtime: &SagaRuntime, token: Option<&str>) -> (sagaflow::admin::http::AdminEndpoint, String) {
+    let mut options = sagaflow::admin::http::AdminOptions::default().bind("127.0.0.1:0".parse().unwrap());
+    if let Some(token) = token {
+        options = options.token(token).unwrap();
+    }
+    let endpoint = runtime.admin().serve(options).await.unwrap();
+    let base = format!("http://{}", endpoint.local_addr());
+    (endpoint, base)
+}
+
+/// Waits (up to a minute) until `done` says so, checking every 20 ms.
+pub async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !done().await {
+        assert!(tokio::time::Instant::now() < deadline, "gave up waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
