@@ -9,34 +9,12 @@ use std::time::Duration;
 
 use common::*;
 use reqwest::StatusCode;
-use sagaflow::admin::http::{AdminEndpoint, AdminOptions};
 use sagaflow::prelude::*;
 use sagaflow::saga::instance_id;
 use serde_json::{Value, json};
 
 const TOKEN: &str = "token-7f3a9c-only-the-operator-knows";
 const WAIT: Duration = Duration::from_secs(60);
-
-/// A trip runtime where trip 0 failed while compensating (its flight cancellation was
-/// refused) and trip 1 completed.
-async fn failed_trip(script: &Script) -> SagaRuntime {
-    script.answer(BookHotel::NAME, 0, Answer::Refuse).answer(CancelFlight::NAME, 0, Answer::Refuse);
-    let runtime = trip_runtime(script).store(sagaflow::store::MemoryStore::new()).build().await.unwrap();
-    runtime.publish(&BookTrip { trip: 0 }).await.unwrap();
-    runtime.publish(&BookTrip { trip: 1 }).await.unwrap();
-    runtime.wait_until_terminal(&[instance_id(Trip::NAME, "0"), instance_id(Trip::NAME, "1")], WAIT).await.unwrap();
-    runtime
-}
-
-async fn serve(runtime: &SagaRuntime, token: Option<&str>) -> (AdminEndpoint, String) {
-    let mut options = AdminOptions::default().bind("127.0.0.1:0".parse().unwrap());
-    if let Some(token) = token {
-        options = options.token(token).unwrap();
-    }
-    let endpoint = runtime.admin().serve(options).await.unwrap();
-    let base = format!("http://{}", endpoint.local_addr());
-    (endpoint, base)
-}
 
 async fn get(url: &str) -> (StatusCode, Value) {
     let response = reqwest::get(url).await.unwrap();
@@ -57,7 +35,7 @@ async fn post(url: &str, token: Option<&str>, body: Value) -> (StatusCode, Value
 async fn a_failed_instance_is_found_inspected_and_retried_over_http() {
     let script = Script::default();
     let runtime = failed_trip(&script).await;
-    let (endpoint, base) = serve(&runtime, Some(TOKEN)).await;
+    let (endpoint, base) = serve_admin(&runtime, Some(TOKEN)).await;
     let failed = instance_id(Trip::NAME, "0");
 
     let (status, page) = get(&format!("{base}/api/instances?saga=trip&status=failed")).await;
@@ -114,7 +92,7 @@ async fn a_failed_instance_is_found_inspected_and_retried_over_http() {
 async fn mutating_calls_without_the_token_are_refused_with_401_and_change_nothing() {
     let script = Script::default();
     let runtime = failed_trip(&script).await;
-    let (endpoint, base) = serve(&runtime, Some(TOKEN)).await;
+    let (endpoint, base) = serve_admin(&runtime, Some(TOKEN)).await;
     let failed = instance_id(Trip::NAME, "0");
     let version = runtime.instance(failed).await.unwrap().unwrap().version();
 
@@ -134,7 +112,7 @@ async fn mutating_calls_without_the_token_are_refused_with_401_and_change_nothin
     endpoint.shutdown().await.unwrap();
 
     // Without a configured token the endpoint reads but never writes.
-    let (endpoint, base) = serve(&runtime, None).await;
+    let (endpoint, base) = serve_admin(&runtime, None).await;
     let (status, body, _) = post(&format!("{base}/api/instances/{failed}/cancel"), Some(TOKEN), json!({})).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert!(body["error"].as_str().unwrap().contains("read-only"), "{body}");
@@ -146,7 +124,7 @@ async fn mutating_calls_without_the_token_are_refused_with_401_and_change_nothin
 #[tokio::test]
 async fn bad_requests_get_a_4xx_that_says_what_is_wrong() {
     let runtime = failed_trip(&Script::default()).await;
-    let (endpoint, base) = serve(&runtime, Some(TOKEN)).await;
+    let (endpoint, base) = serve_admin(&runtime, Some(TOKEN)).await;
     let failed = instance_id(Trip::NAME, "0");
     let cases = [
         (format!("{base}/api/instances?status=stuck"), StatusCode::BAD_REQUEST, "stuck"),
@@ -188,7 +166,7 @@ async fn bulk_actions_by_filter_report_each_instance() {
         runtime.publish(&BookTrip { trip }).await.unwrap();
     }
     runtime.wait_until_terminal(&ids, WAIT).await.unwrap();
-    let (endpoint, base) = serve(&runtime, Some(TOKEN)).await;
+    let (endpoint, base) = serve_admin(&runtime, Some(TOKEN)).await;
     let (status, results, _) = post(
         &format!("{base}/api/actions/cancel?saga=trip&status=failed"),
         Some(TOKEN),
@@ -210,7 +188,7 @@ async fn a_dead_letter_is_listed_and_replayed_over_http() {
     script.answer(BookHotel::NAME, 0, Answer::Fail);
     let runtime = trip_runtime(&script).store(sagaflow::store::MemoryStore::new()).build().await.unwrap();
     runtime.publish(&BookTrip { trip: 0 }).await.unwrap();
-    let (endpoint, base) = serve(&runtime, Some(TOKEN)).await;
+    let (endpoint, base) = serve_admin(&runtime, Some(TOKEN)).await;
     let deadline = std::time::Instant::now() + WAIT;
     let dead = loop {
         let (status, list) = get(&format!("{base}/api/dead-letters")).await;
@@ -252,7 +230,7 @@ async fn the_token_never_appears_in_a_log_line() {
     let _guard = captured.start(tracing::Level::TRACE);
 
     let runtime = failed_trip(&Script::default()).await;
-    let (endpoint, base) = serve(&runtime, Some(TOKEN)).await;
+    let (endpoint, base) = serve_admin(&runtime, Some(TOKEN)).await;
     let failed = instance_id(Trip::NAME, "0");
     post(&format!("{base}/api/instances/{failed}/cancel"), Some(TOKEN), json!({"reason": "log test"})).await;
     post(&format!("{base}/api/instances/{failed}/cancel"), Some(&format!("{TOKEN}x")), json!({})).await;

@@ -27,7 +27,7 @@ fn say_which_suites_this_build_leaves_out() {
         );
     }
     if cfg!(not(feature = "admin")) {
-        say("the admin endpoint suite (admin_http)", "--features admin");
+        say("the admin endpoint and console suites (admin_http, admin_console, console_browser)", "--features admin");
     }
     if cfg!(not(feature = "failpoints")) {
         say(

@@ -10,7 +10,6 @@ use std::process::Output;
 use std::time::Duration;
 
 use common::*;
-use sagaflow::admin::http::AdminOptions;
 use sagaflow::prelude::*;
 use sagaflow::saga::instance_id;
 use serde_json::Value;
@@ -43,27 +42,11 @@ fn json(output: &Output) -> Value {
     serde_json::from_str(&stdout(output)).unwrap()
 }
 
-/// Trip 0 fails while compensating (its flight cancellation is refused); trip 1 completes.
-async fn fail_trip_zero(runtime: &SagaRuntime) {
-    runtime.publish(&BookTrip { trip: 0 }).await.unwrap();
-    runtime.publish(&BookTrip { trip: 1 }).await.unwrap();
-    runtime.wait_until_terminal(&[instance_id(Trip::NAME, "0"), instance_id(Trip::NAME, "1")], WAIT).await.unwrap();
-}
-
-fn failing_script() -> Script {
-    let script = Script::default();
-    script.answer(BookHotel::NAME, 0, Answer::Refuse).answer(CancelFlight::NAME, 0, Answer::Refuse);
-    script
-}
-
 #[tokio::test]
 async fn a_failed_trip_is_found_shown_and_retried_through_the_endpoint() {
-    let script = failing_script();
-    let runtime = trip_runtime(&script).store(sagaflow::store::MemoryStore::new()).build().await.unwrap();
-    fail_trip_zero(&runtime).await;
-    let options = AdminOptions::default().bind("127.0.0.1:0".parse().unwrap()).token(TOKEN).unwrap();
-    let endpoint = runtime.admin().serve(options).await.unwrap();
-    let url = format!("http://{}", endpoint.local_addr());
+    let script = Script::default();
+    let runtime = failed_trip(&script).await;
+    let (endpoint, url) = serve_admin(&runtime, Some(TOKEN)).await;
     let failed = instance_id(Trip::NAME, "0").to_string();
 
     let page = json(
@@ -121,9 +104,7 @@ async fn a_failed_trip_is_found_shown_and_retried_through_the_endpoint() {
 async fn a_sled_store_no_runtime_holds_is_inspected_offline() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store");
-    let runtime =
-        trip_runtime(&failing_script()).store(sagaflow::store::SledStore::open(&path).unwrap()).build().await.unwrap();
-    fail_trip_zero(&runtime).await;
+    let runtime = failed_trip_on(&Script::default(), sagaflow::store::SledStore::open(&path).unwrap()).await;
     let failed = instance_id(Trip::NAME, "0").to_string();
     let store = path.to_str().unwrap();
 

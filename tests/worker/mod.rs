@@ -11,26 +11,31 @@ pub fn env_or(name: &str, default: u64) -> u64 {
 }
 
 /// Builds the worker example with `features` and returns a copy of it that is the caller's own.
+pub fn worker(features: &str) -> (tempfile::TempDir, PathBuf) {
+    example("crash_worker", features)
+}
+
+/// Builds example `name` with `features` and returns a copy of it that is the caller's own.
 ///
 /// Builds of the same example with other features write the same path, and tests run in
-/// parallel: building and copying under one lock keeps each test's worker its own.
-pub fn worker(features: &str) -> (tempfile::TempDir, PathBuf) {
+/// parallel: building and copying under one lock keeps each test's binary its own.
+pub fn example(name: &str, features: &str) -> (tempfile::TempDir, PathBuf) {
     let features = if features.is_empty() { Vec::new() } else { vec!["--features", features] };
     static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let root = env!("CARGO_MANIFEST_DIR");
     let status = Command::new(env!("CARGO"))
-        .args(["build", "-q", "--example", "crash_worker"])
+        .args(["build", "-q", "--example", name])
         .args(features)
         .current_dir(root)
         .status()
         .expect("cargo runs");
-    assert!(status.success(), "building the crash worker failed");
+    assert!(status.success(), "building the {name} example failed");
     let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| format!("{root}/target"));
-    let built = Path::new(&target).join("debug/examples/crash_worker");
+    let built = Path::new(&target).join("debug/examples").join(name);
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let copy = dir.path().join("crash_worker");
-    std::fs::copy(&built, &copy).expect("the worker can be copied");
+    let copy = dir.path().join(name);
+    std::fs::copy(&built, &copy).expect("the example can be copied");
     (dir, copy)
 }
 

@@ -36,6 +36,7 @@ use uuid::Uuid;
 use crate::Error;
 use crate::engine::Core;
 use crate::message::{CodecExt, Envelope, Timestamp};
+use crate::saga::diagram::{Diagram, InstancePath};
 use crate::store::{
     Awaiting, HistoryEntry, InstanceCount, InstanceCursor, InstanceQuery, InstanceRecord, SagaStatus, StatusKind,
 };
@@ -161,8 +162,11 @@ pub struct InstanceDetail {
     pub parked: Vec<MessageSummary>,
     /// Its messages dead-lettered on this runtime's subscriptions.
     pub dead_letters: Vec<MessageSummary>,
-    /// The saga's Mermaid flowchart, when this runtime runs the saga.
+    /// The saga's Mermaid flowchart with the path this instance took highlighted, when this
+    /// runtime runs the saga.
     pub diagram: Option<String>,
+    /// That path: the nodes it reached, the edges it took, where it is or failed.
+    pub path: Option<InstancePath>,
 }
 
 impl Admin {
@@ -308,7 +312,17 @@ impl Admin {
             Ok(v) => (Some(v), None),
             Err(e) => (None, Some(format!("the state does not read as JSON with this runtime's codec: {e}"))),
         };
-        let mut entries = self.core.store.history_page(id, None, history.saturating_add(1)).await?;
+        // The path is traced through up to [`SCANNED`] entries, the page shown is the first
+        // `history` of them: one read serves both.
+        let read = history.max(SCANNED);
+        let mut entries = self.core.store.history_page(id, None, read.saturating_add(1)).await?;
+        let diagram = self.diagram(&record.saga);
+        let path = diagram.as_ref().map(|d| {
+            let events = entries.iter().take(read).flat_map(|e| &e.events);
+            let mut path = InstancePath::trace(d, events, &record.status, record.awaiting.as_ref());
+            path.partial = entries.len() > read;
+            path
+        });
         let more_history = entries.len() > history;
         entries.truncate(history);
         let mine = |e: &Envelope| e.correlation_id == Some(id);
@@ -345,7 +359,13 @@ impl Admin {
             outbox,
             parked,
             dead_letters,
-            diagram: self.core.sagas.get(&record.saga).and_then(|d| d.diagram()),
+            diagram: diagram.as_ref().zip(path.as_ref()).map(|(d, p)| d.mermaid_with(p)),
+            path,
         }))
+    }
+
+    /// The flowchart of saga `saga`, when this runtime runs it.
+    pub fn diagram(&self, saga: &str) -> Option<Diagram> {
+        self.core.sagas.get(saga).and_then(|d| d.diagram())
     }
 }

@@ -100,8 +100,8 @@ pub(crate) trait Driver: Send + Sync + 'static {
     fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy::default()
     }
-    /// The saga's Mermaid flowchart, for inspection.
-    fn diagram(&self) -> Option<String> {
+    /// The saga's flowchart, for inspection.
+    fn diagram(&self) -> Option<crate::saga::diagram::Diagram> {
         None
     }
     /// The name of step `step`, for inspection.

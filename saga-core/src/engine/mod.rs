@@ -468,7 +468,7 @@ impl SagaRuntime {
 
     /// The Mermaid flowchart of a saga this runtime runs, by name.
     pub fn diagram(&self, saga: &str) -> Option<String> {
-        self.core.sagas.get(saga).and_then(|d| d.diagram())
+        self.core.sagas.get(saga).and_then(|d| d.diagram()).map(|d| d.mermaid())
     }
 
     /// The operators' view: list, count and inspect instances (see [`Admin`](crate::admin::Admin)).

@@ -500,8 +500,8 @@ impl<S: Saga> Driver for SagaDriver<S> {
         }
     }
 
-    fn diagram(&self) -> Option<String> {
-        Some(self.def.mermaid())
+    fn diagram(&self) -> Option<crate::saga::diagram::Diagram> {
+        Some(self.def.diagram())
     }
 
     fn step_name(&self, step: u32) -> Option<String> {

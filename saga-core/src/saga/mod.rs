@@ -7,7 +7,7 @@
 //! [`SagaDefinition::validate`] rejects any other order before the runtime starts.
 
 mod definition;
-mod diagram;
+pub mod diagram;
 mod retry;
 mod step;
 

@@ -364,6 +364,46 @@ pub enum HistoryEvent {
     },
 }
 
+impl std::fmt::Display for TimerPurpose {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (what, step, phase, attempt) = match self {
+            TimerPurpose::Timeout { step, phase, attempt } => ("timeout", step, phase, attempt),
+            TimerPurpose::Retry { step, phase, attempt } => ("retry", step, phase, attempt),
+            TimerPurpose::RunLocal { step, phase, attempt } => ("local run", step, phase, attempt),
+        };
+        let side = if *phase == Phase::Compensation { " compensation" } else { "" };
+        write!(f, "{what} of step #{step}{side}, attempt {attempt}")
+    }
+}
+
+/// One line a person reads: `step charge_payment failed: declined`. A timer says when it is
+/// due as Unix milliseconds; timelines that know the start write it relative to that.
+impl std::fmt::Display for HistoryEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HistoryEvent::Started => f.write_str("started"),
+            HistoryEvent::StepStarted { name, attempt, .. } => write!(f, "step {name} started (attempt {attempt})"),
+            HistoryEvent::StepSucceeded { name, .. } => write!(f, "step {name} succeeded"),
+            HistoryEvent::StepFailed { name, reason, .. } => write!(f, "step {name} failed: {reason}"),
+            HistoryEvent::CompensationStarted { name, attempt, .. } => {
+                write!(f, "compensation of {name} started (attempt {attempt})")
+            }
+            HistoryEvent::StepCompensated { name, .. } => write!(f, "step {name} compensated"),
+            HistoryEvent::CompensationFailed { name, reason, .. } => {
+                write!(f, "compensation of {name} failed: {reason}")
+            }
+            HistoryEvent::EventHandled { name } => write!(f, "event {name} applied"),
+            HistoryEvent::MessageSent(m) => write!(f, "sent {}", m.name),
+            HistoryEvent::TimerScheduled { key, purpose } => write!(f, "timer set for {} ms: {purpose}", key.due.0),
+            HistoryEvent::TimerFired { .. } => f.write_str("timer fired"),
+            HistoryEvent::Ignored { reason } => write!(f, "ignored: {reason}"),
+            HistoryEvent::StatusChanged { to } => write!(f, "status -> {to:?}"),
+            HistoryEvent::LateReply { name, status, .. } => write!(f, "late reply {name} (the saga had {status:?})"),
+            HistoryEvent::Operator { action, by, reason } => write!(f, "operator {by}: {action} ({reason})"),
+        }
+    }
+}
+
 /// Everything one commit did to an instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::Shared;
 use crate::Error;
-use crate::admin::{FilterText, InstancePage, Operation};
+use crate::admin::{Admin, FilterText, InstancePage, Operation};
 use crate::message::Timestamp;
 use crate::store::{InstanceQuery, StoreError};
 
@@ -42,7 +42,8 @@ pub(super) fn failure(status: StatusCode, message: String) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
-struct Failure(StatusCode, String);
+/// An error as a status and a message: JSON here, a page in the console.
+pub(super) struct Failure(pub(super) StatusCode, pub(super) String);
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
@@ -77,10 +78,10 @@ type Answer<T> = Result<Json<T>, Failure>;
 
 /// The filters of a listing, a count and a bulk action, as query parameters.
 #[derive(Debug, Default, Deserialize)]
-struct Filter {
+pub(super) struct Filter {
     #[serde(flatten)]
-    text: FilterText,
-    key: Option<String>,
+    pub(super) text: FilterText,
+    pub(super) key: Option<String>,
     limit: Option<usize>,
 }
 
@@ -96,20 +97,25 @@ async fn ready(State(shared): State<Shared>) -> Response {
     (status, Json(readiness)).into_response()
 }
 
-async fn list(State(shared): State<Shared>, filter: Result<Query<Filter>, QueryRejection>) -> Answer<InstancePage> {
-    let Query(filter) = filter?;
-    let query = filter.query(shared.admin.core.clock.now())?;
+/// The page of instances `filter` asks for.
+pub(super) async fn listing(admin: &Admin, filter: &Filter) -> Result<InstancePage, Failure> {
+    let query = filter.query(admin.core.clock.now())?;
     if let Some(key) = filter.key.as_deref().filter(|k| !k.is_empty()) {
         // An id follows from saga and key: a lookup, not a scan; the other filters still apply.
-        let found = shared.admin.find(key, query.saga.as_deref()).await?;
+        let found = admin.find(key, query.saga.as_deref()).await?;
         let instances = found
             .into_iter()
             .filter(|i| query.status.is_none_or(|s| s == i.status))
             .filter(|i| query.updated_before.is_none_or(|t| i.updated_at < t))
             .collect();
-        return Ok(Json(InstancePage { instances, next: None }));
+        return Ok(InstancePage { instances, next: None });
     }
-    Ok(Json(shared.admin.list(&query, filter.limit.unwrap_or(DEFAULT_PAGE)).await?))
+    Ok(admin.list(&query, filter.limit.unwrap_or(DEFAULT_PAGE)).await?)
+}
+
+async fn list(State(shared): State<Shared>, filter: Result<Query<Filter>, QueryRejection>) -> Answer<InstancePage> {
+    let Query(filter) = filter?;
+    Ok(Json(listing(&shared.admin, &filter).await?))
 }
 
 async fn counts(
@@ -121,7 +127,7 @@ async fn counts(
     Ok(Json(shared.admin.counts(&query).await?))
 }
 
-fn instance_id(id: &str) -> Result<Uuid, Failure> {
+pub(super) fn instance_id(id: &str) -> Result<Uuid, Failure> {
     id.parse().map_err(|_| bad(format!("{id:?} is not an instance id (a UUID)")))
 }
 

@@ -1,4 +1,5 @@
-//! The admin endpoint: [`Admin`] over HTTP as JSON (feature `admin`, axum).
+//! The admin endpoint: [`Admin`] over HTTP as JSON, and a web console over it (feature
+//! `admin`, axum and maud).
 //!
 //! | method and path | does |
 //! | --- | --- |
@@ -13,6 +14,8 @@
 //! | `GET /api/parked?after=&limit=` | parked outbox entries |
 //! | `POST /api/parked/{seq}/replay`, `POST /api/parked/{seq}/discard` | replay or drop one |
 //! | `GET /api/dead-letters?subscription=&limit=` | dead letters |
+//! | `POST /api/dead-letters/{subscription}/{message_id}/{replay\|discard}` | replay or drop one |
+//! | `GET /console`, `/console/instances/{id}`, `/console/dead-letters`, `/console/parked` | the web console (see `console`): HTML pages over the same calls |
 //!
 //! A `POST` takes `{"reason": "…", "by": "…"}` (both optional; `by` defaults to `admin-http`).
 //! Errors are `{"error": "…"}` with 400 (bad input), 401 (no or wrong token), 403 (no token is
@@ -27,6 +30,7 @@
 //! can be changed through the endpoint.
 
 mod api;
+mod console;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -154,6 +158,7 @@ impl Admin {
     pub fn router(&self, options: AdminOptions) -> Router {
         let shared = Shared { admin: self.clone(), token: options.token };
         api::routes()
+            .merge(console::routes())
             .layer(middleware::from_fn_with_state(shared.clone(), authorize))
             .layer(middleware::map_response(no_store))
             .with_state(shared)
