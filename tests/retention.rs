@@ -71,6 +71,7 @@ async fn prune_until_done(runtime: &SagaRuntime) -> sagaflow::engine::Pruned {
         total.instances += pruned.instances;
         total.tombstones += pruned.tombstones;
         total.inbox_entries += pruned.inbox_entries;
+        total.instance_inbox_entries += pruned.instance_inbox_entries;
     }
 }
 
@@ -182,6 +183,64 @@ async fn participants_inbox_entries_go_past_the_horizon() {
     let pruned = runtime.prune_now().await.unwrap();
     assert_eq!(pruned.inbox_entries, 900, "{pruned:?}");
     assert_eq!(runtime.prune_now().await.unwrap().inbox_entries, 0);
+    runtime.shutdown().await.unwrap();
+}
+
+/// How many of the messages trip `trip` handled its inbox still remembers.
+async fn remembered(store: &dyn sagaflow::store::Store, trip: u32) -> usize {
+    let mut remembered = 0;
+    for cause in store.history(id(trip)).await.unwrap().into_iter().filter_map(|e| e.cause) {
+        remembered += usize::from(store.processed(id(trip), cause.id).await.unwrap());
+    }
+    remembered
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_instances_inbox_entries_go_past_the_horizon_and_it_still_moves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::starting_at(1_000_000);
+    let script = Script::default();
+    for trip in 0..50 {
+        script.answer(BookHotel::NAME, trip, Answer::Ignore);
+    }
+    // On a broker (here the in-memory bus) an instance records each message it handled.
+    let builder =
+        trip_runtime(&script).store(SledStore::open(dir.path().join("store")).unwrap()).bus(InMemoryBus::new());
+    let runtime = retained(builder, &clock, Duration::from_secs(3600)).await;
+    for trip in 0..50 {
+        runtime.publish(&BookTrip { trip }).await.unwrap();
+    }
+    let waiting_for_the_hotel = Some(SagaStatus::Running { step: 1 });
+    until("every trip waits for its hotel", async || {
+        for trip in 0..50 {
+            if status(&runtime, trip).await != waiting_for_the_hotel {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    runtime.settle().await;
+    let store = runtime.store();
+    let mut before = 0;
+    for trip in 0..50 {
+        before += remembered(&*store, trip).await;
+    }
+    assert_eq!(before, 50, "each trip's flight reply (a start has no entry: its instance is its dedupe record)");
+
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let pruned = prune_until_done(&runtime).await;
+    assert_eq!((pruned.instance_inbox_entries, pruned.instances), (before, 0), "{pruned:?}");
+    for trip in 0..50 {
+        assert_eq!(remembered(&*store, trip).await, 0, "trip {trip}'s inbox");
+        assert_eq!(status(&runtime, trip).await, waiting_for_the_hotel, "trip {trip} is untouched");
+    }
+    // Its timer still fires and it goes on: the hotel's timeout compensates the flight.
+    advance(&runtime, &clock, Duration::from_secs(31), 1).await;
+    runtime.wait_until_terminal(&(0..50).map(id).collect::<Vec<_>>(), WAIT).await.unwrap();
+    for trip in 0..50 {
+        assert_eq!(status(&runtime, trip).await, Some(SagaStatus::Compensated), "trip {trip}");
+    }
     runtime.shutdown().await.unwrap();
 }
 

@@ -159,10 +159,11 @@ impl SagaRuntimeBuilder {
         self
     }
 
-    /// Deletes the inbox entries of this runtime's participants once they are older than
-    /// `horizon` by the wall clock (by default they are kept for ever). A redelivery of a
-    /// message after that is handled again, so make it longer than anything that redelivers:
-    /// the bus's ack timeout and retry delays, and how long a consumer may be down.
+    /// Deletes the inbox entries of this runtime's participants and of its saga instances
+    /// (while they live; a finished one's go with it) once they are older than `horizon` by
+    /// the wall clock (by default they are kept for ever). A redelivery of a message after
+    /// that is handled again, so make it longer than anything that redelivers: the bus's ack
+    /// timeout and retry delays, and how long a consumer may be down.
     pub fn inbox_horizon(mut self, horizon: Duration) -> Self {
         self.retention.inbox_horizon = Some(horizon);
         self

@@ -17,10 +17,11 @@
 //!   it was read at: an instance that changed meanwhile (a late reply recorded, an operator's
 //!   action) is left for the next pass; replicas on one shared store pruning at once delete each
 //!   instance once.
-//! - **Participants' inboxes.** With [`SagaRuntimeBuilder::inbox_horizon`], a participant's
-//!   inbox entries (one per message it handled, there to drop redeliveries) are deleted once
-//!   they are older than the horizon, by the wall clock, in a sweep that goes on from pass to
-//!   pass. A saga's inbox entries go with its instance.
+//! - **Inboxes.** With [`SagaRuntimeBuilder::inbox_horizon`], inbox entries (one per message
+//!   handled, there to drop redeliveries) are deleted once they are older than the horizon, by
+//!   the wall clock, in sweeps that go on from pass to pass: a participant's, and a saga
+//!   instance's while it lives (a long-lived instance, one that applies events for months,
+//!   gains an entry per message). A finished instance's go with it when retention deletes it.
 //! - **Dead letters** the store keeps (the durable local bus's and the PostgreSQL bus's), with
 //!   [`SagaRuntimeBuilder::keep_dead_letters`]: older than an age or past a count, oldest
 //!   first. A broker keeps its own: a policy on RabbitMQ's `.dead` queues (`message-ttl`,
@@ -39,7 +40,7 @@ use uuid::Uuid;
 
 use super::Core;
 use crate::message::Timestamp;
-use crate::store::{PruneOutcome, StoreError, Tombstone};
+use crate::store::{InstanceCursor, InstanceQuery, PruneOutcome, StoreError, Tombstone};
 
 /// How long the tombstones of deleted instances are kept by default.
 pub const DEFAULT_TOMBSTONE_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -97,6 +98,8 @@ pub(crate) struct Policies {
     pub(crate) batch: usize,
     /// Where the sweep of each participant's inbox goes on from at the next pass.
     sweeps: Arc<Mutex<HashMap<Uuid, Uuid>>>,
+    /// Where the sweep of each saga's instances' inboxes goes on from at the next pass.
+    saga_sweeps: Arc<Mutex<HashMap<String, InstanceCursor>>>,
 }
 
 impl Default for Policies {
@@ -109,6 +112,7 @@ impl Default for Policies {
             every: Duration::from_secs(60),
             batch: 500,
             sweeps: Arc::default(),
+            saga_sweeps: Arc::default(),
         }
     }
 }
@@ -135,6 +139,8 @@ pub struct Pruned {
     pub tombstones: usize,
     /// Participants' inbox entries deleted past the horizon.
     pub inbox_entries: usize,
+    /// Saga instances' inbox entries deleted past the horizon.
+    pub instance_inbox_entries: usize,
     /// Dead letters deleted for their age or past the count kept.
     pub dead_letters: usize,
 }
@@ -197,7 +203,10 @@ pub(crate) async fn pass(core: &Core) -> Result<Pruned, StoreError> {
         tokio::task::yield_now().await;
     }
     if let Some(horizon) = core.retention.inbox_horizon {
-        pruned.inbox_entries = sweep_inboxes(core, horizon, batch).await?;
+        // By the wall clock: a broker redelivers by it.
+        let before = Timestamp::now().minus(horizon);
+        pruned.inbox_entries = sweep_inboxes(core, before, batch).await?;
+        pruned.instance_inbox_entries = sweep_saga_inboxes(core, before, batch).await?;
     }
     if let Some((age, count)) = core.retention.dead_letters {
         let before = Timestamp::now().minus(age);
@@ -213,12 +222,10 @@ pub(crate) async fn pass(core: &Core) -> Result<Pruned, StoreError> {
     Ok(pruned)
 }
 
-/// Deletes participants' inbox entries older than `horizon` by the wall clock (a broker
-/// redelivers by the wall clock): a message redelivered after that is not recognised as a
-/// duplicate, so the horizon must be longer than any redelivery (ack timeouts, retry delays,
-/// an outage of the consumer).
-async fn sweep_inboxes(core: &Core, horizon: Duration, batch: usize) -> Result<usize, StoreError> {
-    let before = Timestamp::now().minus(horizon);
+/// Deletes participants' inbox entries written before `before`: a message redelivered after
+/// that is not recognised as a duplicate, so the horizon must be longer than any redelivery
+/// (ack timeouts, retry delays, an outage of the consumer).
+async fn sweep_inboxes(core: &Core, before: Timestamp, batch: usize) -> Result<usize, StoreError> {
     let budget = batch.saturating_mul(INBOX_SWEEP_PER_BATCH);
     let mut deleted = 0;
     for consumer in &core.retention.participants {
@@ -238,6 +245,51 @@ async fn sweep_inboxes(core: &Core, horizon: Duration, batch: usize) -> Result<u
         match after {
             Some(at) => sweeps.insert(*consumer, at),
             None => sweeps.remove(consumer),
+        };
+    }
+    Ok(deleted)
+}
+
+/// Deletes the inbox entries of this runtime's saga instances written before `before`. An
+/// instance's inbox is found by its id, so the sweep walks the instances, saga by saga, in the
+/// listing's order, at most `batch` × [`INBOX_SWEEP_PER_BATCH`] per saga and pass, and goes on
+/// where it stopped at the next pass. An old reply redelivered after its entry went is still
+/// ignored (it answers an attempt the instance no longer waits for); an event would be applied
+/// again, which is why the horizon must outlast redelivery, as for participants.
+async fn sweep_saga_inboxes(core: &Core, before: Timestamp, batch: usize) -> Result<usize, StoreError> {
+    let budget = batch.saturating_mul(INBOX_SWEEP_PER_BATCH);
+    let mut sagas: Vec<&String> = core.sagas.keys().collect();
+    sagas.sort_unstable();
+    let mut deleted = 0;
+    for saga in sagas {
+        let mut after = lock(&core.retention.saga_sweeps).get(saga).copied();
+        let mut seen = 0;
+        loop {
+            let query = InstanceQuery::default().saga(saga.as_str()).after(after);
+            let listing = core.store.list_instances(&query, batch).await?;
+            for record in &listing.records {
+                let mut from = None;
+                loop {
+                    let (gone, next) = core.store.prune_inbox(record.id, before, from, batch).await?;
+                    deleted += gone;
+                    from = next;
+                    if from.is_none() {
+                        break;
+                    }
+                }
+            }
+            // A short page still counts: a listing may stop at its scan budget with nothing in it.
+            seen += listing.records.len().max(1);
+            after = listing.next;
+            if after.is_none() || seen >= budget {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let mut sweeps = lock(&core.retention.saga_sweeps);
+        match after {
+            Some(at) => sweeps.insert(saga.clone(), at),
+            None => sweeps.remove(saga),
         };
     }
     Ok(deleted)
