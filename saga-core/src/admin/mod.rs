@@ -7,7 +7,8 @@
 //!
 //! Every read is bounded: a listing returns at most [`MAX_PAGE`] instances and looks at no
 //! more than [`SCAN_BUDGET`](crate::store::SCAN_BUDGET) per call (a page may come back short,
-//! even empty, with a cursor to go on from); an inspection reads at most a page of history, the
+//! even empty, with a cursor to go on from); an inspection reads at most a page of history (or
+//! the first [`SCANNED`] entries, to trace the instance's path through its saga's chart), the
 //! first [`SCANNED`] outbox entries and dead letters per subscription. Counting walks the
 //! instances in bounded reads, one after the other, so it costs a scan of the status index on
 //! sled and one `GROUP BY` on PostgreSQL, and holds nothing the engine waits for.
@@ -312,11 +313,11 @@ impl Admin {
             Ok(v) => (Some(v), None),
             Err(e) => (None, Some(format!("the state does not read as JSON with this runtime's codec: {e}"))),
         };
-        // The path is traced through up to [`SCANNED`] entries, the page shown is the first
-        // `history` of them: one read serves both.
-        let read = history.max(SCANNED);
-        let mut entries = self.core.store.history_page(id, None, read.saturating_add(1)).await?;
+        // With the saga's chart, the path is traced through up to [`SCANNED`] entries and the
+        // page shown is the first `history` of them: one read serves both.
         let diagram = self.diagram(&record.saga);
+        let read = if diagram.is_some() { history.max(SCANNED) } else { history };
+        let mut entries = self.core.store.history_page(id, None, read.saturating_add(1)).await?;
         let path = diagram.as_ref().map(|d| {
             let events = entries.iter().take(read).flat_map(|e| &e.events);
             let mut path = InstancePath::trace(d, events, &record.status, record.awaiting.as_ref());

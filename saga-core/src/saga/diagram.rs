@@ -272,8 +272,14 @@ impl InstancePath {
         use crate::store::{HistoryEvent as E, Phase, SagaStatus as S, StatusKind};
         let mut path = InstancePath::default();
         let mut last: Option<String> = None;
+        // An operator's abort goes from a step into compensation by no edge of the chart.
+        let mut aborted = false;
         for event in events {
             let (node, retried) = match event {
+                E::Operator { action, .. } => {
+                    aborted = action == "abort";
+                    continue;
+                }
                 E::Started => (Diagram::START.to_owned(), false),
                 E::StepStarted { step, attempt, .. } => (Diagram::step(*step), *attempt > 1),
                 E::CompensationStarted { step, .. } => (Diagram::compensation(*step), false),
@@ -283,7 +289,9 @@ impl InstancePath {
                 }
                 _ => continue,
             };
-            path.reach(diagram, last.as_deref(), &node, retried);
+            let from = if aborted { None } else { last.as_deref() };
+            path.reach(diagram, from, &node, retried);
+            aborted = false;
             last = Some(node);
         }
         let here = match (status, awaiting) {

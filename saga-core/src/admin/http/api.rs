@@ -236,8 +236,8 @@ async fn parked_action(
 }
 
 #[derive(Debug, Deserialize)]
-struct DeadLetterFilter {
-    subscription: Option<String>,
+pub(super) struct DeadLetterFilter {
+    pub(super) subscription: Option<String>,
     limit: Option<usize>,
 }
 

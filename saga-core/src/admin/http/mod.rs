@@ -160,7 +160,7 @@ impl Admin {
         api::routes()
             .merge(console::routes())
             .layer(middleware::from_fn_with_state(shared.clone(), authorize))
-            .layer(middleware::map_response(no_store))
+            .layer(middleware::map_response(common_headers))
             .with_state(shared)
     }
 
@@ -226,8 +226,11 @@ async fn authorize(State(shared): State<Shared>, request: Request, next: Next) -
     }
 }
 
-/// Instance state may be personal data: keep it out of caches.
-async fn no_store(mut response: Response) -> impl IntoResponse {
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+/// Instance state may be personal data: keep it out of caches; and no response is to be read
+/// as anything but what it says it is.
+async fn common_headers(mut response: Response) -> impl IntoResponse {
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     response
 }

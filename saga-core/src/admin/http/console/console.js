@@ -39,15 +39,15 @@
       });
       const answer = await response.json().catch(() => ({}));
       if (response.ok) {
+        // The button stays disabled until the page reloads: a second click would act twice.
         show("ok", button.textContent + ": done. Reloading…");
         setTimeout(() => location.reload(), 700);
-      } else {
-        show("error", (answer.error || response.statusText) + " (HTTP " + response.status + ")");
+        return;
       }
+      show("error", (answer.error || response.statusText) + " (HTTP " + response.status + ")");
     } catch (e) {
       show("error", "The endpoint did not answer: " + e);
-    } finally {
-      button.disabled = false;
     }
+    button.disabled = false;
   });
 })();

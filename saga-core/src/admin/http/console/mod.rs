@@ -11,8 +11,9 @@
 //! The pages are rendered on the server and read-only; an action button is turned by the one
 //! script (`console.js`) into a confirmation, a reason, and a `POST` to the JSON API with the
 //! operator's token, so the console needs nothing the endpoint does not already guard: no
-//! cookie, hence no cross-site request to forge. The pages forbid every script but that file
-//! (`Content-Security-Policy`), on top of escaping every value they show.
+//! cookie, hence no cross-site request to forge. On top of escaping every value they show, the
+//! pages forbid inline scripts and scripts from anywhere but the endpoint itself
+//! (`Content-Security-Policy`), whose only script is that file.
 
 mod pages;
 mod svg;
@@ -22,10 +23,9 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequestParts, OriginalUri, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use maud::Markup;
-use serde::Deserialize;
 
 use super::Shared;
 use super::api::{self, Filter};
@@ -34,7 +34,6 @@ use pages::Root;
 
 pub(super) fn routes() -> Router<Shared> {
     Router::new()
-        .route("/", get(|root: Mount| async move { Redirect::to(&format!("{}/console", root.0)) }))
         .route("/console", get(instances))
         .route("/console/instances/{id}", get(instance))
         .route("/console/dead-letters", get(dead_letters))
@@ -72,7 +71,6 @@ fn respond(root: &Root, result: Result<Markup, api::Failure>) -> Response {
     let mut response = (status, markup).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(pages::CONTENT_SECURITY_POLICY));
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     response
 }
@@ -107,15 +105,10 @@ async fn instance(State(shared): State<Shared>, mount: Mount, Path(id): Path<Str
     respond(&root, result.await)
 }
 
-#[derive(Debug, Deserialize)]
-struct DeadLetterFilter {
-    subscription: Option<String>,
-}
-
 async fn dead_letters(
     State(shared): State<Shared>,
     mount: Mount,
-    filter: Result<Query<DeadLetterFilter>, QueryRejection>,
+    filter: Result<Query<api::DeadLetterFilter>, QueryRejection>,
 ) -> Response {
     let root = Root(&mount.0);
     let result = async {

@@ -55,9 +55,10 @@ pub(super) fn page(root: &Root, title: &str, body: Markup) -> Markup {
                         a href=(root.at("/console/dead-letters")) { "Dead letters" }
                         a href=(root.at("/console/parked")) { "Parked messages" }
                     }
-                    form.operator autocomplete="off" {
-                        label { "Name " input #operator name="operator" size="10" placeholder="you"; }
-                        label { "Token " input #token name="token" type="password" size="14" placeholder="for actions"; }
+                    // Not a form: nothing here is ever submitted, so the token cannot end up in a URL.
+                    div.operator {
+                        label { "Name " input #operator size="10" placeholder="you" autocomplete="off"; }
+                        label { "Token " input #token type="password" size="14" placeholder="for actions" autocomplete="off"; }
                     }
                 }
                 main {
@@ -247,7 +248,7 @@ pub(super) fn instance(root: &Root, detail: &InstanceDetail, diagram: Option<&Di
                 (svg::render(diagram, detail.path.as_ref()))
                 p.legend {
                     span.key-visited { "passed" } span.key-current { "here now" } span.key-failed { "failed here" }
-                    @if detail.path.as_ref().is_some_and(|p| p.partial) { " (from the first 1,000 history entries)" }
+                    @if detail.path.as_ref().is_some_and(|p| p.partial) { " (from the first " (crate::admin::SCANNED) " history entries)" }
                 }
                 @if let Some(mermaid) = &detail.diagram {
                     details { summary { "As Mermaid" } pre { (mermaid) } }
