@@ -86,7 +86,7 @@ async fn operator_actions_apply_where_they_make_sense(store: impl Store) {
     runtime.wait_until_terminal(&[id(0)], WAIT).await.unwrap();
     assert_eq!(status(&runtime, 0).await, Some(SagaStatus::Compensated));
     assert_eq!(effects(&*store, CancelFlight::NAME, 0).await, tries + 1);
-    let history = runtime.history(id(0)).await.unwrap();
+    let history = runtime.history(id(0), usize::MAX).await.unwrap();
     assert!(history.iter().flat_map(|h| &h.events).any(|e| matches!(e,
         HistoryEvent::Operator { action, by, reason } if action == "retry" && by == "ann" && reason == "airline fixed its API")));
 

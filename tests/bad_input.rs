@@ -71,7 +71,7 @@ async fn a_message_for_a_finished_saga_changes_nothing_and_a_late_reply_is_only_
     assert_eq!(after.status(), &SagaStatus::Completed);
     assert_eq!(after.record().state, done.record().state, "the state is untouched");
     assert_eq!(after.version(), done.version() + 1, "the cancellation is skipped; the late reply is recorded");
-    let last = runtime.history(done.id()).await.unwrap().pop().unwrap();
+    let last = runtime.history(done.id(), usize::MAX).await.unwrap().pop().unwrap();
     assert_eq!(
         last.events,
         [HistoryEvent::LateReply { name: HotelBooked::NAME.into(), success: true, status: StatusKind::Completed }]

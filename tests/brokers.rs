@@ -39,14 +39,14 @@ fn order(n: u32) -> OrderSubmitted {
 async fn finish(runtime: &SagaRuntime, deadline: Duration) -> (usize, usize, usize) {
     let until = Instant::now() + deadline;
     loop {
-        let open = runtime.instances(StatusKind::Running).await.unwrap().len()
-            + runtime.instances(StatusKind::Compensating).await.unwrap().len();
+        let open = runtime.instances(StatusKind::Running, usize::MAX).await.unwrap().len()
+            + runtime.instances(StatusKind::Compensating, usize::MAX).await.unwrap().len();
         if open == 0 || Instant::now() > until {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let count = |s| async move { runtime.instances(s).await.unwrap().len() };
+    let count = |s| async move { runtime.instances(s, usize::MAX).await.unwrap().len() };
     (count(StatusKind::Completed).await, count(StatusKind::Compensated).await, count(StatusKind::Failed).await)
 }
 
@@ -58,7 +58,7 @@ async fn assert_books_balance(runtime: &SagaRuntime, delivered: u64) {
         on_shelves += u64::from(runtime.record::<u32>("catalog", &stock_key(product)).await.unwrap().unwrap_or(0));
     }
     let mut reserved = 0;
-    for id in runtime.instances(StatusKind::Completed).await.unwrap() {
+    for id in runtime.instances(StatusKind::Completed, usize::MAX).await.unwrap() {
         let o: OrderSaga = runtime.instance(id).await.unwrap().unwrap().state().unwrap();
         let r: Reservation = runtime.record("catalog", &reservation_key(o.order_id)).await.unwrap().unwrap();
         assert!(!r.released);

@@ -125,8 +125,8 @@ async fn run(orders: &[Order], faults: &Faults) -> Vec<Outcome> {
     // The carrier's retry waits on a timer: let virtual time pass until nothing is running.
     for _ in 0..20 {
         h.advance(Duration::from_secs(10)).await;
-        if h.runtime().instances(StatusKind::Running).await.expect("instances").is_empty()
-            && h.runtime().instances(StatusKind::Compensating).await.expect("instances").is_empty()
+        if h.runtime().instances(StatusKind::Running, usize::MAX).await.expect("instances").is_empty()
+            && h.runtime().instances(StatusKind::Compensating, usize::MAX).await.expect("instances").is_empty()
         {
             break;
         }

@@ -62,7 +62,7 @@ async fn clean_run_version() -> (u64, usize) {
     runtime.publish(&BookTrip { trip: 1 }).await.unwrap();
     runtime.settle().await;
     let instance = runtime.saga::<Trip>("1").await.unwrap().unwrap();
-    (instance.version(), runtime.history(instance.id()).await.unwrap().len())
+    (instance.version(), runtime.history(instance.id(), usize::MAX).await.unwrap().len())
 }
 
 #[tokio::test]
@@ -77,7 +77,10 @@ async fn a_start_message_delivered_twice_starts_one_instance_once() {
     runtime.settle().await;
 
     let instance = runtime.saga::<Trip>("1").await.unwrap().unwrap();
-    assert_eq!((instance.version(), runtime.history(instance.id()).await.unwrap().len()), clean_run_version().await);
+    assert_eq!(
+        (instance.version(), runtime.history(instance.id(), usize::MAX).await.unwrap().len()),
+        clean_run_version().await
+    );
     assert_eq!(effects(&*runtime.store(), BookFlight::NAME, 1).await, 1);
 }
 
@@ -92,7 +95,10 @@ async fn replies_and_commands_delivered_twice_change_nothing_the_second_time() {
 
     let instance = runtime.saga::<Trip>("1").await.unwrap().unwrap();
     assert_eq!(instance.status(), &SagaStatus::Completed);
-    assert_eq!((instance.version(), runtime.history(instance.id()).await.unwrap().len()), clean_run_version().await);
+    assert_eq!(
+        (instance.version(), runtime.history(instance.id(), usize::MAX).await.unwrap().len()),
+        clean_run_version().await
+    );
     let store = runtime.store();
     for command in [BookFlight::NAME, BookHotel::NAME, Charge::NAME] {
         assert_eq!(effects(&*store, command, 1).await, 1, "{command} applied more than once");
@@ -189,18 +195,18 @@ async fn a_runtime_dropped_mid_flight_with_1000_sagas_finishes_all_on_reopen_wit
         runtime.publish(&BookTrip { trip }).await.unwrap();
     }
     // Let some finish and leave the rest at every stage of flight.
-    while runtime.instances(StatusKind::Completed).await.unwrap().len() < 50 {
+    while runtime.instances(StatusKind::Completed, usize::MAX).await.unwrap().len() < 50 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let in_flight = runtime.instances(StatusKind::Running).await.unwrap().len();
+    let in_flight = runtime.instances(StatusKind::Running, usize::MAX).await.unwrap().len();
     assert!(in_flight > 0, "the runtime must be killed with sagas in flight");
     runtime.kill().await;
 
     let runtime = open().build().await.unwrap();
     runtime.settle().await;
 
-    let completed = runtime.instances(StatusKind::Completed).await.unwrap().len();
-    let compensated = runtime.instances(StatusKind::Compensated).await.unwrap().len();
+    let completed = runtime.instances(StatusKind::Completed, usize::MAX).await.unwrap().len();
+    let compensated = runtime.instances(StatusKind::Compensated, usize::MAX).await.unwrap().len();
     assert_eq!((completed, compensated), (900, 100));
     let effects = all_effects(&*runtime.store()).await;
     for trip in 0..TRIPS {
@@ -239,7 +245,7 @@ async fn concurrent_messages_for_one_instance_never_interleave() {
 
     let instance = a.saga::<Trip>("9").await.unwrap().unwrap();
     assert_eq!(instance.state::<Trip>().unwrap().notes, NOTES);
-    let history = a.history(instance.id()).await.unwrap();
+    let history = a.history(instance.id(), usize::MAX).await.unwrap();
     let versions: Vec<u64> = history.iter().map(|h| h.version).collect();
     assert_eq!(versions, (1..=instance.version()).collect::<Vec<_>>());
     let notes =
@@ -295,6 +301,6 @@ async fn a_failing_compensation_is_retried_per_policy_then_parks_only_its_instan
     };
     assert_eq!(reason, "compensation of step book_flight failed after 3 attempts: flight.cancel-refused received");
     assert_eq!(effects(&*runtime.store(), CancelFlight::NAME, 7).await, 3);
-    assert_eq!(runtime.instances(StatusKind::Failed).await.unwrap(), vec![failed.id()]);
+    assert_eq!(runtime.instances(StatusKind::Failed, usize::MAX).await.unwrap(), vec![failed.id()]);
     assert_eq!(status(&runtime, 8).await, Some(SagaStatus::Completed));
 }

@@ -216,7 +216,7 @@ async fn a_failure_reply_to_an_earlier_attempt_is_ignored_and_the_current_attemp
     let instance = w.instance::<Reservation>().await;
     assert_eq!(instance.status(), &SagaStatus::Completed);
     assert!(instance.state::<Reservation>().unwrap().0.reserved);
-    let history = w.runtime.history(instance.id()).await.unwrap();
+    let history = w.runtime.history(instance.id(), usize::MAX).await.unwrap();
     assert!(
         history
             .iter()
@@ -323,7 +323,7 @@ async fn a_late_success_reply_for_a_parked_instance_is_recorded_in_its_history()
 
     let after = w.instance::<BoundedPurchase>().await;
     assert_eq!(after.status(), parked.status(), "the instance stays parked for its operator");
-    let last = w.runtime.history(after.id()).await.unwrap().pop().unwrap();
+    let last = w.runtime.history(after.id(), usize::MAX).await.unwrap().pop().unwrap();
     assert_eq!(
         last.events,
         [HistoryEvent::LateReply { name: Charged::NAME.into(), success: true, status: StatusKind::Failed }]
@@ -373,7 +373,7 @@ async fn a_local_step_that_always_panics_fails_its_attempts_under_its_policy_and
     assert_eq!(PANICS.load(Ordering::SeqCst), 3, "three attempts, as the policy says");
     assert!(instance.state::<Panicky>().unwrap().undone, "it may have acted before it panicked: it is undone");
     let failures: Vec<String> = runtime
-        .history(instance.id())
+        .history(instance.id(), usize::MAX)
         .await
         .unwrap()
         .iter()

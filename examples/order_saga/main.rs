@@ -122,11 +122,11 @@ async fn summary(
     dir: &std::path::Path,
 ) -> Result<bool, Box<dyn std::error::Error>> {
     let count = |ids: Vec<Uuid>| ids.len();
-    let completed = runtime.instances(StatusKind::Completed).await?;
-    let compensated = runtime.instances(StatusKind::Compensated).await?;
-    let failed = runtime.instances(StatusKind::Failed).await?;
-    let open = count(runtime.instances(StatusKind::Running).await?)
-        + count(runtime.instances(StatusKind::Compensating).await?);
+    let completed = runtime.instances(StatusKind::Completed, orders as usize).await?;
+    let compensated = runtime.instances(StatusKind::Compensated, orders as usize).await?;
+    let failed = runtime.instances(StatusKind::Failed, orders as usize).await?;
+    let open = count(runtime.instances(StatusKind::Running, orders as usize).await?)
+        + count(runtime.instances(StatusKind::Compensating, orders as usize).await?);
 
     let (mut out_of_stock, mut declined) = (0, 0);
     for id in &compensated {

@@ -441,9 +441,10 @@ impl SagaRuntime {
         self.instance(instance_id(S::NAME, key)).await
     }
 
-    /// Ids of the instances with a status (from the status index).
-    pub async fn instances(&self, status: StatusKind) -> Result<Vec<Uuid>, Error> {
-        Ok(self.core.store.instances_with_status(status, usize::MAX).await?)
+    /// Ids of up to `limit` instances with a status (from the status index). To page through
+    /// many, or filter by saga and age, use [`admin`](Self::admin)'s listing.
+    pub async fn instances(&self, status: StatusKind, limit: usize) -> Result<Vec<Uuid>, Error> {
+        Ok(self.core.store.instances_with_status(status, limit).await?)
     }
 
     /// Runs a retention pass now, as the background task does every
@@ -453,9 +454,10 @@ impl SagaRuntime {
         Ok(retention::pass(&self.core).await?)
     }
 
-    /// An instance's history, oldest first.
-    pub async fn history(&self, id: Uuid) -> Result<Vec<HistoryEntry>, Error> {
-        Ok(self.core.store.history(id).await?)
+    /// The first `limit` entries of an instance's history, oldest first (to page on, see
+    /// [`Admin::history`](crate::admin::Admin::history)).
+    pub async fn history(&self, id: Uuid, limit: usize) -> Result<Vec<HistoryEntry>, Error> {
+        Ok(self.core.store.history_page(id, None, limit).await?)
     }
 
     /// A participant's record, decoded.

@@ -302,7 +302,8 @@ impl TestRuntime {
             Ok(i) => i?,
             Err(e) => panic!("loading saga {} {key:?} failed: {e}", S::NAME),
         };
-        let history = match self.runtime().history(instance.id()).await {
+        // A test's instance: its whole history, to assert on.
+        let history = match self.runtime().history(instance.id(), usize::MAX).await {
             Ok(h) => h,
             Err(e) => panic!("loading the history of {} failed: {e}", instance.id()),
         };
