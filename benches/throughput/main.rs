@@ -2,7 +2,7 @@
 //! each configuration measured against a baseline run in the same process (issue 7).
 //!
 //! ```text
-//! cargo bench --bench throughput --features rabbitmq            # the full table (< 10 min)
+//! cargo bench --bench throughput --features rabbitmq            # the full table (< 20 min)
 //! cargo bench --bench throughput -- --smoke                     # seconds, for CI
 //! cargo bench --bench throughput -- --config memory --sagas 2000   # one configuration in this
 //!                                                               # process (for a profiler)
@@ -30,6 +30,7 @@ mod probe;
 mod report;
 mod run;
 mod saga;
+mod soak;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
@@ -62,12 +63,15 @@ struct Args {
     #[arg(long, default_value_t = 1024)]
     in_flight: usize,
     /// Run only these parts (comma-separated: memory, sled-none, sled-group, sled-group-local, sled-immediate, postgres,
-    /// paced, rabbitmq, scale, recovery).
+    /// paced, rabbitmq, scale, recovery, retention, soak).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The largest number of sagas parked in flight for the scale run.
     #[arg(long)]
     scale_max: Option<u64>,
+    /// Sagas of the soak row (1,000,000 in the full table).
+    #[arg(long)]
+    soak_sagas: Option<u64>,
     /// A job for a child process (JSON).
     #[arg(long, hide = true)]
     child: Option<String>,
@@ -91,6 +95,8 @@ pub struct Plan {
     pub scale_large: u64,
     pub scale_sagas: u64,
     pub recovery: u64,
+    /// Sagas of the soak row (the embedded default with retention on, memory and disk sampled).
+    pub soak: u64,
     /// The whole run's time budget in seconds; parking for the large scale run gets what is left.
     pub budget_s: f64,
     /// Kept back from the budget for the large scale run's measurement and shutdown.
@@ -114,6 +120,7 @@ impl Plan {
             scale_large: 1_000_000,
             scale_sagas: 20_000,
             recovery: 100_000,
+            soak: 1_000_000,
             budget_s: 560.0,
             scale_reserve_s: 45.0,
         }
@@ -135,6 +142,7 @@ impl Plan {
             scale_large: 1_000,
             scale_sagas: 200,
             recovery: 500,
+            soak: 2_000,
             budget_s: 60.0,
             scale_reserve_s: 10.0,
         }
@@ -168,6 +176,9 @@ fn main() -> ExitCode {
     let mut plan = if args.smoke || !(args.bench || args.full) { Plan::smoke() } else { Plan::full() };
     if let Some(max) = args.scale_max {
         plan.scale_large = max;
+    }
+    if let Some(sagas) = args.soak_sagas {
+        plan.soak = sagas;
     }
     let wanted = |part: &str| args.only.is_empty() || args.only.iter().any(|o| o == part);
     let started = Instant::now();
@@ -320,6 +331,10 @@ fn main() -> ExitCode {
         };
         job(large, &mut outcomes);
     }
+    // Outside the budget: the soak is long by design (some 7 minutes at full size).
+    if wanted("soak") {
+        job(Job::Soak { sagas: plan.soak, in_flight: plan.in_flight }, &mut outcomes);
+    }
     for n in &notes {
         eprintln!("note: {n}");
     }
@@ -333,7 +348,7 @@ fn main() -> ExitCode {
     println!("total time {:.0} s ({} mode)", total.as_secs_f64(), plan.mode);
     let out = target_dir().join("bench");
     // A partial run (--only, --scale-max) does not overwrite the full table.
-    let partial = !args.only.is_empty() || args.scale_max.is_some();
+    let partial = !args.only.is_empty() || args.scale_max.is_some() || args.soak_sagas.is_some();
     let name = match (plan.mode, partial) {
         ("full", false) => "throughput",
         ("full", true) => "throughput-partial",

@@ -196,6 +196,19 @@ impl Probe {
         self.event_at(Release::Terminal, end);
     }
 
+    /// When each finished saga finished (durable terminal commit), from the probe's epoch, sorted.
+    pub fn finish_times(&self) -> Vec<Duration> {
+        let mut out: Vec<Duration> = self
+            .end_ns
+            .iter()
+            .map(|e| e.load(Ordering::Relaxed))
+            .filter(|e| *e > 0)
+            .map(Duration::from_nanos)
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
     /// Saga latencies (publish to durable terminal commit) of every finished saga, sorted.
     pub fn latencies(&self) -> Vec<Duration> {
         let mut out: Vec<Duration> = self

@@ -68,6 +68,14 @@ pub fn table(outcomes: &[Outcome]) -> String {
                 ),
                 _ => ("-".into(), "-".into(), "-".into()),
             },
+            (None, "soak") => match &o.soak {
+                Some(s) => (
+                    format!("first tenth {} sagas/s", num(s.first_tenth_per_s)),
+                    format!("last tenth {} sagas/s", num(s.last_tenth_per_s)),
+                    format!("{:.1}%", s.last_tenth_per_s / s.first_tenth_per_s.max(1e-9) * 100.0),
+                ),
+                None => ("-".into(), "-".into(), "-".into()),
+            },
             (None, "recovery") => (
                 format!(
                     "open {:.2} s, build {:.2} s",
@@ -257,6 +265,7 @@ pub fn targets(outcomes: &[Outcome], plan: &Plan) -> Vec<Target> {
         measured: ratio.map_or("-".into(), |r| format!("{:.1}%", r * 100.0)),
         verdict: verdict(ratio.map(|r| r >= 0.5)),
     });
+    out.extend(soak_targets(outcomes.iter().find_map(|o| o.soak.as_ref().map(|s| (o, s)))));
     let postgres = find(crate::run::Config::Postgres { processes: 1, rabbitmq: false }.label());
     let ratio = postgres.and_then(|o| o.baseline.as_ref()).map(|b| b.ratio);
     out.push(Target {
@@ -265,6 +274,45 @@ pub fn targets(outcomes: &[Outcome], plan: &Plan) -> Vec<Target> {
         verdict: verdict(ratio.map(|r| r >= 0.5)),
     });
     out
+}
+
+/// The soak row's targets: memory and disk flat over the run (the second half within 10% of
+/// the first), the disk it holds per saga, and the rate kept to the end.
+fn soak_targets(soak: Option<(&Outcome, &crate::soak::SoakFigures)>) -> Vec<Target> {
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let flat = |first: f64, second: f64| second <= first * 1.1;
+    let sagas = soak.map_or_else(|| "-".into(), |(o, _)| num(o.sagas as f64));
+    vec![
+        Target {
+            target: format!(
+                "soak of {sagas} sagas with retention: peak RSS flat (second half ≤ 110% of the first, after warm-up)"
+            ),
+            measured: soak.map_or("-".into(), |(_, s)| {
+                format!("{:.0} MiB, then {:.0} MiB", s.rss_first_half_mib, s.rss_second_half_mib)
+            }),
+            verdict: verdict(soak.map(|(_, s)| flat(s.rss_first_half_mib, s.rss_second_half_mib))),
+        },
+        Target {
+            target: "soak: store on disk flat (second half ≤ 110% of the first), bytes per saga run".into(),
+            measured: soak.map_or("-".into(), |(o, s)| {
+                format!(
+                    "{:.1} MiB, then {:.1} MiB, {:.1} MiB at the end: {:.0} bytes per saga run",
+                    mib(s.disk_first_half),
+                    mib(s.disk_second_half),
+                    mib(s.disk_end),
+                    s.disk_end as f64 / o.sagas.max(1) as f64
+                )
+            }),
+            verdict: verdict(soak.map(|(_, s)| flat(s.disk_first_half as f64, s.disk_second_half as f64))),
+        },
+        Target {
+            target: "soak: the last tenth's rate ≥ 90% of the first tenth's".into(),
+            measured: soak.map_or("-".into(), |(_, s)| {
+                format!("{} against {} sagas/s", num(s.last_tenth_per_s), num(s.first_tenth_per_s))
+            }),
+            verdict: verdict(soak.map(|(_, s)| s.last_tenth_per_s >= 0.9 * s.first_tenth_per_s)),
+        },
+    ]
 }
 
 pub fn targets_table(targets: &[Target]) -> String {

@@ -109,6 +109,9 @@ pub enum Job {
     /// Reopens `dir` (clock still frozen at `clock_ms`) and times until every one of `sagas`
     /// moved a step.
     Recovery { dir: PathBuf, sagas: u64, clock_ms: u64 },
+    /// `sagas` order sagas on the embedded default with retention on, memory and disk sampled
+    /// as they run: see `soak.rs`.
+    Soak { sagas: u64, in_flight: usize },
     /// One more runtime process of a PostgreSQL row, on the driver's database `database`
     /// (and RabbitMQ `namespace`, if on RabbitMQ): see `postgres.rs`.
     PostgresReplica { database: String, namespace: Option<String>, sagas: u64 },
@@ -168,6 +171,8 @@ pub struct Outcome {
     pub recovered_s: Option<f64>,
     pub pending_outbox: Option<u64>,
     pub pending_timers: Option<u64>,
+    /// Soak: the rate's first and last tenth, memory and disk over the run.
+    pub soak: Option<crate::soak::SoakFigures>,
     pub notes: Vec<String>,
 }
 
@@ -185,6 +190,7 @@ pub fn run(job: Job) -> Outcome {
         Job::Scale { parked, park_budget_s, sagas, in_flight } => {
             rt.block_on(scale(parked, Duration::from_secs_f64(park_budget_s.max(1.0)), sagas, in_flight))
         }
+        Job::Soak { sagas, in_flight } => rt.block_on(crate::soak::soak(sagas, in_flight)),
         Job::RecoverySetup { dir, sagas, clock_ms } => rt.block_on(recovery_setup(dir, sagas, clock_ms)),
         Job::Recovery { dir, sagas, clock_ms } => rt.block_on(recovery(dir, sagas, clock_ms)),
         #[cfg(feature = "postgres")]
@@ -196,7 +202,7 @@ pub fn run(job: Job) -> Outcome {
     }
 }
 
-fn temp_dir(tag: &str) -> tempfile::TempDir {
+pub(crate) fn temp_dir(tag: &str) -> tempfile::TempDir {
     tempfile::Builder::new().prefix(&format!("sagaflow-bench-{tag}-")).tempdir().expect("a temporary directory")
 }
 
@@ -206,7 +212,7 @@ fn sled_cache_bytes() -> u64 {
     std::env::var("SAGA_BENCH_SLED_CACHE_MB").ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(64) * 1024 * 1024
 }
 
-fn sled(dir: &std::path::Path, durability: Durability) -> SledStore {
+pub(crate) fn sled(dir: &std::path::Path, durability: Durability) -> SledStore {
     let options = SledOptions::default().durability(durability).cache_bytes(sled_cache_bytes());
     SledStore::open_with(dir, options).expect("open the sled store")
 }
@@ -215,10 +221,14 @@ pub(crate) async fn build(store: impl Store, bus: impl Bus, probe: &Arc<Probe>) 
     build_with(store, bus, probe, None, false).await
 }
 
-/// How long the retention row keeps finished sagas and participants' inbox entries.
+/// How long the retention rows keep finished sagas and inbox entries.
 const RETAINED_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long they keep the tombstones of deleted sagas: short, so that a run of a few minutes
+/// reaches the steady state in which tombstones go as fast as they come (with the default
+/// week, a service holds a week of them: its rate times the window).
+const TOMBSTONES_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
-async fn build_with(
+pub(crate) async fn build_with(
     store: impl Store,
     bus: impl Bus,
     probe: &Arc<Probe>,
@@ -239,7 +249,7 @@ async fn build_with(
     }
     if retained {
         builder = builder
-            .retention::<crate::domain::OrderSaga>(Retention::keep(RETAINED_FOR))
+            .retention::<crate::domain::OrderSaga>(Retention::keep(RETAINED_FOR).tombstone_for(TOMBSTONES_FOR))
             .inbox_horizon(RETAINED_FOR)
             .retention_every(RETAINED_FOR / 4);
     }

@@ -12,21 +12,22 @@ pub fn env_or(name: &str, default: u64) -> u64 {
 
 /// Builds the worker example with `features` and returns a copy of it that is the caller's own.
 pub fn worker(features: &str) -> (tempfile::TempDir, PathBuf) {
-    example("crash_worker", features)
+    let features = if features.is_empty() { Vec::new() } else { vec!["--features", features] };
+    example("crash_worker", &features)
 }
 
-/// Builds example `name` with `features` and returns a copy of it that is the caller's own.
+/// Builds example `name` with `cargo build --example name <cargo_args>` and returns a copy of
+/// it that is the caller's own.
 ///
 /// Builds of the same example with other features write the same path, and tests run in
 /// parallel: building and copying under one lock keeps each test's binary its own.
-pub fn example(name: &str, features: &str) -> (tempfile::TempDir, PathBuf) {
-    let features = if features.is_empty() { Vec::new() } else { vec!["--features", features] };
+pub fn example(name: &str, cargo_args: &[impl AsRef<std::ffi::OsStr>]) -> (tempfile::TempDir, PathBuf) {
     static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let root = env!("CARGO_MANIFEST_DIR");
     let status = Command::new(env!("CARGO"))
         .args(["build", "-q", "--example", name])
-        .args(features)
+        .args(cargo_args)
         .current_dir(root)
         .status()
         .expect("cargo runs");
