@@ -70,7 +70,8 @@ async fn a_runtime_killed_mid_flight_on_postgres_loses_and_repeats_nothing_after
 }
 
 /// Instances written before schema version 5 (no `saga` or `updated_at` column values) are
-/// filled in when a store connects, so listings by saga and age find them.
+/// filled in when a store connects, so listings by saga and age find them, and the finished
+/// ones are indexed for retention.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_from_before_the_listing_columns_are_listed_after_a_reconnect() {
     use sagaflow::store::{InstanceQuery, PostgresStore, Store};
@@ -89,6 +90,11 @@ async fn instances_from_before_the_listing_columns_are_listed_after_a_reconnect(
     let by_saga = InstanceQuery::default().saga(Trip::NAME).updated_before(sagaflow::message::Timestamp(u64::MAX));
     assert!(store.list_instances(&by_saga, 10).await.unwrap().records.is_empty(), "the columns are empty");
 
+    // Nor were they indexed as finished: the index came with version 6.
+    sqlx::query("DELETE FROM saga_finished").execute(&mut raw).await.unwrap();
+
     let reconnected = PostgresStore::connect_options(database, 2).await.unwrap();
     assert_eq!(reconnected.list_instances(&by_saga, 10).await.unwrap().records.len(), 3);
+    let finished = reconnected.expired_instances(Trip::NAME, sagaflow::message::Timestamp(u64::MAX), 10).await.unwrap();
+    assert_eq!(finished.len(), 3, "retention finds them");
 }

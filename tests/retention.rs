@@ -267,3 +267,35 @@ async fn dead_letters_the_store_keeps_go_past_their_age() {
     assert!(runtime.admin().dead_letters(None, 10).await.unwrap().is_empty());
     runtime.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trips_that_finished_before_the_finish_index_existed_are_deleted_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let clock = ManualClock::starting_at(1_000_000);
+    let first = runtime(&path, &clock, Duration::from_secs(3600)).await;
+    for trip in 0..20 {
+        first.publish(&BookTrip { trip }).await.unwrap();
+    }
+    first.wait_until_terminal(&(0..20).map(id).collect::<Vec<_>>(), WAIT).await.unwrap();
+    first.shutdown().await.unwrap();
+    // As a store written before the index: no `r` keys, and no marker that they were added.
+    {
+        let db = sled::open(&path).unwrap();
+        let old: Vec<_> = db.scan_prefix(b"r").keys().map(Result::unwrap).collect();
+        assert_eq!(old.len(), 20, "each finished trip is indexed once");
+        for k in old {
+            db.remove(k).unwrap();
+        }
+        db.remove(b"mfinished-indexed").unwrap();
+        db.flush().unwrap();
+    }
+
+    let runtime = runtime(&path, &clock, Duration::from_secs(3600)).await;
+    clock.advance(KEEP + Duration::from_secs(1));
+    assert_eq!(prune_until_done(&runtime).await.instances, 20, "the open indexed them again");
+    for trip in 0..20 {
+        assert!(runtime.instance(id(trip)).await.unwrap().is_none(), "trip {trip} kept");
+    }
+    runtime.shutdown().await.unwrap();
+}

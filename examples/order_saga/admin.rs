@@ -22,6 +22,7 @@ pub async fn serve(runtime: &SagaRuntime, addr: SocketAddr) -> Result<Endpoint, 
     }
     let endpoint = runtime.admin().serve(options).await?;
     println!("admin endpoint: http://{} ({mode})", endpoint.local_addr());
+    println!("web console:    http://{}/console", endpoint.local_addr());
     Ok(endpoint)
 }
 

@@ -248,7 +248,42 @@ impl<B: OrderedKv> KvStore<B> {
             }
         }
         let next_queue = Self::last_queue_seq(&kv)? + 1;
-        Ok(KvStore { kv, next_outbox_seq: AtomicU64::new(next), next_queue_seq: AtomicU64::new(next_queue) })
+        let store = KvStore { kv, next_outbox_seq: AtomicU64::new(next), next_queue_seq: AtomicU64::new(next_queue) };
+        store.index_finished_before_retention()?;
+        Ok(store)
+    }
+
+    /// Adds to the index of finished instances (by saga and finish time, what retention reads)
+    /// the instances that finished before a commit wrote it, so that retention finds them
+    /// too: once, at the first open by a version that has the index, a page of the status
+    /// index per write (their last change stands in for the time they finished).
+    fn index_finished_before_retention(&self) -> Result<(), StoreError> {
+        const PAGE: usize = 1000;
+        if self.kv.get(key::META_FINISHED_INDEXED)?.is_some() {
+            return Ok(());
+        }
+        for kind in StatusKind::ALL.into_iter().filter(|k| k.is_prunable()) {
+            let prefix = key::status_prefix(kind);
+            let (mut from, end) = (prefix.clone(), key::prefix_end(&prefix));
+            loop {
+                let page = self.kv.scan(&from, &end, PAGE)?;
+                let mut batch = Batch::default();
+                for (k, _) in &page {
+                    let id = key::uuid_at("status index", k, 2)?;
+                    if let Some(record) = self.read_instance(id)? {
+                        batch.put(key::finished(&record.saga, record.updated_at, id), Vec::new());
+                    }
+                }
+                self.kv.apply(batch)?.map_err(StoreError::from)?;
+                match page.last() {
+                    Some((last, _)) if page.len() == PAGE => from = [last.as_slice(), &[0]].concat(),
+                    _ => break,
+                }
+            }
+        }
+        let mut batch = Batch::default();
+        batch.put(key::META_FINISHED_INDEXED.to_vec(), Vec::new());
+        self.kv.apply(batch)?.map_err(StoreError::from)
     }
 
     /// The highest position any queued or dead-lettered message has. Queues are keyed by

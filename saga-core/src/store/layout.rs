@@ -5,7 +5,7 @@
 //!
 //! | prefix | key | value |
 //! | --- | --- | --- |
-//! | `m` | name | metadata (`m format` = format version, u32 BE) |
+//! | `m` | name | metadata (`m format` = format version, u32 BE; `m finished-indexed`: empty, see `r`) |
 //! | `i` | instance id | version (u64 BE) ++ record |
 //! | `i` | instance id, `h`, version (u64 BE) | history entry |
 //! | `i` | consumer id, `x`, message id | when it was written (u64 BE ms, wall clock; empty if written before retention existed): the inbox (a saga's consumer id is its instance id) |
@@ -35,6 +35,9 @@ use super::{StatusKind, StoreError, TimerKey};
 use crate::message::Timestamp;
 
 pub(crate) const META_FORMAT: &[u8] = b"mformat";
+/// Present once every finished instance is in the `r` index (those that finished before the
+/// index existed were added at an open).
+pub(crate) const META_FINISHED_INDEXED: &[u8] = b"mfinished-indexed";
 pub(crate) const INSTANCE: u8 = b'i';
 pub(crate) const STATUS: u8 = b's';
 const INBOX_TAG: u8 = b'x';

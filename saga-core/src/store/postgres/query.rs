@@ -80,7 +80,8 @@ impl PostgresStore {
     }
 
     /// Fills `saga` and `updated_at` of rows written before schema version 5 from their
-    /// records, a batch per statement; a no-op once every row has them.
+    /// records, a batch per statement, and indexes those that finished for retention (no
+    /// commit did: the index came with version 6); a no-op once every row has them.
     pub(super) async fn fill_instance_columns(&self) -> Result<(), StoreError> {
         loop {
             let rows = sqlx::query("SELECT id, record FROM saga_instances WHERE saga IS NULL LIMIT $1")
@@ -94,6 +95,18 @@ impl PostgresStore {
             for row in &rows {
                 let id: Uuid = row.get(0);
                 let record: InstanceRecord = decode("instance", id, row.get::<&[u8], _>(1))?;
+                // Before the column is filled: a fill interrupted between the two is done again.
+                if record.status.kind().is_prunable() {
+                    sqlx::query(
+                        "INSERT INTO saga_finished (saga, finished_at, id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(&record.saga)
+                    .bind(big(record.updated_at.0))
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db)?;
+                }
                 sqlx::query("UPDATE saga_instances SET saga = $2, updated_at = $3 WHERE id = $1 AND saga IS NULL")
                     .bind(id)
                     .bind(&record.saga)
