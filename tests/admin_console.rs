@@ -168,3 +168,32 @@ async fn an_aborted_instance_is_traced_into_compensation_by_no_edge_of_the_chart
     // s1 -> c1 is the chart's timeout edge: the abort did not take it.
     assert_eq!(taken, [("start", "s0"), ("s0", "s1"), ("c1", "c0"), ("c0", "compensated")]);
 }
+
+#[tokio::test]
+async fn a_dead_letter_is_listed_and_shown_with_its_payload_and_headers() {
+    let script = Script::default();
+    script.answer(BookHotel::NAME, 0, Answer::Fail);
+    let runtime = trip_runtime(&script).store(sagaflow::store::MemoryStore::new()).build().await.unwrap();
+    runtime.publish(&BookTrip { trip: 0 }).await.unwrap();
+    until("the hotel booking is dead-lettered", async || {
+        !runtime.admin().dead_letters(None, 10).await.unwrap().is_empty()
+    })
+    .await;
+    let dead = runtime.admin().dead_letters(None, 10).await.unwrap().remove(0);
+    let (endpoint, base) = serve_admin(&runtime, None).await;
+    let subscription = dead.message.subscription.clone().unwrap();
+    let link = format!("/console/dead-letters/{subscription}/{}", dead.message.message_id);
+
+    let (status, _, list) = page(&format!("{base}/console/dead-letters")).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert!(list.contains(&format!("href=\"{link}\"")), "each dead letter links to its page: {list}");
+    let (status, _, one) = page(&format!("{base}{link}")).await;
+    assert_eq!(status, StatusCode::OK, "{one}");
+    assert!(one.contains("&quot;trip&quot;: 0") && one.contains("hotel.book is down"), "{one}");
+    assert!(
+        one.contains(&format!("data-post=\"/api/dead-letters/{subscription}/{}/replay\"", dead.message.message_id))
+    );
+    let (status, _, _) = page(&format!("{base}/console/dead-letters/{subscription}/{}", uuid::Uuid::nil())).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    endpoint.shutdown().await.unwrap();
+}

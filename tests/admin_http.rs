@@ -201,11 +201,17 @@ async fn a_dead_letter_is_listed_and_replayed_over_http() {
     };
     assert_eq!(dead["name"], BookHotel::NAME, "{dead}");
     assert_eq!(dead["instance"], instance_id(Trip::NAME, "0").to_string(), "{dead}");
-    let url = format!(
-        "{base}/api/dead-letters/{}/{}/replay",
+    let one = format!(
+        "{base}/api/dead-letters/{}/{}",
         dead["subscription"].as_str().unwrap(),
         dead["message_id"].as_str().unwrap()
     );
+    let (status, full) = get(&one).await;
+    assert_eq!(status, StatusCode::OK, "{full}");
+    assert_eq!(full["payload"]["trip"], 0, "{full}");
+    assert!(full["attempt"].as_u64().is_some_and(|a| a >= 1), "{full}");
+    assert!(full["reason"].as_str().unwrap().contains("down"), "{full}");
+    let url = format!("{one}/replay");
 
     let (status, _, _) = post(&url, None, json!({})).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
@@ -216,6 +222,7 @@ async fn a_dead_letter_is_listed_and_replayed_over_http() {
     assert_eq!(common::status(&runtime, 0).await, Some(SagaStatus::Completed));
     let (status, again, _) = post(&url, Some(TOKEN), json!({})).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{again}");
+    assert_eq!(get(&one).await.0, StatusCode::NOT_FOUND, "replayed: no longer a dead letter");
     let (status, bad, _) = post(&url.replace("/replay", "/resend"), Some(TOKEN), json!({})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
     endpoint.shutdown().await.unwrap();

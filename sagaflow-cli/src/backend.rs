@@ -120,6 +120,9 @@ async fn http(
             params.extend(subscription.clone().map(|v| ("subscription", v)));
             get("api/dead-letters".into(), params).await?
         }
+        Request::ShowDeadLetter { subscription, message_id } => {
+            client.get(at(&["api", "dead-letters", subscription, &message_id.to_string()])?)
+        }
         Request::SettleDeadLetter { replay, subscription, message_id, reason, by } => {
             let verb = if *replay { "replay" } else { "discard" };
             let body = serde_json::json!({ "reason": reason, "by": by });
@@ -181,6 +184,12 @@ async fn offline(admin: &Admin, request: &Request) -> anyhow::Result<Value> {
         }
         Request::DeadLetters { subscription: Some(name), limit } => {
             serde_json::to_value(admin.dead_letters(Some(name), *limit).await?)?
+        }
+        Request::ShowDeadLetter { subscription, message_id } => {
+            match admin.dead_letter(subscription, *message_id).await? {
+                Some(dead) => serde_json::to_value(dead)?,
+                None => bail!("no dead letter of message {message_id} on subscription {subscription:?}"),
+            }
         }
         Request::SettleDeadLetter { replay, subscription, message_id, reason, by } => {
             let count = if *replay {

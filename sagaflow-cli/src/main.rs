@@ -10,6 +10,7 @@
 //! sagaflow instances retry 0b6c… --reason "card limit raised"
 //! sagaflow instances abort --status failed --older-than 1h --reason "supplier gone"
 //! sagaflow dead-letters list
+//! sagaflow dead-letters show 0193… --subscription shipping
 //! sagaflow dead-letters replay 0193… --subscription shipping --reason "carrier API back"
 //! sagaflow --store ./data/order-saga --json instances counts
 //! ```
@@ -195,6 +196,14 @@ enum DeadLetters {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// One dead letter in full: its headers and payload.
+    Show {
+        /// The message id (as `dead-letters list` shows it).
+        message_id: uuid::Uuid,
+        /// The subscription it was dead-lettered on.
+        #[arg(long)]
+        subscription: String,
+    },
     /// Send a dead letter back to its subscription, with a fresh retry budget (fix the cause first).
     Replay(DeadLetter),
     /// Delete a dead letter for good.
@@ -213,6 +222,7 @@ pub(crate) enum Request {
     ReplayParked { seq: u64 },
     DiscardParked { seq: u64 },
     DeadLetters { subscription: Option<String>, limit: usize },
+    ShowDeadLetter { subscription: String, message_id: uuid::Uuid },
     SettleDeadLetter { replay: bool, subscription: String, message_id: uuid::Uuid, reason: String, by: String },
     Ready,
 }
@@ -251,6 +261,9 @@ impl Command {
             Command::Parked(Parked::Discard { seq }) => Request::DiscardParked { seq },
             Command::DeadLetters(DeadLetters::List { subscription, limit }) => {
                 Request::DeadLetters { subscription, limit }
+            }
+            Command::DeadLetters(DeadLetters::Show { message_id, subscription }) => {
+                Request::ShowDeadLetter { subscription, message_id }
             }
             Command::DeadLetters(DeadLetters::Replay(d)) => settle(true, d),
             Command::DeadLetters(DeadLetters::Discard(d)) => settle(false, d),

@@ -119,6 +119,36 @@ fn detail(d: &Value) -> String {
     out
 }
 
+fn dead_letter(d: &Value) -> String {
+    let mut out = String::new();
+    for (label, field) in [
+        ("message", "message_id"),
+        ("name", "name"),
+        ("subscription", "subscription"),
+        ("instance", "correlation_id"),
+        ("caused by", "causation_id"),
+        ("attempt", "attempt"),
+        ("created", "created_at"),
+        ("dead since", "at"),
+        ("reason", "reason"),
+    ] {
+        let value = if field.ends_with("_at") || field == "at" { time(&d[field]) } else { cell(&d[field]) };
+        let _ = writeln!(out, "{label:<13} {value}");
+    }
+    if let Some(headers) = d["headers"].as_object().filter(|h| !h.is_empty()) {
+        let _ = writeln!(out, "\nheaders:");
+        for (k, v) in headers {
+            let _ = writeln!(out, "  {k}: {}", cell(v));
+        }
+    }
+    let payload = match &d["payload"] {
+        Value::Null => cell(&d["payload_text"]),
+        json => serde_json::to_string_pretty(json).unwrap_or_default(),
+    };
+    let _ = writeln!(out, "\npayload:\n{payload}");
+    out
+}
+
 pub(crate) fn render(request: &Request, answer: &Value) -> String {
     match request {
         Request::List { .. } => instances(answer),
@@ -139,6 +169,7 @@ pub(crate) fn render(request: &Request, answer: &Value) -> String {
             table(&["id", "result", "reason"], rows)
         }
         Request::Parked { .. } | Request::DeadLetters { .. } => messages(answer),
+        Request::ShowDeadLetter { .. } => dead_letter(answer),
         Request::ReplayParked { seq } => format!("parked entry #{seq} is back in the outbox\n"),
         Request::DiscardParked { seq } => format!("parked entry #{seq} is discarded\n"),
         Request::SettleDeadLetter { replay, subscription, message_id, .. } => {

@@ -149,6 +149,15 @@ async fn a_dead_letter_is_replayed_offline_and_handled_at_the_next_start() {
     let dead = json(&sagaflow(&list, None).await);
     assert_eq!(dead[0]["name"], BookHotel::NAME, "{dead}");
     let id = dead[0]["message_id"].as_str().unwrap().to_owned();
+    let show = ["--store", store, "--json", "dead-letters", "show", &id, "--subscription", &subscription];
+    let full = json(&sagaflow(&show, None).await);
+    assert_eq!(
+        (&full["payload"]["trip"], &full["correlation_id"]),
+        (&Value::from(0), &Value::from(instance_id(Trip::NAME, "0").to_string())),
+        "{full}"
+    );
+    let shown = stdout(&sagaflow(&show[..2].iter().chain(&show[3..]).copied().collect::<Vec<_>>(), None).await);
+    assert!(shown.contains("\"trip\": 0") && shown.contains("hotel.book"), "{shown}");
     let replay =
         ["--store", store, "dead-letters", "replay", &id, "--subscription", &subscription, "--reason", "fixed"];
     let replayed = stdout(&sagaflow(&replay, None).await);

@@ -6,6 +6,7 @@ use uuid::Uuid;
 use super::{Admin, MessageSummary};
 use crate::Error;
 use crate::bus::{BusError, DeadLetter};
+use crate::message::CodecExt;
 
 /// A message a bus gave up on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -16,6 +17,29 @@ pub struct DeadMessage {
     /// The message, the subscription it was dead-lettered on, why and when.
     #[serde(flatten)]
     pub message: MessageSummary,
+}
+
+/// A dead letter in full ([`Admin::dead_letter`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct DeadLetterDetail {
+    /// What a listing shows: the message, its subscription, why and when.
+    #[serde(flatten)]
+    pub summary: DeadMessage,
+    /// The instance it concerns, for a saga's message.
+    pub correlation_id: Option<Uuid>,
+    /// The message that caused it.
+    pub causation_id: Option<Uuid>,
+    /// Where its answer was to go.
+    pub reply_to: Option<String>,
+    /// The delivery attempt it was dead-lettered at.
+    pub attempt: u32,
+    /// Its headers (trace context, eShop's, the transport's).
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Its payload, when the runtime's codec reads it as JSON.
+    pub payload: Option<serde_json::Value>,
+    /// Otherwise its bytes as text (invalid UTF-8 replaced).
+    pub payload_text: Option<String>,
 }
 
 impl DeadMessage {
@@ -58,6 +82,41 @@ impl Admin {
         found.sort_by_key(|d| d.at);
         found.truncate(limit);
         Ok(found.iter().map(DeadMessage::of).collect())
+    }
+
+    /// One dead letter in full, to see what it carried before replaying or discarding it: the
+    /// dead letter of message `message_id` on `subscription`, among the first
+    /// [`SCANNED`](super::SCANNED) there; `None` if there is none.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use saga_core::{engine::SagaRuntime, store::MemoryStore};
+    /// let runtime = SagaRuntime::builder().store(MemoryStore::new()).build().await.unwrap();
+    /// assert!(runtime.admin().dead_letter("billing", uuid::Uuid::nil()).await.unwrap().is_none());
+    /// # });
+    /// ```
+    pub async fn dead_letter(&self, subscription: &str, message_id: Uuid) -> Result<Option<DeadLetterDetail>, Error> {
+        let dead = match self.core.bus.dead_letters(subscription, super::SCANNED).await {
+            Ok(dead) => dead,
+            Err(BusError::UnknownSubscription(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let Some(dead) = dead.into_iter().find(|d| d.envelope.message_id == message_id) else { return Ok(None) };
+        let e = &dead.envelope;
+        let (payload, payload_text) = match self.core.codec.decode::<serde_json::Value>(&e.payload) {
+            Ok(json) => (Some(json), None),
+            Err(_) => (None, Some(String::from_utf8_lossy(&e.payload).into_owned())),
+        };
+        Ok(Some(DeadLetterDetail {
+            summary: DeadMessage::of(&dead),
+            correlation_id: e.correlation_id,
+            causation_id: e.causation_id,
+            reply_to: e.reply_to.clone(),
+            attempt: e.attempt,
+            headers: e.headers.clone(),
+            payload,
+            payload_text,
+        }))
     }
 
     /// Sends the dead letters of message `message_id` on `subscription` back to that

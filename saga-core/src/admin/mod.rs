@@ -23,7 +23,7 @@ mod readiness;
 
 pub(crate) use actions::OperatorRequest;
 pub use actions::{ActionResult, Operation, UnknownOperation};
-pub use dead_letters::DeadMessage;
+pub use dead_letters::{DeadLetterDetail, DeadMessage};
 pub use filter::{BadFilter, FilterText};
 pub use parked::ParkedMessage;
 pub use readiness::{PROBE_WITHIN, Readiness};

@@ -34,6 +34,7 @@ pub(super) fn routes() -> Router<Shared> {
         .route("/api/parked", get(parked))
         .route("/api/parked/{seq}/{verb}", post(parked_action))
         .route("/api/dead-letters", get(dead_letters))
+        .route("/api/dead-letters/{subscription}/{message_id}", get(dead_letter))
         .route("/api/dead-letters/{subscription}/{message_id}/{verb}", post(dead_letter_action))
 }
 
@@ -250,13 +251,34 @@ async fn dead_letters(
     Ok(Json(shared.admin.dead_letters(subscription, filter.limit.unwrap_or(DEFAULT_PAGE)).await?))
 }
 
+pub(super) fn message_id(id: &str) -> Result<Uuid, Failure> {
+    Uuid::parse_str(id).map_err(|e| bad(format!("{id:?} is not a message id: {e}")))
+}
+
+/// The dead letter of a message on a subscription, or 404.
+pub(super) async fn find_dead_letter(
+    admin: &Admin,
+    subscription: &str,
+    message_id: Uuid,
+) -> Result<crate::admin::DeadLetterDetail, Failure> {
+    admin.dead_letter(subscription, message_id).await?.ok_or_else(|| {
+        Error::NotFound(format!("a dead letter of message {message_id} on subscription {subscription:?}")).into()
+    })
+}
+
+async fn dead_letter(
+    State(shared): State<Shared>,
+    Path((subscription, id)): Path<(String, String)>,
+) -> Answer<crate::admin::DeadLetterDetail> {
+    Ok(Json(find_dead_letter(&shared.admin, &subscription, message_id(&id)?).await?))
+}
+
 async fn dead_letter_action(
     State(shared): State<Shared>,
     Path((subscription, message_id, verb)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, Failure> {
-    let message_id =
-        Uuid::parse_str(&message_id).map_err(|e| bad(format!("{message_id:?} is not a message id: {e}")))?;
+    let message_id = self::message_id(&message_id)?;
     let request = request(&body)?;
     let (by, reason) = (request.by(), request.reason());
     let count = match verb.as_str() {

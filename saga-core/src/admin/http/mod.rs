@@ -14,6 +14,7 @@
 //! | `GET /api/parked?after=&limit=` | parked outbox entries |
 //! | `POST /api/parked/{seq}/replay`, `POST /api/parked/{seq}/discard` | replay or drop one |
 //! | `GET /api/dead-letters?subscription=&limit=` | dead letters |
+//! | `GET /api/dead-letters/{subscription}/{message_id}` | one in full: headers and payload |
 //! | `POST /api/dead-letters/{subscription}/{message_id}/{replay\|discard}` | replay or drop one |
 //! | `GET /console`, `/console/instances/{id}`, `/console/dead-letters`, `/console/parked` | the web console (see `console`): HTML pages over the same calls |
 //!

@@ -6,6 +6,7 @@
 //! | `/console?saga=&status=&older_than=&key=&after=` | counts by saga and status, and a page of instances |
 //! | `/console/instances/{id}` | one instance: summary, actions, the saga's diagram with its path, state, history, messages |
 //! | `/console/dead-letters?subscription=` | dead letters, with replay and discard |
+//! | `/console/dead-letters/{subscription}/{message_id}` | one dead letter: its headers and payload |
 //! | `/console/parked` | parked outbox entries, with replay and discard |
 //!
 //! The pages are rendered on the server and read-only; an action button is turned by the one
@@ -37,6 +38,7 @@ pub(super) fn routes() -> Router<Shared> {
         .route("/console", get(instances))
         .route("/console/instances/{id}", get(instance))
         .route("/console/dead-letters", get(dead_letters))
+        .route("/console/dead-letters/{subscription}/{message_id}", get(dead_letter))
         .route("/console/parked", get(parked))
         .route("/console/assets/console.css", get(|| asset("text/css", include_str!("console.css"))))
         .route("/console/assets/console.js", get(|| asset("text/javascript", include_str!("console.js"))))
@@ -117,6 +119,20 @@ async fn dead_letters(
         let dead = shared.admin.dead_letters(subscription, crate::admin::MAX_PAGE).await?;
         let subscriptions: Vec<&str> = shared.admin.subscriptions.iter().map(|s| &**s).collect();
         Ok(pages::page(&root, "Dead letters", pages::dead_letters(&root, subscription, &subscriptions, &dead)))
+    };
+    respond(&root, result.await)
+}
+
+async fn dead_letter(
+    State(shared): State<Shared>,
+    mount: Mount,
+    Path((subscription, message_id)): Path<(String, String)>,
+) -> Response {
+    let root = Root(&mount.0);
+    let result = async {
+        let id = api::message_id(&message_id)?;
+        let dead = api::find_dead_letter(&shared.admin, &subscription, id).await?;
+        Ok(pages::page(&root, "Dead letter", pages::dead_letter(&root, &dead)))
     };
     respond(&root, result.await)
 }

@@ -7,7 +7,8 @@ use maud::{DOCTYPE, Markup, html};
 
 use super::svg;
 use crate::admin::{
-    DeadMessage, FilterText, InstanceDetail, InstancePage, InstanceSummary, MessageSummary, Operation, ParkedMessage,
+    DeadLetterDetail, DeadMessage, FilterText, InstanceDetail, InstancePage, InstanceSummary, MessageSummary,
+    Operation, ParkedMessage,
 };
 use crate::message::Timestamp;
 use crate::saga::diagram::Diagram;
@@ -23,6 +24,10 @@ impl Root<'_> {
 
     fn instance(&self, id: impl std::fmt::Display) -> String {
         self.at(&format!("/console/instances/{id}"))
+    }
+
+    fn dead_letter(&self, subscription: &str, message_id: impl std::fmt::Display) -> String {
+        self.at(&format!("/console/dead-letters/{}/{message_id}", encode_segment(subscription)))
     }
 }
 
@@ -282,9 +287,9 @@ pub(super) fn instance(root: &Root, detail: &InstanceDetail, diagram: Option<&Di
                 p.more { "More history: " a href=(root.at(&format!("{}?after={}", api("history").trim_end_matches('/'), detail.history.last().map_or(0, |e| e.version)))) { "the next entries as JSON" } }
             }
         }
-        (messages("Commands waiting in the outbox", &detail.outbox, None))
-        (messages("Parked by the relay", &detail.parked, None))
-        (messages("Dead letters", &detail.dead_letters, Some(s)))
+        (messages(root, "Commands waiting in the outbox", &detail.outbox, None))
+        (messages(root, "Parked by the relay", &detail.parked, None))
+        (messages(root, "Dead letters", &detail.dead_letters, Some(s)))
     }
 }
 
@@ -307,7 +312,7 @@ fn encode_segment(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20")
 }
 
-fn messages(title: &str, list: &[MessageSummary], owner: Option<&InstanceSummary>) -> Markup {
+fn messages(root: &Root, title: &str, list: &[MessageSummary], owner: Option<&InstanceSummary>) -> Markup {
     let what = owner.map_or_else(String::new, |o| format!(", for instance {} of {}", o.key, o.saga));
     html! {
         @if !list.is_empty() {
@@ -318,7 +323,12 @@ fn messages(title: &str, list: &[MessageSummary], owner: Option<&InstanceSummary
                     tbody {
                         @for m in list {
                             tr {
-                                td.mono { (m.message_id) }
+                                td.mono {
+                                    @match &m.subscription {
+                                        Some(s) => a href=(root.dead_letter(s, m.message_id)) { (m.message_id) },
+                                        None => (m.message_id),
+                                    }
+                                }
                                 td { (m.name) }
                                 td { (m.subscription.as_deref().unwrap_or("")) }
                                 td { (time(m.at.unwrap_or(m.created_at))) }
@@ -357,7 +367,7 @@ pub(super) fn dead_letters(
                     @for d in dead {
                         @let m = &d.message;
                         tr data-message=(m.message_id) {
-                            td.mono { (m.message_id) }
+                            td.mono { a href=(root.dead_letter(m.subscription.as_deref().unwrap_or(""), m.message_id)) { (m.message_id) } }
                             td { (m.name) }
                             td { (m.subscription.as_deref().unwrap_or("")) }
                             td.mono { @if let Some(i) = d.instance { a href=(root.instance(i)) { (i) } } }
@@ -367,6 +377,40 @@ pub(super) fn dead_letters(
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+pub(super) fn dead_letter(root: &Root, dead: &DeadLetterDetail) -> Markup {
+    let m = &dead.summary.message;
+    let optional = |id: Option<uuid::Uuid>| id.map(|i| i.to_string()).unwrap_or_default();
+    html! {
+        h1 { "Dead letter " span.key { (m.name) } }
+        p.mono.subtle { (m.message_id) }
+        section.actions { (dead_letter_actions(m, "")) }
+        dl.summary {
+            dt { "subscription" } dd { (m.subscription.as_deref().unwrap_or("")) }
+            dt { "reason" } dd.reason { (m.reason.as_deref().unwrap_or("")) }
+            dt { "dead since" } dd { (m.at.map(time).unwrap_or_default()) }
+            dt { "created" } dd { (time(m.created_at)) }
+            dt { "attempt" } dd { (dead.attempt) }
+            dt { "instance" } dd.mono { @if let Some(i) = dead.correlation_id { a href=(root.instance(i)) { (i) } } }
+            dt { "caused by" } dd.mono { (optional(dead.causation_id)) }
+            @if let Some(reply_to) = &dead.reply_to { dt { "reply to" } dd { (reply_to) } }
+        }
+        section {
+            h2 { "Payload" }
+            @match (&dead.payload, &dead.payload_text) {
+                (Some(json), _) => pre.state { (serde_json::to_string_pretty(json).unwrap_or_default()) },
+                (None, Some(text)) => pre.state { (text) },
+                (None, None) => p.empty { "Empty." },
+            }
+        }
+        @if !dead.headers.is_empty() {
+            section {
+                h2 { "Headers" }
+                table { tbody { @for (k, v) in &dead.headers { tr { th { (k) } td.mono { (v) } } } } }
             }
         }
     }
