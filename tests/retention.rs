@@ -141,10 +141,12 @@ async fn twenty_thousand_trips_under_retention_leave_the_store_as_it_was() {
     );
     assert_eq!(warm_keys, before, "what the first round left");
     assert_eq!(after_keys, before, "what the second round left");
-    // Without retention the second round would add some 130 MB (6.5 KB per saga). sled's file
-    // size after a round moves by about ±10% from run to run (how much of its log the last
-    // segments hold), so this bound is 25%: a store that grows with the sagas it ran fails it.
-    assert!(after_disk * 4 <= warm_disk * 5, "disk grew from {warm_disk} to {after_disk} bytes");
+    // Without retention the second round would add some 130 MB (6.5 KB per saga), +250%. sled's
+    // file size after a round moves from run to run (51 to 58 MB in five rounds of one run; 39
+    // to 54 MB between two rounds on a loaded machine): it keeps the size its log reached, and
+    // how far that got depends on timing. So the bound is 50%: a store that grows with the
+    // sagas it ran fails it, one that is bounded passes however sled's timing went.
+    assert!(after_disk * 2 <= warm_disk * 3, "disk grew from {warm_disk} to {after_disk} bytes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
