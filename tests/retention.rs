@@ -283,7 +283,7 @@ async fn trips_that_finished_before_the_finish_index_existed_are_deleted_too() {
     first.shutdown().await.unwrap();
     // As a store written before the index: no `r` keys, and no marker that they were added.
     {
-        let db = sled::open(&path).unwrap();
+        let db = open_sled_directly(&path);
         let old: Vec<_> = db.scan_prefix(b"r").keys().map(Result::unwrap).collect();
         assert_eq!(old.len(), 20, "each finished trip is indexed once");
         for k in old {

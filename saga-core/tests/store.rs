@@ -88,22 +88,25 @@ async fn a_group_commit_resolves_every_waiter_of_a_batch() {
     assert_eq!(store.outbox(None, 1000).await.unwrap().len(), 200);
 }
 
+/// sled itself on a store's directory. sled's own I/O threads may hold the directory's lock
+/// a moment after a store there is dropped: wait for them to let go.
+fn open_sled_directly(path: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(10)),
+            Err(e) => panic!("cannot open {} with sled: {e}", path.display()),
+        }
+    }
+}
+
 /// Opens a store whose format marker was overwritten with `version`.
 fn open_store_of_format(version: u32) -> StoreError {
     let dir = tempfile::tempdir().unwrap();
     drop(SledStore::open(dir.path()).unwrap());
     {
-        // sled's own I/O threads may hold the directory's lock a moment after the store is dropped.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let db = loop {
-            match sled::open(dir.path()) {
-                Ok(db) => break db,
-                Err(_) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err(e) => panic!("cannot reopen the store's directory with sled: {e}"),
-            }
-        };
+        let db = open_sled_directly(dir.path());
         db.insert(b"mformat", &version.to_be_bytes()).unwrap();
         db.flush().unwrap();
     }
@@ -134,7 +137,7 @@ fn a_store_of_an_older_format_is_refused_with_a_clear_error() {
 fn a_directory_of_foreign_data_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = open_sled_directly(dir.path());
         db.insert(b"hello", b"world").unwrap();
         db.flush().unwrap();
     }

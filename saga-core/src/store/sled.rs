@@ -180,6 +180,20 @@ fn is_lock_contention(e: &sled::Error) -> bool {
         || (text.starts_with("could not acquire lock") && text.contains("WouldBlock"))
 }
 
+/// Opens sled. It locks the directory, and a store closed a moment ago in this process may
+/// still be held by sled's I/O threads finishing their last writes: wait briefly for them.
+fn open_waiting_for_lock(config: &sled::Config) -> sled::Result<sled::Db> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match config.open() {
+            Err(e) if is_lock_contention(&e) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            opened => return opened,
+        }
+    }
+}
+
 /// sled's errors as the store's: damaged data is `Corrupt` (the message that met it is
 /// dead-lettered; retrying cannot help), a bug sled reports stops the store, the rest is I/O
 /// that may work again.
@@ -211,25 +225,14 @@ impl SledKv {
             .cache_capacity(options.cache_bytes)
             .flush_every_ms(Some(1000))
             .mode(sled::Mode::HighThroughput);
-        // sled locks the directory. A store closed a moment ago in this process may still be
-        // held by sled's I/O threads finishing their last writes: wait briefly for them.
-        let deadline = Instant::now() + LOCK_WAIT;
-        let db = loop {
-            match config.open() {
-                Ok(db) => break db,
-                Err(e) if is_lock_contention(&e) && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(e) => {
-                    let reason = if is_lock_contention(&e) {
-                        format!("{e}: another process, or a runtime of this one that is still running, uses it")
-                    } else {
-                        e.to_string()
-                    };
-                    return Err(StoreError::Open { path: path.display().to_string(), reason });
-                }
-            }
-        };
+        let db = open_waiting_for_lock(&config).map_err(|e| {
+            let reason = if is_lock_contention(&e) {
+                format!("{e}: another process, or a runtime of this one that is still running, uses it")
+            } else {
+                e.to_string()
+            };
+            StoreError::Open { path: path.display().to_string(), reason }
+        })?;
         // Every flush goes through one thread: sled 0.34 can deadlock when flushes run
         // concurrently (`flush_async` from many tasks), and a blocking flush must not hold a
         // runtime worker. `Immediate` is the degenerate group of one.
@@ -595,6 +598,11 @@ mod tests {
         }
     }
 
+    /// sled itself on a store's directory, once the store dropped just before lets go of it.
+    fn open_raw(path: &Path) -> sled::Db {
+        open_waiting_for_lock(&sled::Config::new().path(path)).unwrap()
+    }
+
     fn records(store: &SledStore) -> Vec<KeyValue> {
         store.engine().scan(&[key::WRITE_AHEAD], &[key::WRITE_AHEAD + 1], 100).unwrap()
     }
@@ -611,7 +619,7 @@ mod tests {
             Write::Put(b"xc".to_vec(), b"3".to_vec()),
         ];
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = open_raw(dir.path());
             db.insert(b"xb", b"old").unwrap();
             write_record(&db, 7, &writes, 8, usize::MAX);
             apply_writes(&db, &writes[..1]).unwrap();
@@ -630,7 +638,7 @@ mod tests {
         drop(SledStore::open(dir.path()).unwrap());
         let writes = vec![Write::Put(b"xa".to_vec(), b"1".to_vec()), Write::Put(b"xb".to_vec(), b"2".to_vec())];
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = open_raw(dir.path());
             write_record(&db, 3, &writes, 4, 1);
             db.flush().unwrap();
         }
@@ -670,13 +678,13 @@ mod tests {
     fn foreign_data_with_a_record_like_key_is_refused_and_left_alone() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = open_raw(dir.path());
             db.insert(b"wcount", &5u64.to_be_bytes()).unwrap();
             db.flush().unwrap();
         }
         let err = SledStore::open(dir.path()).unwrap_err();
         assert!(err.to_string().contains("not a sagaflow store"), "{err}");
-        let db = sled::open(dir.path()).unwrap();
+        let db = open_raw(dir.path());
         assert!(db.get(b"wcount").unwrap().is_some());
     }
 
