@@ -301,3 +301,16 @@ async fn trips_that_finished_before_the_finish_index_existed_are_deleted_too() {
     }
     runtime.shutdown().await.unwrap();
 }
+
+/// sled itself on a store's directory. sled's own I/O threads may hold the directory's lock
+/// a moment after a store there is dropped: wait for them to let go.
+fn open_sled_directly(path: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => panic!("cannot open {} with sled: {e}", path.display()),
+        }
+    }
+}

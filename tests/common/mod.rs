@@ -329,17 +329,3 @@ pub async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
-
-/// sled itself on a store's directory. sled's own I/O threads may hold the directory's lock
-/// a moment after a store there is dropped: wait for them to let go.
-#[cfg(feature = "sled")]
-pub fn open_sled_directly(path: &std::path::Path) -> sled::Db {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match sled::open(path) {
-            Ok(db) => return db,
-            Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => panic!("cannot open {} with sled: {e}", path.display()),
-        }
-    }
-}
