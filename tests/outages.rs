@@ -140,35 +140,6 @@ async fn a_commit_whose_flush_failed_is_relayed_once_the_store_is_durable_again_
     assert!(bus.all_dead_letters().is_empty());
 }
 
-/// The in-memory bus, refusing what `refuse` says.
-#[derive(Clone)]
-struct Refusing {
-    inner: InMemoryBus,
-    refuse: fn(&Envelope) -> Option<BusError>,
-}
-
-#[async_trait::async_trait]
-impl Bus for Refusing {
-    async fn publish(&self, e: Envelope) -> Result<(), BusError> {
-        match (self.refuse)(&e) {
-            Some(error) => Err(error),
-            None => self.inner.publish(e).await,
-        }
-    }
-    async fn subscribe(&self, s: &str, names: &[&str]) -> Result<Consumer, BusError> {
-        self.inner.subscribe(s, names).await
-    }
-    async fn subscribe_exclusive(&self, s: &str, names: &[&str]) -> Result<Consumer, BusError> {
-        self.inner.subscribe_exclusive(s, names).await
-    }
-    async fn unsubscribe(&self, s: &str) -> Result<(), BusError> {
-        self.inner.unsubscribe(s).await
-    }
-    fn activity(&self) -> Option<Arc<sagaflow::activity::Activity>> {
-        self.inner.activity()
-    }
-}
-
 fn trip_one(e: &Envelope) -> bool {
     e.name == BookFlight::NAME && e.payload == br#"{"trip":1}"#
 }

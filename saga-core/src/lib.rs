@@ -27,6 +27,7 @@ pub mod saga;
 pub mod store;
 #[cfg(feature = "sled")]
 pub mod testing;
+mod trace;
 
 #[doc(hidden)]
 pub mod __private {

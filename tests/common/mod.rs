@@ -329,3 +329,36 @@ pub async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The in-memory bus, refusing what `refuse` says.
+#[derive(Clone)]
+pub struct Refusing {
+    pub inner: InMemoryBus,
+    pub refuse: fn(&sagaflow::message::Envelope) -> Option<sagaflow::bus::BusError>,
+}
+
+#[async_trait::async_trait]
+impl sagaflow::bus::Bus for Refusing {
+    async fn publish(&self, e: sagaflow::message::Envelope) -> Result<(), sagaflow::bus::BusError> {
+        match (self.refuse)(&e) {
+            Some(error) => Err(error),
+            None => self.inner.publish(e).await,
+        }
+    }
+    async fn subscribe(&self, s: &str, names: &[&str]) -> Result<sagaflow::bus::Consumer, sagaflow::bus::BusError> {
+        self.inner.subscribe(s, names).await
+    }
+    async fn subscribe_exclusive(
+        &self,
+        s: &str,
+        names: &[&str],
+    ) -> Result<sagaflow::bus::Consumer, sagaflow::bus::BusError> {
+        self.inner.subscribe_exclusive(s, names).await
+    }
+    async fn unsubscribe(&self, s: &str) -> Result<(), sagaflow::bus::BusError> {
+        self.inner.unsubscribe(s).await
+    }
+    fn activity(&self) -> Option<Arc<sagaflow::activity::Activity>> {
+        self.inner.activity()
+    }
+}

@@ -2,8 +2,9 @@
 
     eshop_pika.py publish URL         publishes one OrderStatusChangedToPaidIntegrationEvent
                                       as eShopOnContainers' EventBusRabbitMQ does
-    eshop_pika.py publish-json URL ROUTING_KEY JSON
-                                      publishes JSON (an event with its Id and CreationDate) the same way
+    eshop_pika.py publish-json URL ROUTING_KEY JSON [TRACEPARENT]
+                                      publishes JSON (an event with its Id and CreationDate) the same way,
+                                      with a W3C traceparent header as eShop's OpenTelemetry propagator writes it
     eshop_pika.py consume URL QUEUE   declares QUEUE bound to OrderStatusChangedToShippedIntegrationEvent,
                                       prints "ready", then prints the body of the first message as JSON
 """
@@ -45,13 +46,14 @@ def publish(url):
     connection.close()
 
 
-def publish_json(url, routing_key, body):
+def publish_json(url, routing_key, body, traceparent=None):
     connection, ch = channel(url)
+    headers = {"traceparent": traceparent} if traceparent else None
     ch.basic_publish(
         exchange=EXCHANGE,
         routing_key=routing_key,
         body=body.encode(),
-        properties=pika.BasicProperties(delivery_mode=2),
+        properties=pika.BasicProperties(delivery_mode=2, headers=headers),
     )
     connection.close()
 
@@ -75,6 +77,6 @@ if __name__ == "__main__":
     if sys.argv[1] == "publish":
         publish(sys.argv[2])
     elif sys.argv[1] == "publish-json":
-        publish_json(sys.argv[2], sys.argv[3], sys.argv[4])
+        publish_json(sys.argv[2], sys.argv[3], sys.argv[4], *sys.argv[5:6])
     else:
         consume(sys.argv[2], sys.argv[3])

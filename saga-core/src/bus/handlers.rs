@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 
 use super::{Bus, BusError, Consumer, Delivery};
 use crate::HandlerError;
@@ -106,7 +107,9 @@ impl EventBus {
 
     /// Publishes an event with a fresh id.
     pub async fn publish<M: Message>(&self, event: &M) -> Result<(), crate::Error> {
-        self.bus.publish(Envelope::encode(&*self.codec, event)?).await?;
+        let mut envelope = Envelope::encode(&*self.codec, event)?;
+        crate::trace::stamp(&mut envelope, crate::trace::Produced::Published);
+        self.bus.publish(envelope).await?;
         Ok(())
     }
 
@@ -166,9 +169,23 @@ impl EventBus {
         let retry = self.retry.clone();
         let task = tokio::spawn(async move {
             while let Some(delivery) = consumer.next().await {
+                let envelope = delivery.envelope();
+                let span = tracing::info_span!(
+                    "event handler",
+                    subscription = %consumer.subscription(),
+                    message_name = %envelope.name,
+                    message_id = %envelope.message_id,
+                    otel.name = %format_args!("process {}", envelope.name),
+                    otel.kind = "consumer",
+                    messaging.operation.type = "process",
+                );
+                let trace = crate::trace::TraceContext::of(envelope);
+                crate::trace::continue_trace(&span, trace.as_ref());
                 // A panicking handler (or payload decoder) fails its message, not the subscription.
-                let outcome = match crate::panics::catch(|| handle(delivery.envelope())) {
-                    Ok(running) => crate::panics::catch_async(running).await,
+                let outcome = match span.in_scope(|| crate::panics::catch(|| handle(envelope))) {
+                    Ok(running) => {
+                        crate::trace::within(trace, crate::panics::catch_async(running).instrument(span)).await
+                    }
                     Err(panic) => Err(panic),
                 }
                 .unwrap_or_else(|panic| Err(HandlerError::permanent(format!("the handler panicked: {panic}"))));

@@ -435,7 +435,8 @@ fn properties(e: &Envelope, mut table: FieldTable) -> BasicProperties {
         table.insert(CAUSATION.into(), AMQPValue::LongString(c.to_string().as_str().into()));
     }
     for (k, v) in &e.headers {
-        table.insert(format!("{USER_HEADER}{k}").into(), AMQPValue::LongString(v.as_str().into()));
+        let key = if headers::TRACE_CONTEXT.contains(&k.as_str()) { k.clone() } else { format!("{USER_HEADER}{k}") };
+        table.insert(key.into(), AMQPValue::LongString(v.as_str().into()));
     }
     let mut p = BasicProperties::default()
         .with_message_id(e.message_id.to_string().into())
@@ -475,6 +476,11 @@ fn envelope(routing_key: &str, p: &BasicProperties, payload: Vec<u8>, redelivere
             if let (Some(key), AMQPValue::LongString(value)) = (k.as_str().strip_prefix(USER_HEADER), v) {
                 user_headers.insert(key.to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned());
             }
+        }
+    }
+    for key in headers::TRACE_CONTEXT {
+        if let Some(value) = header_str(h, key) {
+            user_headers.insert(key.to_owned(), value);
         }
     }
     if let Some(ct) = p.content_type() {

@@ -28,6 +28,7 @@ use crate::activity::ActivityGuard;
 use crate::bus::Delivery;
 use crate::saga::RetryPolicy;
 use crate::store::{Durable, OutboxEntry, QueuedMessage, StoreError, TimerKey};
+use crate::trace::TraceContext;
 
 /// How many times a unit of work is re-run after optimistic-concurrency conflicts before its
 /// message is redelivered later.
@@ -51,6 +52,9 @@ pub(crate) struct Work {
     pub(crate) input: Input,
     pub(crate) delivery: Option<Delivery>,
     pub(crate) guard: ActivityGuard,
+    /// The trace an input without an envelope continues (a message carries its own): the
+    /// unit that scheduled a timer, the operator who asked for an action.
+    pub(crate) trace: Option<TraceContext>,
 }
 
 /// What a unit's log lines name, so that an operator can find the message and its instance.
@@ -207,7 +211,7 @@ fn report_store_failure(core: &Core, context: &UnitContext, error: &StoreError, 
 }
 
 async fn run_unit(core: &Arc<Core>, work: Work) -> Completion {
-    let Work { driver, subscription, lane_key, input, delivery, guard } = work;
+    let Work { driver, subscription, lane_key, input, delivery, guard, trace } = work;
     let context = UnitContext::new(&*driver, subscription, lane_key, &input);
     let timer = match &input {
         Input::Timer(t) => Some(t.key),
@@ -221,8 +225,25 @@ async fn run_unit(core: &Arc<Core>, work: Work) -> Completion {
         step = tracing::field::Empty,
         message_name = %context.message,
         message_id = %context.message_id,
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
+        messaging.operation.type = tracing::field::Empty,
+        messaging.consumer.group.name = tracing::field::Empty,
+        messaging.message.conversation_id = tracing::field::Empty,
     );
     span.record(if driver.is_saga() { "saga" } else { "participant" }, driver.name());
+    crate::trace::describe_unit(
+        &span,
+        matches!(input, Input::Message { .. }),
+        &context.message,
+        &context.subscription,
+        &context.correlation_id,
+    );
+    let trace = match &input {
+        Input::Message { envelope, .. } => TraceContext::of(envelope),
+        Input::Timer(_) | Input::Operator(_) => trace,
+    };
+    crate::trace::continue_trace(&span, trace.as_ref());
     let attempt = delivery.as_ref().map_or(1, |d| d.envelope().attempt);
     let (mut conflicts, mut store_failures) = (0, 0u32);
     // Set when a timer's unit failed: a timer cannot be dead-lettered, and refiring it would
@@ -241,7 +262,7 @@ async fn run_unit(core: &Arc<Core>, work: Work) -> Completion {
                     }
                     _ => crate::panics::catch_async(driver.process(core, lane_key, &input)),
                 };
-                unit.instrument(span.clone())
+                crate::trace::within(trace.clone(), unit.instrument(span.clone()))
                     .await
                     .unwrap_or_else(|panic| Err(Failure::Retry(format!("the unit of work panicked: {panic}"))))
             }
@@ -295,6 +316,7 @@ async fn run_unit(core: &Arc<Core>, work: Work) -> Completion {
                 input: Input::Timer(t),
                 delivery: None,
                 guard: core.activity.guard(),
+                trace: crate::trace::current().or_else(|| trace.clone()),
             });
         }
         Ok(Unit::Skipped(reason)) => {

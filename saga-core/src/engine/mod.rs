@@ -143,6 +143,7 @@ impl Core {
             input: driver::Input::Operator(request),
             delivery: None,
             guard: self.activity.guard(),
+            trace: crate::trace::current(),
         };
         self.lanes.dispatch(work).await;
         true
@@ -152,6 +153,10 @@ impl Core {
     /// local bus, see [`Bus::stored_routes`]) are written into those queues by the commit
     /// itself; the others go to the outbox, for the relay.
     pub(crate) async fn commit(&self, mut commit: Commit) -> Result<Committed, StoreError> {
+        let produced = commit.outbox.iter_mut().chain(commit.queued.iter_mut().map(|(_, envelope)| envelope));
+        for envelope in produced {
+            crate::trace::stamp(envelope, crate::trace::Produced::Committed);
+        }
         if !commit.outbox.is_empty() {
             let mut relayed = Vec::with_capacity(commit.outbox.len());
             for envelope in std::mem::take(&mut commit.outbox) {
@@ -300,6 +305,7 @@ async fn consume(core: Arc<Core>, router: Arc<Router>, mut consumer: Consumer) {
                         input: routed.input,
                         delivery: Some(delivery),
                         guard,
+                        trace: None,
                     })
                     .await
             }
@@ -377,7 +383,8 @@ impl SagaRuntime {
     /// with [`BusError::Unroutable`](crate::bus::BusError::Unroutable) when nothing would
     /// receive it. A client that may retry should use [`Self::publish_idempotent`].
     pub async fn publish<M: Message>(&self, message: &M) -> Result<Uuid, Error> {
-        let envelope = Envelope::encode(&*self.core.codec, message)?;
+        let mut envelope = Envelope::encode(&*self.core.codec, message)?;
+        crate::trace::stamp(&mut envelope, crate::trace::Produced::Published);
         let id = envelope.message_id;
         self.core.bus.publish(envelope).await?;
         Ok(id)
@@ -418,6 +425,7 @@ impl SagaRuntime {
     pub async fn publish_idempotent<M: Message>(&self, key: &str, message: &M) -> Result<Uuid, Error> {
         let mut envelope = Envelope::encode(&*self.core.codec, message)?;
         envelope.message_id = crate::message::idempotent_message_id(M::NAME, key);
+        crate::trace::stamp(&mut envelope, crate::trace::Produced::Published);
         let id = envelope.message_id;
         self.core.bus.publish(envelope).await?;
         Ok(id)

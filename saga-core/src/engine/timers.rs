@@ -129,6 +129,7 @@ pub(crate) async fn fire_due(core: &Arc<Core>, upto: Timestamp, only: Option<fn(
                 input: super::driver::Input::Timer(timer),
                 delivery: None,
                 guard: core.activity.guard(),
+                trace: None,
             };
             core.lanes.dispatch(work).await;
         }

@@ -15,6 +15,12 @@ pub mod headers {
     pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
     /// W3C trace context of the unit of work that produced the message.
     pub const TRACEPARENT: &str = "traceparent";
+    /// W3C trace state that goes with [`TRACEPARENT`] (vendor-specific trace data).
+    pub const TRACESTATE: &str = "tracestate";
+    /// The headers of the W3C trace context. Transports carry them under these very names
+    /// (not in their namespace for user headers), so that any W3C-instrumented producer or
+    /// consumer on the same broker shares the trace.
+    pub const TRACE_CONTEXT: [&str; 2] = [TRACEPARENT, TRACESTATE];
 }
 
 /// Milliseconds since the Unix epoch, UTC.

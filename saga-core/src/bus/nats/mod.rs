@@ -1673,7 +1673,13 @@ fn envelope_headers(envelope: &Envelope) -> Result<HeaderMap, String> {
         put(&mut headers, H_REPLY_TO, reply_to)?;
     }
     for (key, value) in &envelope.headers {
-        put(&mut headers, &format!("{H_USER_PREFIX}{}", encode_header_key(key)), value)?;
+        if crate::message::headers::TRACE_CONTEXT.contains(&key.as_str()) {
+            // As W3C-instrumented NATS clients write them: plain, unescaped (a W3C value is
+            // printable ASCII).
+            insert(&mut headers, header_name(key)?, value);
+        } else {
+            put(&mut headers, &format!("{H_USER_PREFIX}{}", encode_header_key(key)), value)?;
+        }
     }
     Ok(headers)
 }
@@ -1726,6 +1732,11 @@ fn decode_envelope(
     envelope.causation_id = uuid(H_CAUSATION_ID)?;
     envelope.reply_to = text(H_REPLY_TO)?;
     envelope.attempt = attempt;
+    for key in crate::message::headers::TRACE_CONTEXT {
+        if let Some(value) = header(headers, key) {
+            envelope.headers.insert(key.to_owned(), value.to_owned());
+        }
+    }
     if let Some(headers) = headers {
         for (name, values) in headers.iter() {
             let Some(key) = name_str(name).strip_prefix(H_USER_PREFIX) else { continue };

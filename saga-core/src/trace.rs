@@ -1,0 +1,216 @@
+//! Trace context across the bus: W3C `traceparent` and `tracestate` on every envelope.
+//!
+//! A message carries the trace context of whatever produced it, and the unit of work that
+//! consumes it continues that trace, so one saga instance is one trace across every service it
+//! touches, and a trace that an eShop service (or any W3C-instrumented producer) started goes
+//! on through sagaflow.
+//!
+//! The invariants, and why:
+//!
+//! - **A message is stamped once, when it is produced**, not when a transport sends it: a
+//!   unit's commands and replies are stamped as the unit commits them to the outbox, so a
+//!   message relayed after a restart still continues the trace of the unit that produced it
+//!   (the stored envelope carries its context). A message that already has a `traceparent` (a
+//!   dead letter replayed, a message forwarded as is) keeps it.
+//! - **With the `otel` feature and an OpenTelemetry layer installed**, a produced message gets
+//!   a producer span of its own, child of the current span (the unit's, or the caller's for a
+//!   direct publish); its context is what the message carries. The unit that consumes the
+//!   message has that span as its parent, so the tree reads: unit → message → unit → …
+//! - **Without OpenTelemetry** (feature off, or no layer installed) the context passes through
+//!   unchanged: the messages a unit produces carry the context of the message it consumed.
+//!   A service that does not trace then does not break the trace of those that do.
+//! - The W3C format is parsed and written by OpenTelemetry's own propagator, never by hand;
+//!   a malformed `traceparent` is ignored (the unit starts a trace of its own), not an error:
+//!   tracing never costs a message.
+
+use std::collections::BTreeMap;
+
+use crate::message::{Envelope, headers};
+
+/// The W3C trace context a message carries: its `traceparent` and `tracestate` headers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct TraceContext {
+    traceparent: String,
+    tracestate: Option<String>,
+}
+
+impl TraceContext {
+    /// The context `envelope` carries, if any.
+    pub(crate) fn of(envelope: &Envelope) -> Option<Self> {
+        Self::from_headers(&envelope.headers)
+    }
+
+    fn from_headers(headers: &BTreeMap<String, String>) -> Option<Self> {
+        let traceparent = headers.get(headers::TRACEPARENT)?.clone();
+        Some(TraceContext { traceparent, tracestate: headers.get(headers::TRACESTATE).cloned() })
+    }
+
+    fn write(&self, into: &mut BTreeMap<String, String>) {
+        into.insert(headers::TRACEPARENT.to_owned(), self.traceparent.clone());
+        if let Some(state) = &self.tracestate {
+            into.insert(headers::TRACESTATE.to_owned(), state.clone());
+        }
+    }
+}
+
+tokio::task_local! {
+    /// The context of the message the running unit of work consumed (or of the unit that
+    /// scheduled its timer): what its own messages carry when no OpenTelemetry span does.
+    static CONSUMED: Option<TraceContext>;
+}
+
+/// Runs `future` as the handling of a message with trace context `context`.
+pub(crate) async fn within<F: Future>(context: Option<TraceContext>, future: F) -> F::Output {
+    CONSUMED.scope(context, future).await
+}
+
+/// What a message produced now should carry: the current OpenTelemetry span's context, or
+/// else the consumed message's.
+pub(crate) fn current() -> Option<TraceContext> {
+    #[cfg(feature = "otel")]
+    if let Some(context) = otel::current() {
+        return Some(context);
+    }
+    CONSUMED.try_with(Clone::clone).ok().flatten()
+}
+
+/// How a message comes to be sent, for its producer span.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Produced {
+    /// Committed by a unit of work, sent once the commit is durable.
+    Committed,
+    /// Published straight to the bus.
+    Published,
+}
+
+/// Stamps `envelope` with the context of what produces it (see the module docs); an envelope
+/// that has one keeps it.
+pub(crate) fn stamp(envelope: &mut Envelope, how: Produced) {
+    if envelope.headers.contains_key(headers::TRACEPARENT) {
+        return;
+    }
+    #[cfg(feature = "otel")]
+    if otel::stamp(envelope, how) {
+        return;
+    }
+    let _ = how;
+    if let Ok(Some(context)) = CONSUMED.try_with(Clone::clone) {
+        context.write(&mut envelope.headers);
+    }
+}
+
+/// Makes `span`, a unit's or a handler's not yet entered, continue the trace of `context`.
+pub(crate) fn continue_trace(span: &tracing::Span, context: Option<&TraceContext>) {
+    #[cfg(feature = "otel")]
+    otel::set_parent(span, context);
+    let _ = (span, context);
+}
+
+/// Names a unit's span as the OpenTelemetry messaging conventions do (`process <message>`, a
+/// consumer span; a timer or an operator's action is an internal span). Only with the `otel`
+/// feature: the fields would add nothing to plain logs.
+pub(crate) fn describe_unit(
+    span: &tracing::Span,
+    consumes_message: bool,
+    input: &str,
+    group: &str,
+    conversation: &str,
+) {
+    #[cfg(feature = "otel")]
+    {
+        if consumes_message {
+            span.record("otel.name", tracing::field::display(format_args!("process {input}")));
+            span.record("otel.kind", "consumer");
+            span.record("messaging.operation.type", "process");
+        } else {
+            span.record("otel.name", input);
+            span.record("otel.kind", "internal");
+        }
+        span.record("messaging.consumer.group.name", group);
+        span.record("messaging.message.conversation_id", conversation);
+    }
+    let _ = (span, consumes_message, input, group, conversation);
+}
+
+#[cfg(feature = "otel")]
+mod otel {
+    use std::collections::BTreeMap;
+
+    use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+    use opentelemetry::trace::TraceContextExt;
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    use super::{Produced, TraceContext};
+    use crate::message::Envelope;
+
+    struct Headers<'a>(&'a mut BTreeMap<String, String>);
+
+    impl Injector for Headers<'_> {
+        fn set(&mut self, key: &str, value: String) {
+            self.0.insert(key.to_owned(), value);
+        }
+    }
+
+    struct Carried<'a>(&'a TraceContext);
+
+    impl Extractor for Carried<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            match key {
+                crate::message::headers::TRACEPARENT => Some(&self.0.traceparent),
+                crate::message::headers::TRACESTATE => self.0.tracestate.as_deref(),
+                _ => None,
+            }
+        }
+
+        fn keys(&self) -> Vec<&str> {
+            vec![crate::message::headers::TRACEPARENT, crate::message::headers::TRACESTATE]
+        }
+    }
+
+    /// Writes `span`'s context into `headers`; false when it has none (no layer installed, or
+    /// the span is disabled).
+    fn inject(span: &tracing::Span, headers: &mut BTreeMap<String, String>) -> bool {
+        let context = span.context();
+        if !context.span().span_context().is_valid() {
+            return false;
+        }
+        TraceContextPropagator::new().inject_context(&context, &mut Headers(headers));
+        true
+    }
+
+    pub(super) fn current() -> Option<TraceContext> {
+        let mut headers = BTreeMap::new();
+        inject(&tracing::Span::current(), &mut headers).then(|| TraceContext::from_headers(&headers)).flatten()
+    }
+
+    pub(super) fn stamp(envelope: &mut Envelope, how: Produced) -> bool {
+        let operation = match how {
+            Produced::Committed => "create",
+            Produced::Published => "send",
+        };
+        let span = tracing::info_span!(
+            "message produced",
+            otel.name = %format_args!("{operation} {}", envelope.name),
+            otel.kind = "producer",
+            messaging.operation.type = operation,
+            messaging.destination.name = %envelope.name,
+            messaging.message.id = %envelope.message_id,
+            messaging.message.conversation_id = tracing::field::Empty,
+        );
+        if let Some(correlation) = envelope.correlation_id {
+            span.record("messaging.message.conversation_id", tracing::field::display(correlation));
+        }
+        inject(&span, &mut envelope.headers)
+    }
+
+    pub(super) fn set_parent(span: &tracing::Span, context: Option<&TraceContext>) {
+        let Some(context) = context else { return };
+        let parent = TraceContextPropagator::new().extract(&Carried(context));
+        if parent.span().span_context().is_valid() {
+            // Fails only when no OpenTelemetry layer is installed or the span is disabled:
+            // then there is no trace to continue.
+            let _ = span.set_parent(parent);
+        }
+    }
+}
