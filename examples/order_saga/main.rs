@@ -7,6 +7,7 @@
 
 mod admin;
 mod domain;
+mod metrics;
 mod services;
 mod workload;
 
@@ -44,6 +45,10 @@ struct Args {
     /// failed (the charge may have happened). Retry it once the outage is over.
     #[arg(long, value_name = "SECONDS")]
     payment_outage: Option<u64>,
+    /// Serve the runtime's metrics as Prometheus text on http://ADDR/metrics (127.0.0.1:9181,
+    /// say) and keep running after the summary until Ctrl-C.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 /// The order the payment outage hits.
@@ -80,6 +85,11 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         let _ = PAYMENT_OUTAGE.set((order(OUTAGE_ORDER).order_id, until));
         println!("the card processor of order {OUTAGE_ORDER} is unreachable for {seconds} s");
     }
+    // Before the runtime is built: it registers its metrics with the recorder then.
+    let metrics = match args.metrics {
+        Some(addr) => Some(metrics::serve(metrics::install()?, addr).await?),
+        None => None,
+    };
     // On a persistent store the default bus is the durable local bus: a crash loses no message.
     let runtime = register(SagaRuntime::builder().store(store)).build().await?;
     let endpoint = match args.admin {
@@ -106,9 +116,11 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     }
     let elapsed = started.elapsed();
     let ok = summary(&runtime, args.orders, elapsed, &dir).await?;
-    if let Some(endpoint) = endpoint {
-        println!("serving the admin endpoint until Ctrl-C");
+    if endpoint.is_some() || metrics.is_some() {
+        println!("serving until Ctrl-C");
         tokio::signal::ctrl_c().await?;
+    }
+    if let Some(endpoint) = endpoint {
         admin::stop(endpoint).await?;
     }
     runtime.shutdown().await?;

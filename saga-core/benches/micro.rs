@@ -98,7 +98,7 @@ fn start_commit(n: u64) -> Commit {
     env.correlation_id = Some(id);
     Commit {
         inbox: Some((id, message)),
-        instance: Some(InstanceWrite { record, previous: None }),
+        instance: Some(InstanceWrite { record, previous: None, previous_updated_at: None }),
         outbox: vec![env],
         timers_add: vec![TimerRecord {
             key: timer,

@@ -56,7 +56,11 @@ async fn committed_work_survives_reopening_the_sled_store() {
     {
         let store = SledStore::open(dir.path()).unwrap();
         let c = Commit {
-            instance: Some(InstanceWrite { record: record(id, 1, SagaStatus::Running { step: 0 }), previous: None }),
+            instance: Some(InstanceWrite {
+                record: record(id, 1, SagaStatus::Running { step: 0 }),
+                previous: None,
+                previous_updated_at: None,
+            }),
             outbox: vec![Envelope::new("a", vec![])],
             ..Commit::default()
         };

@@ -194,7 +194,7 @@ impl EventBus {
                     delivery.envelope().name.clone(),
                     delivery.envelope().message_id,
                 );
-                if let Err(e) = settle(delivery, outcome, &retry).await {
+                if let Err(e) = settle(delivery, outcome, &retry, &subscription).await {
                     tracing::warn!(
                         subscription = %subscription,
                         message_name = %name,
@@ -214,7 +214,9 @@ pub(crate) async fn settle(
     delivery: Delivery,
     outcome: Result<(), HandlerError>,
     retry: &RetryPolicy,
+    subscription: &str,
 ) -> Result<(), BusError> {
+    use crate::engine::metrics::{DeadLetterClass, dead_lettered};
     let attempt = delivery.envelope().attempt;
     match outcome {
         Ok(()) => delivery.ack().await,
@@ -224,8 +226,14 @@ pub(crate) async fn settle(
                 tracing::debug!(attempt, %reason, ?delay, "transient handler failure, retrying");
                 delivery.nack(delay).await
             }
-            None => delivery.dead_letter(format!("gave up after {attempt} attempts: {reason}")).await,
+            None => {
+                dead_lettered(subscription, DeadLetterClass::GaveUp);
+                delivery.dead_letter(format!("gave up after {attempt} attempts: {reason}")).await
+            }
         },
-        Err(HandlerError::Permanent(reason)) => delivery.dead_letter(reason).await,
+        Err(HandlerError::Permanent(reason)) => {
+            dead_lettered(subscription, DeadLetterClass::Rejected);
+            delivery.dead_letter(reason).await
+        }
     }
 }

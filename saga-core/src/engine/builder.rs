@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::driver::Driver;
 use super::lanes::Lanes;
 use super::{
-    Core, Handler, Parts, Retention, Router, SagaRuntime, consume, default_bus, participant, relay, retention,
+    Core, Handler, Parts, Retention, Router, SagaRuntime, consume, default_bus, metrics, participant, relay, retention,
     saga_driver, timers,
 };
 use crate::Error;
@@ -29,6 +29,7 @@ pub struct SagaRuntimeBuilder {
     drivers: Vec<Arc<dyn Driver>>,
     errors: Vec<String>,
     retention: retention::Policies,
+    sampling: metrics::Sampling,
 }
 
 impl Default for SagaRuntimeBuilder {
@@ -45,6 +46,7 @@ impl Default for SagaRuntimeBuilder {
             drivers: Vec::new(),
             errors: Vec::new(),
             retention: retention::Policies::default(),
+            sampling: metrics::Sampling::default(),
         }
     }
 }
@@ -150,6 +152,37 @@ impl SagaRuntimeBuilder {
     /// ```
     pub fn retention<S: Saga>(mut self, policy: Retention) -> Self {
         self.retention.by_saga.insert(S::NAME.to_owned(), policy);
+        self
+    }
+
+    /// How often the gauges the runtime reads from its store are sampled: sagas in flight and
+    /// stuck (by saga), outbox depth and oldest age (default every 15 s; `None`: never). Each
+    /// sample counts the running and compensating instances, so make it rarer for stores with
+    /// very many of them. The metrics the runtime records as it works need no sampling; see
+    /// docs/observability.md.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use std::time::Duration;
+    /// use saga_core::{engine::SagaRuntime, store::MemoryStore};
+    /// let runtime = SagaRuntime::builder()
+    ///     .store(MemoryStore::new())
+    ///     .sample_gauges_every(Some(Duration::from_secs(60)))
+    ///     .stuck_after(Duration::from_secs(600))
+    ///     .build()
+    ///     .await
+    ///     .unwrap();
+    /// # });
+    /// ```
+    pub fn sample_gauges_every(mut self, every: Option<Duration>) -> Self {
+        self.sampling.every = every;
+        self
+    }
+
+    /// How long a running or compensating instance may go without a change before the
+    /// `sagaflow_sagas_stuck` gauge counts it (default 5 minutes).
+    pub fn stuck_after(mut self, after: Duration) -> Self {
+        self.sampling.stuck_after = after;
         self
     }
 
@@ -269,6 +302,9 @@ impl SagaRuntimeBuilder {
         tasks.push(tokio::spawn(timers::run(core.clone())));
         if core.retention.is_active() {
             tasks.push(tokio::spawn(retention::run(core.clone())));
+        }
+        if let Some(every) = self.sampling.every {
+            tasks.push(tokio::spawn(metrics::sample(core.clone(), every, self.sampling.stuck_after)));
         }
         let consumer_tasks = consumers
             .into_iter()

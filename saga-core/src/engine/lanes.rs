@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use super::Core;
 use super::driver::{Driver, Failure, Input, PendingCommit, Unit};
+use super::metrics::DeadLetterClass;
 use crate::activity::ActivityGuard;
 use crate::bus::Delivery;
 use crate::saga::RetryPolicy;
@@ -325,6 +326,7 @@ async fn run_unit(core: &Arc<Core>, work: Work) -> Completion {
         }
         Err(Failure::DeadLetter(reason)) => {
             log_unit!(warn, completion.context, %reason, "dead-lettering a message that cannot be handled");
+            super::metrics::dead_lettered(&completion.context.subscription, DeadLetterClass::Rejected);
             completion.settle = Settle::DeadLetter(reason);
         }
         Err(Failure::Retry(reason)) => {
@@ -336,6 +338,7 @@ async fn run_unit(core: &Arc<Core>, work: Work) -> Completion {
                 None => {
                     let reason = format!("gave up after {attempt} attempts: {reason}");
                     log_unit!(warn, completion.context, %reason, "unit of work failed for the last time; dead-lettering");
+                    super::metrics::dead_lettered(&completion.context.subscription, DeadLetterClass::GaveUp);
                     Settle::DeadLetter(reason)
                 }
             }

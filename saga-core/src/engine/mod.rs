@@ -23,6 +23,7 @@ mod health;
 mod inspect;
 mod instance;
 mod lanes;
+pub(crate) mod metrics;
 mod participant;
 mod relay;
 mod retention;
@@ -76,6 +77,7 @@ pub(crate) struct Core {
     pub(crate) unroutable_grace: Duration,
     pub(crate) health: HealthState,
     pub(crate) retention: retention::Policies,
+    pub(crate) metrics: metrics::Metrics,
 }
 
 /// The bus of a runtime built without one: the store's own, the durable local bus over a
@@ -107,6 +109,9 @@ impl Core {
     ) -> (Arc<Core>, tokio::sync::mpsc::UnboundedReceiver<Vec<crate::store::OutboxEntry>>) {
         let Parts { store, bus, codec, clock, max_message_bytes, retention } = parts;
         let (relay, relay_rx) = RelayHandle::new();
+        let metrics = metrics::Metrics::register(
+            sagas.iter().map(|(name, d)| (name.as_str(), (0..).map_while(|i| d.step_name(i)).collect())),
+        );
         let max_outgoing = bus.max_payload().map_or(max_message_bytes, |limit| limit.min(max_message_bytes));
         let core = Core {
             store,
@@ -123,6 +128,7 @@ impl Core {
             unroutable_grace,
             health: HealthState::default(),
             retention,
+            metrics,
         };
         (Arc::new(core), relay_rx)
     }
@@ -152,6 +158,14 @@ impl Core {
     /// Commits a unit of work. Its messages for subscriptions whose queues the store keeps (the
     /// local bus, see [`Bus::stored_routes`]) are written into those queues by the commit
     /// itself; the others go to the outbox, for the relay.
+    /// Publishes straight to the bus, timed.
+    async fn publish(&self, envelope: crate::message::Envelope) -> Result<(), crate::bus::BusError> {
+        let started = std::time::Instant::now();
+        let result = self.bus.publish(envelope).await;
+        self.metrics.publish_duration().record(started.elapsed().as_secs_f64());
+        result
+    }
+
     pub(crate) async fn commit(&self, mut commit: Commit) -> Result<Committed, StoreError> {
         let produced = commit.outbox.iter_mut().chain(commit.queued.iter_mut().map(|(_, envelope)| envelope));
         for envelope in produced {
@@ -171,7 +185,18 @@ impl Core {
             }
             commit.outbox = relayed;
         }
-        self.store.commit(commit).await
+        let observed = self.metrics.observe(&commit);
+        let started = std::time::Instant::now();
+        let mut committed = self.store.commit(commit).await?;
+        observed.record();
+        let durable = committed.durable;
+        let metrics = self.metrics.commit_duration();
+        committed.durable = Box::pin(async move {
+            let result = durable.await;
+            metrics.record(started.elapsed().as_secs_f64());
+            result
+        });
+        Ok(committed)
     }
 }
 
@@ -315,6 +340,7 @@ async fn consume(core: Arc<Core>, router: Arc<Router>, mut consumer: Consumer) {
 }
 
 async fn dead_letter(router: &Router, consumer: &str, delivery: crate::bus::Delivery, reason: String) {
+    metrics::dead_lettered(&router.subscription, metrics::DeadLetterClass::Rejected);
     let envelope = delivery.envelope();
     tracing::warn!(
         %consumer,
@@ -386,7 +412,7 @@ impl SagaRuntime {
         let mut envelope = Envelope::encode(&*self.core.codec, message)?;
         crate::trace::stamp(&mut envelope, crate::trace::Produced::Published);
         let id = envelope.message_id;
-        self.core.bus.publish(envelope).await?;
+        self.core.publish(envelope).await?;
         Ok(id)
     }
 
@@ -427,7 +453,7 @@ impl SagaRuntime {
         envelope.message_id = crate::message::idempotent_message_id(M::NAME, key);
         crate::trace::stamp(&mut envelope, crate::trace::Produced::Published);
         let id = envelope.message_id;
-        self.core.bus.publish(envelope).await?;
+        self.core.publish(envelope).await?;
         Ok(id)
     }
 

@@ -185,8 +185,11 @@ impl Relay {
                 pending.has_turn = true;
             }
             let bus = self.core.bus.clone();
+            let took = self.core.metrics.publish_duration();
             self.in_flight.push(Box::pin(async move {
+                let started = std::time::Instant::now();
                 let result = bus.publish(pending.entry.envelope.clone()).await;
+                took.record(started.elapsed().as_secs_f64());
                 (pending, result)
             }));
         }

@@ -355,12 +355,13 @@ impl<S: Saga> SagaDriver<S> {
         timers_remove: Vec<TimerKey>,
         now: Timestamp,
     ) -> Result<Unit, Failure> {
+        let previous_updated_at = Some(record.updated_at);
         record.version = previous.0 + 1;
         record.updated_at = now;
         let history = HistoryEntry { version: record.version, at: now, cause: Some(cause.clone()), events };
         let commit = Commit {
             inbox: Some((record.id, cause.id)),
-            instance: Some(InstanceWrite { record, previous: Some(previous) }),
+            instance: Some(InstanceWrite { record, previous: Some(previous), previous_updated_at }),
             timers_remove,
             history: Some(history),
             ..Commit::default()

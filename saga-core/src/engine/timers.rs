@@ -121,6 +121,7 @@ pub(crate) async fn fire_due(core: &Arc<Core>, upto: Timestamp, only: Option<fn(
                 continue;
             }
             fired += 1;
+            core.metrics.timer_fired(timer.key.due, core.clock.now());
             crate::crash_points::crash_point!("timers.before_fire");
             let work = Work {
                 subscription: driver.subscription().into(),

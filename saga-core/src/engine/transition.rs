@@ -88,6 +88,7 @@ impl<'a, S: Saga> Transition<'a, S> {
     ) -> Result<(Commit, Option<TimerRecord>, Vec<HistoryEvent>), crate::message::CodecError> {
         self.record.state = self.codec.encode(&self.state)?;
         self.record.version = previous.map_or(1, |(v, _)| v + 1);
+        let previous_updated_at = previous.map(|_| self.record.updated_at);
         self.record.updated_at = self.now;
         let history = HistoryEntry {
             version: self.record.version,
@@ -100,7 +101,7 @@ impl<'a, S: Saga> Transition<'a, S> {
             // instance it creates (and the version check, expecting none, refuses a concurrent
             // copy). One random-keyed write fewer per saga, and one key fewer per parked saga.
             inbox: previous.map(|_| (self.record.id, cause.id)),
-            instance: Some(InstanceWrite { record: self.record, previous }),
+            instance: Some(InstanceWrite { record: self.record, previous, previous_updated_at }),
             outbox: self.outbox,
             timers_add: self.timers_add,
             timers_remove: self.timers_remove,

@@ -106,7 +106,7 @@ fn record(id: Uuid, version: u64, status: SagaStatus) -> InstanceRecord {
 }
 
 fn write(id: Uuid, version: u64, status: SagaStatus, previous: Option<(u64, StatusKind)>) -> InstanceWrite {
-    InstanceWrite { record: record(id, version, status), previous }
+    InstanceWrite { record: record(id, version, status), previous, previous_updated_at: None }
 }
 
 fn timer(due: u64, instance_id: Uuid) -> TimerRecord {
@@ -304,7 +304,10 @@ pub async fn listings_filter_page_and_count_instances(t: &dyn StoreTarget) -> Ou
         r.updated_at = Timestamp(i * 10);
         durably(
             &*store,
-            Commit { instance: Some(InstanceWrite { record: r.clone(), previous: None }), ..Commit::default() },
+            Commit {
+                instance: Some(InstanceWrite { record: r.clone(), previous: None, previous_updated_at: None }),
+                ..Commit::default()
+            },
         )
         .await
         .map_err(failed("a start"))?;
@@ -358,7 +361,7 @@ pub async fn listings_filter_page_and_count_instances(t: &dyn StoreTarget) -> Ou
         durably(
             &*store,
             Commit {
-                instance: Some(InstanceWrite { record: r, previous }),
+                instance: Some(InstanceWrite { record: r, previous, previous_updated_at: None }),
                 history: Some(history),
                 ..Commit::default()
             },

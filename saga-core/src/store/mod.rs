@@ -179,6 +179,9 @@ pub struct InstanceWrite {
     pub record: InstanceRecord,
     /// The version and status read before the transition, `None` for a new instance.
     pub previous: Option<(u64, StatusKind)>,
+    /// When the instance last changed before this transition, `None` for a new instance: what
+    /// the runtime's step duration is measured from (stores ignore it).
+    pub previous_updated_at: Option<Timestamp>,
 }
 
 /// A participant's record written with a commit.

@@ -475,6 +475,7 @@ fn group_commit_loop(
                 broken.set(format!("a flush failed ({e})"))
             })
         });
+        crate::engine::metrics::commit_batch(batch.len());
         for w in batch {
             // The committer may have gone away (its runtime was dropped): nothing to tell.
             let _ = w.send(result.clone());
