@@ -24,6 +24,8 @@ mod workload;
 mod baseline;
 #[cfg(feature = "postgres")]
 mod baseline_postgres;
+#[cfg(feature = "otel")]
+mod observed;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod probe;
@@ -150,13 +152,17 @@ impl Plan {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()))
-        .init();
     let args = Args::parse();
-    if let Some(job) = &args.child {
-        let job: Job = serde_json::from_str(job).expect("a child job in JSON");
+    let child_job: Option<Job> = args.child.as_ref().map(|job| serde_json::from_str(job).expect("a child job in JSON"));
+    match &child_job {
+        #[cfg(feature = "otel")]
+        Some(Job::Workload { observed: true, .. }) => observed::install(),
+        _ => tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()))
+            .init(),
+    }
+    if let Some(job) = child_job {
         let outcome = run::run(job);
         println!("BENCH-RESULT {}", serde_json::to_string(&outcome).expect("an outcome in JSON"));
         return ExitCode::SUCCESS;
@@ -168,7 +174,14 @@ fn main() -> ExitCode {
             );
             return ExitCode::FAILURE;
         };
-        let job = Job::Workload { config, sagas: args.sagas, in_flight: args.in_flight, rate: None, baseline: false };
+        let job = Job::Workload {
+            config,
+            sagas: args.sagas,
+            in_flight: args.in_flight,
+            rate: None,
+            baseline: false,
+            observed: false,
+        };
         let outcome = run::run(job);
         print!("{}", report::table(&[outcome]));
         return ExitCode::SUCCESS;
@@ -196,10 +209,29 @@ fn main() -> ExitCode {
         }
         outcome
     };
-    let workload =
-        |config, sagas| Job::Workload { config, sagas, in_flight: plan.in_flight, rate: None, baseline: true };
-    if wanted("memory") {
+    let observed = |config, sagas| Job::Workload {
+        config,
+        sagas,
+        in_flight: plan.in_flight,
+        rate: None,
+        baseline: false,
+        observed: true,
+    };
+    let workload = |config, sagas| Job::Workload {
+        config,
+        sagas,
+        in_flight: plan.in_flight,
+        rate: None,
+        baseline: true,
+        observed: false,
+    };
+    // Tracing and metrics cost: each row beside its twin with them on (feature `otel`).
+    let observe = cfg!(feature = "otel") && (wanted("memory") || wanted("sled-group") || wanted("observed"));
+    if wanted("memory") || observe {
         job(workload(Config::Memory, plan.memory), &mut outcomes);
+    }
+    if observe {
+        job(observed(Config::Memory, plan.memory), &mut outcomes);
     }
     if wanted("sled-none") {
         job(workload(Config::SledNone, plan.sled_none), &mut outcomes);
@@ -209,15 +241,19 @@ fn main() -> ExitCode {
     // several percent on this shared machine: they run interleaved, `sled_group_rounds` times,
     // and each row is its median run, so that one noisy moment does not decide the comparison.
     let group_rows = [
-        (Config::SledGroup, wanted("sled-group") || wanted("paced")),
-        (Config::SledGroupLocal, wanted("sled-group") || wanted("sled-group-local") || wanted("retention")),
-        (Config::SledGroupLocalRetained, wanted("sled-group") || wanted("retention")),
+        (workload(Config::SledGroup, plan.sled_group), wanted("sled-group") || wanted("paced") || observe),
+        (observed(Config::SledGroup, plan.sled_group), observe),
+        (
+            workload(Config::SledGroupLocal, plan.sled_group),
+            wanted("sled-group") || wanted("sled-group-local") || wanted("retention"),
+        ),
+        (workload(Config::SledGroupLocalRetained, plan.sled_group), wanted("sled-group") || wanted("retention")),
     ];
-    let mut group_runs: [Vec<Outcome>; 3] = Default::default();
+    let mut group_runs: [Vec<Outcome>; 4] = Default::default();
     for _ in 0..plan.sled_group_rounds {
-        for ((config, on), runs) in group_rows.iter().zip(&mut group_runs) {
+        for ((row, on), runs) in group_rows.iter().zip(&mut group_runs) {
             if *on {
-                job(workload(*config, plan.sled_group), runs);
+                job(row.clone(), runs);
             }
         }
     }
@@ -240,12 +276,31 @@ fn main() -> ExitCode {
             outcomes.push(median);
         }
     }
+    for config in [Config::Memory, Config::SledGroup] {
+        let rate = |label: &str| outcomes.iter().find(|o| o.label == label).map(|o| o.sagas_per_s);
+        let observed = format!("{}, traced and metered", config.label());
+        if let (Some(off), Some(on)) = (rate(config.label()), rate(&observed)) {
+            notes.push(format!(
+                "tracing (OpenTelemetry, an exporter that discards) and metrics (a Prometheus recorder) on {}: {:.0} sagas/s against {:.0} off, {:.1}%",
+                config.label(),
+                on,
+                off,
+                on / off * 100.0
+            ));
+        }
+    }
     if wanted("paced") {
         if let Some(peak) = group_rate {
             let rate = peak / 2.0;
             let sagas = ((rate * plan.paced_seconds) as u64).max(100);
-            let paced =
-                Job::Workload { config: Config::SledGroup, sagas, in_flight: 0, rate: Some(rate), baseline: false };
+            let paced = Job::Workload {
+                config: Config::SledGroup,
+                sagas,
+                in_flight: 0,
+                rate: Some(rate),
+                baseline: false,
+                observed: false,
+            };
             job(paced, &mut outcomes);
         }
     }
@@ -262,6 +317,7 @@ fn main() -> ExitCode {
                     in_flight: plan.in_flight,
                     rate: None,
                     baseline: false,
+                    observed: false,
                 };
                 job(sled, &mut outcomes);
             }

@@ -99,7 +99,8 @@ impl Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Job {
     /// The order workload on one configuration; `rate` paces it (sagas/s) instead of pushing.
-    Workload { config: Config, sagas: u64, in_flight: usize, rate: Option<f64>, baseline: bool },
+    /// `observed`: with tracing to OpenTelemetry and metrics to a recorder (see `observed.rs`).
+    Workload { config: Config, sagas: u64, in_flight: usize, rate: Option<f64>, baseline: bool, observed: bool },
     /// Up to `parked` sagas left in flight (parking stops after `park_budget_s`), then the
     /// order workload on sled `Group`.
     Scale { parked: u64, park_budget_s: f64, sagas: u64, in_flight: usize },
@@ -179,8 +180,11 @@ pub struct Outcome {
 pub fn run(job: Job) -> Outcome {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
     match job {
-        Job::Workload { config, sagas, in_flight, rate, baseline } => {
+        Job::Workload { config, sagas, in_flight, rate, baseline, observed } => {
             let mut outcome = rt.block_on(workload(config, sagas, in_flight, rate));
+            if observed {
+                outcome.label.push_str(", traced and metered");
+            }
             // The PostgreSQL rows replay their own recorded commits (`workload` did it).
             if baseline && outcome.baseline.is_none() {
                 outcome.baseline = Some(run_baseline(&rt, config, &mut outcome, in_flight));
