@@ -48,3 +48,86 @@ async fn a_saga_started_without_trace_context_sends_none() {
     assert_eq!(delivery.envelope().header(headers::TRACEPARENT), None);
     runtime.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_traceparent_is_not_passed_on() {
+    let bus = InMemoryBus::new();
+    let mut watcher = bus.subscribe("watcher", &[BookFlight::NAME]).await.unwrap();
+    let script = Script::default();
+    let runtime = trip_runtime(&script).store(MemoryStore::new()).bus(bus.clone()).build().await.unwrap();
+    let start = Envelope::encode(&JsonCodec, &BookTrip { trip: 3 })
+        .unwrap()
+        .with_header(headers::TRACEPARENT, "zz")
+        .with_header(headers::TRACESTATE, "congo=t61rcWkgMzE");
+    bus.publish(start).await.unwrap();
+    let delivery = tokio::time::timeout(Duration::from_secs(5), watcher.next()).await.unwrap().unwrap();
+    assert_eq!(delivery.envelope().header(headers::TRACEPARENT), None);
+    assert_eq!(delivery.envelope().header(headers::TRACESTATE), None);
+    runtime.shutdown().await.unwrap();
+}
+
+/// A trip checked by a local step before its flight is booked.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct CheckedTrip {
+    trip: u32,
+}
+
+impl Saga for CheckedTrip {
+    const NAME: &'static str = "checked-trip";
+
+    fn definition() -> SagaDefinition<Self> {
+        SagaDefinition::new()
+            .start_with(|m: &BookTrip| CheckedTrip { trip: m.trip })
+            .step(Step::local("check", |trip: CheckedTrip, _| async move { Ok(trip) }))
+            .step(
+                Step::send("book_flight", |t: &CheckedTrip| BookFlight { trip: t.trip })
+                    .on_success(|_: &mut CheckedTrip, _: &FlightBooked| {})
+                    .on_failure(|_: &mut CheckedTrip, _: &FlightRefused| {}),
+            )
+    }
+}
+
+/// Refuses, once, the commit that sends the flight booking (the local step's), as a full disk
+/// would: the runtime then commits the same writes again.
+#[derive(Default)]
+struct FailsTheBookingOnce(std::sync::atomic::AtomicBool);
+
+#[async_trait::async_trait]
+impl sagaflow::store::CommitHook for FailsTheBookingOnce {
+    async fn commit(
+        &self,
+        store: &dyn sagaflow::store::Store,
+        commit: sagaflow::store::Commit,
+    ) -> Result<sagaflow::store::Committed, sagaflow::store::StoreError> {
+        let booking = commit.outbox.iter().any(|e| e.name == BookFlight::NAME);
+        if booking && !self.0.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(sagaflow::store::StoreError::Io("No space left on device (simulated)".into()));
+        }
+        store.commit(commit).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_steps_commit_retried_after_a_store_failure_keeps_the_trace_context() {
+    let bus = InMemoryBus::new();
+    let mut watcher = bus.subscribe("watcher", &[BookFlight::NAME]).await.unwrap();
+    let store = sagaflow::store::Intercepted::new(MemoryStore::new(), FailsTheBookingOnce::default());
+    let runtime = SagaRuntime::builder()
+        .saga::<CheckedTrip>()
+        .handler(scripted::<BookFlight>(&Script::default()))
+        .store(store)
+        .bus(bus.clone())
+        .build()
+        .await
+        .unwrap();
+    let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let start = Envelope::encode(&JsonCodec, &BookTrip { trip: 4 }).unwrap().with_header(headers::TRACEPARENT, parent);
+    bus.publish(start).await.unwrap();
+    runtime
+        .wait_until_terminal(&[sagaflow::saga::instance_id(CheckedTrip::NAME, "4")], Duration::from_secs(30))
+        .await
+        .unwrap();
+    let delivery = tokio::time::timeout(Duration::from_secs(5), watcher.next()).await.unwrap().unwrap();
+    assert_eq!(delivery.envelope().header(headers::TRACEPARENT), Some(parent));
+    runtime.shutdown().await.unwrap();
+}

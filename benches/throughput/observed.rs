@@ -37,5 +37,13 @@ pub fn install() {
         .expect("no subscriber installed yet");
     // Kept for the process's life: dropping the provider would shut the exporter down.
     std::mem::forget(provider);
-    metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().expect("no recorder installed yet");
+    let handle =
+        metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().expect("no recorder installed yet");
+    // Its housekeeping, as an application that serves it runs it (see the order example).
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(5));
+            handle.run_upkeep();
+        }
+    });
 }

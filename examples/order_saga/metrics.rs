@@ -25,6 +25,16 @@ pub fn install() -> Result<PrometheusHandle, Failure> {
 
 /// Serves `/metrics` on `addr` until the process ends; returns the address it is bound to.
 pub async fn serve(handle: PrometheusHandle, addr: SocketAddr) -> Result<SocketAddr, Failure> {
+    // The recorder's periodic housekeeping (it drains histogram samples into their buckets),
+    // which `install_recorder` leaves to the application.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            ticks.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let app = Router::new().route("/metrics", get(move || std::future::ready(handle.render())));

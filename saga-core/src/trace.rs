@@ -40,8 +40,10 @@ impl TraceContext {
         Self::from_headers(&envelope.headers)
     }
 
+    /// The context in `headers`, if its `traceparent` is well formed: a malformed one is not
+    /// passed on to what the unit produces.
     fn from_headers(headers: &BTreeMap<String, String>) -> Option<Self> {
-        let traceparent = headers.get(headers::TRACEPARENT)?.clone();
+        let traceparent = headers.get(headers::TRACEPARENT).filter(|t| is_traceparent(t))?.clone();
         Some(TraceContext { traceparent, tracestate: headers.get(headers::TRACESTATE).cloned() })
     }
 
@@ -50,6 +52,29 @@ impl TraceContext {
         if let Some(state) = &self.tracestate {
             into.insert(headers::TRACESTATE.to_owned(), state.clone());
         }
+    }
+}
+
+/// Whether `value` has the shape of a W3C `traceparent`: `version-traceid-spanid-flags` in
+/// lowercase hex (2-32-16-2 digits), version not `ff`, ids not all zeros. Only the shape is
+/// checked: with the `otel` feature, OpenTelemetry's propagator parses it.
+fn is_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex =
+        |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+    match parts.as_slice() {
+        [version, trace, span, flags, rest @ ..] => {
+            hex(version, 2)
+                && *version != "ff"
+                && (rest.is_empty() || *version != "00")
+                && hex(trace, 32)
+                && nonzero(trace)
+                && hex(span, 16)
+                && nonzero(span)
+                && hex(flags, 2)
+        }
+        _ => false,
     }
 }
 
@@ -211,6 +236,28 @@ mod otel {
             // Fails only when no OpenTelemetry layer is installed or the span is disabled:
             // then there is no trace to continue.
             let _ = span.set_parent(parent);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_traceparent;
+
+    #[test]
+    fn only_a_well_formed_traceparent_is_taken() {
+        assert!(is_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+        for bad in [
+            "zz",
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            assert!(!is_traceparent(bad), "{bad:?}");
         }
     }
 }

@@ -493,13 +493,14 @@ impl ClaimTask {
         claimed.sort_by_key(|(seq, ..)| *seq);
         let mut delivered = 0;
         for (seq, envelope, deliveries) in claimed {
+            use crate::engine::metrics::{DeadLetterClass, dead_lettered};
             let refusal = match envelope {
-                Err(e) => Err(format!("the queued message does not decode: {e}")),
+                Err(e) => Err((DeadLetterClass::Rejected, format!("the queued message does not decode: {e}"))),
                 Ok(mut envelope) => {
                     envelope.attempt = envelope.attempt.max(1).saturating_add(deliveries.saturating_sub(1));
                     match self.bus.max_deliveries {
                         Some(max) if envelope.attempt > max => {
-                            Err(format!("delivered {max} times without being acked"))
+                            Err((DeadLetterClass::GaveUp, format!("delivered {max} times without being acked")))
                         }
                         _ => Ok(envelope),
                     }
@@ -507,7 +508,8 @@ impl ClaimTask {
             };
             let envelope = match refusal {
                 Ok(envelope) => envelope,
-                Err(reason) => {
+                Err((class, reason)) => {
+                    dead_lettered(&self.subscription, class);
                     tracing::warn!(subscription = %self.subscription, seq, %reason, "PostgreSQL bus: message dead-lettered");
                     if let Err(e) = self.bus.dead_letter(&self.subscription, seq, &reason).await {
                         tracing::warn!(subscription = %self.subscription, seq, error = %e, "PostgreSQL bus: cannot dead-letter a message; it returns after the lease");

@@ -233,10 +233,18 @@ async fn run_unit(core: &Arc<Core>, work: Work) -> Completion {
         messaging.message.conversation_id = tracing::field::Empty,
     );
     span.record(if driver.is_saga() { "saga" } else { "participant" }, driver.name());
+    let span_name = match &input {
+        Input::Timer(t) => match t.purpose {
+            crate::store::TimerPurpose::Timeout { .. } => "timer:timeout",
+            crate::store::TimerPurpose::Retry { .. } => "timer:retry",
+            crate::store::TimerPurpose::RunLocal { .. } => "timer:run-local",
+        },
+        Input::Message { .. } | Input::Operator(_) => &context.message,
+    };
     crate::trace::describe_unit(
         &span,
         matches!(input, Input::Message { .. }),
-        &context.message,
+        span_name,
         &context.subscription,
         &context.correlation_id,
     );
@@ -254,7 +262,9 @@ async fn run_unit(core: &Arc<Core>, work: Work) -> Completion {
     let mut pending: Option<Box<PendingCommit>> = None;
     let outcome = loop {
         let result = match pending.take() {
-            Some(p) => retry_commit(core, *p).await,
+            // In the unit's span and trace, as its first run: the retried commit's messages are
+            // stamped now (Core::commit), from the unit's context.
+            Some(p) => crate::trace::within(trace.clone(), retry_commit(core, *p).instrument(span.clone())).await,
             None => {
                 // A panic in user code (or ours) fails this unit, not the lane and every instance on it.
                 let unit = match (&park, &input) {
@@ -326,7 +336,9 @@ async fn run_unit(core: &Arc<Core>, work: Work) -> Completion {
         }
         Err(Failure::DeadLetter(reason)) => {
             log_unit!(warn, completion.context, %reason, "dead-lettering a message that cannot be handled");
-            super::metrics::dead_lettered(&completion.context.subscription, DeadLetterClass::Rejected);
+            if completion.delivery.is_some() {
+                super::metrics::dead_lettered(&completion.context.subscription, DeadLetterClass::Rejected);
+            }
             completion.settle = Settle::DeadLetter(reason);
         }
         Err(Failure::Retry(reason)) => {
@@ -338,7 +350,9 @@ async fn run_unit(core: &Arc<Core>, work: Work) -> Completion {
                 None => {
                     let reason = format!("gave up after {attempt} attempts: {reason}");
                     log_unit!(warn, completion.context, %reason, "unit of work failed for the last time; dead-lettering");
-                    super::metrics::dead_lettered(&completion.context.subscription, DeadLetterClass::GaveUp);
+                    if completion.delivery.is_some() {
+                        super::metrics::dead_lettered(&completion.context.subscription, DeadLetterClass::GaveUp);
+                    }
                     Settle::DeadLetter(reason)
                 }
             }

@@ -34,6 +34,7 @@ pub(crate) mod names {
     pub const SAGAS_COMPLETED: &str = "sagaflow_sagas_completed_total";
     pub const SAGAS_COMPENSATED: &str = "sagaflow_sagas_compensated_total";
     pub const SAGAS_FAILED: &str = "sagaflow_sagas_failed_total";
+    pub const SAGAS_CANCELLED: &str = "sagaflow_sagas_cancelled_total";
     pub const SAGA_DURATION: &str = "sagaflow_saga_duration_seconds";
     pub const STEP_DURATION: &str = "sagaflow_step_duration_seconds";
     pub const STEP_RETRIES: &str = "sagaflow_step_retries_total";
@@ -61,9 +62,11 @@ struct SagaMetrics {
     completed: Counter,
     compensated: Counter,
     failed: Counter,
+    cancelled: Counter,
     completed_after: Histogram,
     compensated_after: Histogram,
     failed_after: Histogram,
+    cancelled_after: Histogram,
     in_flight: Gauge,
     stuck: Gauge,
     steps: Vec<StepMetrics>,
@@ -79,9 +82,11 @@ impl SagaMetrics {
             completed: counter!(names::SAGAS_COMPLETED, "saga" => saga.clone()),
             compensated: counter!(names::SAGAS_COMPENSATED, "saga" => saga.clone()),
             failed: counter!(names::SAGAS_FAILED, "saga" => saga.clone()),
+            cancelled: counter!(names::SAGAS_CANCELLED, "saga" => saga.clone()),
             completed_after: after("completed"),
             compensated_after: after("compensated"),
             failed_after: after("failed"),
+            cancelled_after: after("cancelled"),
             in_flight: gauge!(names::SAGAS_IN_FLIGHT, "saga" => saga.clone()),
             stuck: gauge!(names::SAGAS_STUCK, "saga" => saga.clone()),
             steps: steps
@@ -116,6 +121,7 @@ fn describe() {
     describe_counter!(SAGAS_COMPLETED, Unit::Count, "Saga instances that completed");
     describe_counter!(SAGAS_COMPENSATED, Unit::Count, "Saga instances that failed and were compensated");
     describe_counter!(SAGAS_FAILED, Unit::Count, "Saga instances that ended failed (need an operator)");
+    describe_counter!(SAGAS_CANCELLED, Unit::Count, "Saga instances an operator cancelled");
     describe_histogram!(SAGA_DURATION, Unit::Seconds, "From an instance's start to its end, by outcome");
     describe_histogram!(STEP_DURATION, Unit::Seconds, "From a step attempt's start to its outcome");
     describe_counter!(STEP_RETRIES, Unit::Count, "Step attempts after the first, by phase");
@@ -208,6 +214,8 @@ impl Metrics {
         let Some(saga) = self.sagas.get(&write.record.saga) else { return Observed(marks) };
         let record = &write.record;
         let since = |from: Timestamp| seconds(from, record.updated_at);
+        // An operator's skip marks a step done after the instance sat failed: not a duration.
+        let by_operator = history.events.iter().any(|e| matches!(e, HistoryEvent::Operator { .. }));
         for event in &history.events {
             match event {
                 HistoryEvent::Started => marks.push(Mark::Count(&saga.started)),
@@ -220,7 +228,7 @@ impl Metrics {
                     marks.extend(counter.map(Mark::Count));
                 }
                 HistoryEvent::StepSucceeded { step, .. } | HistoryEvent::StepFailed { step, .. } => {
-                    if let (Some(s), Some(from)) = (saga.step(*step), write.previous_updated_at) {
+                    if let (Some(s), Some(from), false) = (saga.step(*step), write.previous_updated_at, by_operator) {
                         marks.push(Mark::Time(&s.duration, since(from)));
                     }
                 }
@@ -229,6 +237,7 @@ impl Metrics {
                         SagaStatus::Completed => (&saga.completed, &saga.completed_after),
                         SagaStatus::Compensated => (&saga.compensated, &saga.compensated_after),
                         SagaStatus::Failed { .. } => (&saga.failed, &saga.failed_after),
+                        SagaStatus::Cancelled { .. } => (&saga.cancelled, &saga.cancelled_after),
                         _ => continue,
                     };
                     marks.push(Mark::Count(count));
@@ -288,7 +297,7 @@ const OUTBOX_SCANNED: usize = 10_000;
 
 /// Samples the gauges read from the store every `every`, until the runtime stops.
 pub(crate) async fn sample(core: Arc<Core>, every: Duration, stuck_after: Duration) {
-    let mut ticks = tokio::time::interval(every);
+    let mut ticks = tokio::time::interval(every.max(Duration::from_millis(1)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;

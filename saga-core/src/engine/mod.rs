@@ -155,9 +155,6 @@ impl Core {
         true
     }
 
-    /// Commits a unit of work. Its messages for subscriptions whose queues the store keeps (the
-    /// local bus, see [`Bus::stored_routes`]) are written into those queues by the commit
-    /// itself; the others go to the outbox, for the relay.
     /// Publishes straight to the bus, timed.
     async fn publish(&self, envelope: crate::message::Envelope) -> Result<(), crate::bus::BusError> {
         let started = std::time::Instant::now();
@@ -166,6 +163,9 @@ impl Core {
         result
     }
 
+    /// Commits a unit of work. Its messages for subscriptions whose queues the store keeps (the
+    /// local bus, see [`Bus::stored_routes`]) are written into those queues by the commit
+    /// itself; the others go to the outbox, for the relay.
     pub(crate) async fn commit(&self, mut commit: Commit) -> Result<Committed, StoreError> {
         let produced = commit.outbox.iter_mut().chain(commit.queued.iter_mut().map(|(_, envelope)| envelope));
         for envelope in produced {

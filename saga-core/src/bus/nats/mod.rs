@@ -1048,6 +1048,7 @@ impl Inner {
             decode_envelope(raw.headers.as_ref(), &payload, self.name_of_subject(&raw.subject), fallback_id)
                 .map_err(|problem| format!("malformed sagaflow metadata: {problem}"))
         });
+        use crate::engine::metrics::{DeadLetterClass, dead_lettered};
         let (headers, payload, reason) = match decoded {
             Ok(mut envelope) => {
                 envelope.attempt = attempt;
@@ -1062,6 +1063,7 @@ impl Inner {
                     %reason,
                     "dead-lettering a message that keeps coming back"
                 );
+                dead_lettered(&binding.subscription, DeadLetterClass::GaveUp);
                 match envelope_headers(&envelope) {
                     Ok(headers) => (headers, envelope.payload, reason),
                     Err(e) => (copy_headers(raw.headers.as_ref()), raw.payload.to_vec(), format!("{reason} ({e})")),
@@ -1075,6 +1077,7 @@ impl Inner {
                     %reason,
                     "dead-lettering a message that cannot be read"
                 );
+                dead_lettered(&binding.subscription, DeadLetterClass::Rejected);
                 (copy_headers(raw.headers.as_ref()), raw.payload.to_vec(), reason)
             }
         };
@@ -1583,6 +1586,10 @@ impl Acker for NatsAcker {
     async fn nack(self: Box<Self>, envelope: Envelope, delay: Duration) -> Result<(), BusError> {
         if envelope.attempt >= self.inner.options.max_deliver {
             let reason = exhausted(self.inner.options.max_deliver);
+            crate::engine::metrics::dead_lettered(
+                &self.binding.subscription,
+                crate::engine::metrics::DeadLetterClass::GaveUp,
+            );
             return self.dead_letter(envelope, reason).await;
         }
         let kind = if delay.is_zero() { AckKind::Nak(None) } else { AckKind::Nak(Some(delay)) };
