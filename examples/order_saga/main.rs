@@ -116,8 +116,13 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     }
     let elapsed = started.elapsed();
     let ok = summary(&runtime, args.orders, elapsed, &dir).await?;
+    // tests/console_browser.rs waits for this line.
+    match (&endpoint, &metrics) {
+        (Some(_), _) => println!("serving the admin endpoint until Ctrl-C"),
+        (None, Some(_)) => println!("serving the metrics until Ctrl-C"),
+        (None, None) => {}
+    }
     if endpoint.is_some() || metrics.is_some() {
-        println!("serving until Ctrl-C");
         tokio::signal::ctrl_c().await?;
     }
     if let Some(endpoint) = endpoint {
