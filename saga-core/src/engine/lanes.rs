@@ -234,11 +234,7 @@ async fn run_unit(core: &Arc<Core>, work: Work) -> Completion {
     );
     span.record(if driver.is_saga() { "saga" } else { "participant" }, driver.name());
     let span_name = match &input {
-        Input::Timer(t) => match t.purpose {
-            crate::store::TimerPurpose::Timeout { .. } => "timer:timeout",
-            crate::store::TimerPurpose::Retry { .. } => "timer:retry",
-            crate::store::TimerPurpose::RunLocal { .. } => "timer:run-local",
-        },
+        Input::Timer(t) => t.purpose.cause_name(),
         Input::Message { .. } | Input::Operator(_) => &context.message,
     };
     crate::trace::describe_unit(

@@ -136,7 +136,7 @@ fn describe() {
     describe_gauge!(OUTBOX_OLDEST_AGE, Unit::Seconds, "Age of the oldest outbox entry (sampled)");
     describe_histogram!(TIMER_LAG, Unit::Seconds, "How late a durable timer fired");
     describe_counter!(DEAD_LETTERS, Unit::Count, "Messages dead-lettered, by subscription and reason class");
-    describe_histogram!(COMMIT_DURATION, Unit::Seconds, "From a unit's commit to its durability");
+    describe_histogram!(COMMIT_DURATION, Unit::Seconds, "From a unit's commit until the runtime sees it durable");
     describe_histogram!(COMMIT_BATCH_SIZE, Unit::Count, "Commits made durable by one group flush (sled)");
     describe_histogram!(PUBLISH_DURATION, Unit::Seconds, "One publish to the bus");
 }

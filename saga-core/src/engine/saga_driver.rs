@@ -232,7 +232,7 @@ impl<S: Saga> SagaDriver<S> {
 
     async fn on_timer(&self, core: &Core, timer: &TimerRecord) -> Result<Unit, Failure> {
         let id = timer.key.instance_id;
-        let cause = MessageRef { id: timer.key.timer_id, name: format!("timer:{}", purpose_name(&timer.purpose)) };
+        let cause = MessageRef { id: timer.key.timer_id, name: timer.purpose.cause_name().to_owned() };
         let record = match core.store.instance(id).await? {
             Some(r) if !r.status.is_terminal() && r.saga == S::NAME => r,
             _ => return self.drop_timer(core, timer).await,
@@ -390,21 +390,13 @@ impl<S: Saga> SagaDriver<S> {
         timers_remove.extend(record.awaiting.take().and_then(|a| a.timer).filter(|k| *k != timer.key));
         record.status = SagaStatus::Failed { reason };
         let events = vec![HistoryEvent::StatusChanged { to: record.status.clone() }];
-        let cause = MessageRef { id: timer.key.timer_id, name: format!("timer:{}", purpose_name(&timer.purpose)) };
+        let cause = MessageRef { id: timer.key.timer_id, name: timer.purpose.cause_name().to_owned() };
         self.commit_record(core, record, previous, cause, events, timers_remove, now).await
     }
 
     async fn drop_timer(&self, core: &Core, timer: &TimerRecord) -> Result<Unit, Failure> {
         let committed = core.commit(Commit { timers_remove: vec![timer.key], ..Commit::default() }).await?;
         Ok(Unit::Committed { committed, follow_up: None, timers_added: false })
-    }
-}
-
-fn purpose_name(p: &TimerPurpose) -> &'static str {
-    match p {
-        TimerPurpose::Timeout { .. } => "timeout",
-        TimerPurpose::Retry { .. } => "retry",
-        TimerPurpose::RunLocal { .. } => "run-local",
     }
 }
 

@@ -364,6 +364,18 @@ pub enum HistoryEvent {
     },
 }
 
+impl TimerPurpose {
+    /// What a fired timer is named as the cause of its unit of work (in the instance's history,
+    /// and as its span's name): its kind only, so that the names are few.
+    pub(crate) fn cause_name(&self) -> &'static str {
+        match self {
+            TimerPurpose::Timeout { .. } => "timer:timeout",
+            TimerPurpose::Retry { .. } => "timer:retry",
+            TimerPurpose::RunLocal { .. } => "timer:run-local",
+        }
+    }
+}
+
 impl std::fmt::Display for TimerPurpose {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (what, step, phase, attempt) = match self {
