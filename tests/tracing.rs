@@ -214,6 +214,28 @@ async fn a_message_from_a_traced_producer_is_handled_in_its_trace_and_what_the_h
     runtime.shutdown().await.unwrap();
 }
 
+/// A step's timeout is a durable timer, fired by the store's scan; the unit it runs and the
+/// compensation it starts stay in the trace of the unit that scheduled it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_timeout_fired_from_the_store_continues_the_instances_trace() {
+    spans();
+    let script = Script::default();
+    script.answer(BookHotel::NAME, 8, Answer::Ignore);
+    let clock = sagaflow::clock::ManualClock::default();
+    let runtime = trip_runtime(&script).store(MemoryStore::new()).clock(clock.clone()).build().await.unwrap();
+    let id = runtime.publish(&BookTrip { trip: 8 }).await.unwrap();
+    runtime.settle().await;
+    advance(&runtime, &clock, Duration::from_secs(31), 1).await;
+    let instance = sagaflow::saga::instance_id(Trip::NAME, "8");
+    runtime.wait_until_terminal(&[instance], Duration::from_secs(30)).await.unwrap();
+    let trace = trace_of_message(id).await;
+    let path = path_to_root(trace, "process flight.cancelled").await;
+    let timeout = path.iter().position(|s| s == "timer:timeout").unwrap_or_else(|| panic!("no timeout in {path:?}"));
+    assert_eq!(path[timeout + 1], "process flight.booked", "the unit that sent the hotel booking scheduled it");
+    assert_eq!(path.last().map(String::as_str), Some("send trip.book"));
+    runtime.shutdown().await.unwrap();
+}
+
 /// An input whose `traceparent` is not W3C is handled as any other, in a trace of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_traceparent_costs_the_message_nothing() {

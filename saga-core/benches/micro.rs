@@ -104,6 +104,7 @@ fn start_commit(n: u64) -> Commit {
             key: timer,
             saga: "order-fulfilment".into(),
             purpose: TimerPurpose::Timeout { step: 0, phase: saga_core::store::Phase::Action, attempt: 1 },
+            trace: Default::default(),
         }],
         history: Some(HistoryEntry {
             version: 1,

@@ -16,6 +16,10 @@
 //!   a producer span of its own, child of the current span (the unit's, or the caller's for a
 //!   direct publish); its context is what the message carries. The unit that consumes the
 //!   message has that span as its parent, so the tree reads: unit → message → unit → …
+//! - **A durable timer carries the context of the unit that scheduled it**, stored with it
+//!   ([`TimerRecord::trace`]), so a step's timeout or retry that the store fires, in this
+//!   process or the next, continues the instance's trace. A timer has no span of its own; the
+//!   unit it fires does.
 //! - **Without OpenTelemetry** (feature off, or no layer installed) the context passes through
 //!   unchanged: the messages a unit produces carry the context of the message it consumed.
 //!   A service that does not trace then does not break the trace of those that do.
@@ -26,6 +30,7 @@
 use std::collections::BTreeMap;
 
 use crate::message::{Envelope, headers};
+use crate::store::TimerRecord;
 
 /// The W3C trace context a message carries: its `traceparent` and `tracestate` headers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -38,6 +43,11 @@ impl TraceContext {
     /// The context `envelope` carries, if any.
     pub(crate) fn of(envelope: &Envelope) -> Option<Self> {
         Self::from_headers(&envelope.headers)
+    }
+
+    /// The context `timer` carries (of the unit that scheduled it), if any.
+    pub(crate) fn of_timer(timer: &TimerRecord) -> Option<Self> {
+        Self::from_headers(&timer.trace)
     }
 
     /// The context in `headers`, if its `traceparent` is well formed: a malformed one is not
@@ -121,6 +131,16 @@ pub(crate) fn stamp(envelope: &mut Envelope, how: Produced) {
     let _ = how;
     if let Ok(Some(context)) = CONSUMED.try_with(Clone::clone) {
         context.write(&mut envelope.headers);
+    }
+}
+
+/// Stamps `timer` with the current context (the unit's that schedules it), so that the unit
+/// it fires continues the trace. No span of its own: a timer is not a message.
+pub(crate) fn stamp_timer(timer: &mut TimerRecord) {
+    if timer.trace.is_empty()
+        && let Some(context) = current()
+    {
+        context.write(&mut timer.trace);
     }
 }
 

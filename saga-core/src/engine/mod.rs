@@ -171,6 +171,7 @@ impl Core {
         for envelope in produced {
             crate::trace::stamp(envelope, crate::trace::Produced::Committed);
         }
+        commit.timers_add.iter_mut().for_each(crate::trace::stamp_timer);
         if !commit.outbox.is_empty() {
             let mut relayed = Vec::with_capacity(commit.outbox.len());
             for envelope in std::mem::take(&mut commit.outbox) {

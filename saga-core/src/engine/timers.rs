@@ -127,10 +127,10 @@ pub(crate) async fn fire_due(core: &Arc<Core>, upto: Timestamp, only: Option<fn(
                 subscription: driver.subscription().into(),
                 driver,
                 lane_key: timer.key.instance_id,
+                trace: crate::trace::TraceContext::of_timer(&timer),
                 input: super::driver::Input::Timer(timer),
                 delivery: None,
                 guard: core.activity.guard(),
-                trace: None,
             };
             core.lanes.dispatch(work).await;
         }

@@ -133,6 +133,8 @@ impl<'a, S: Saga> Transition<'a, S> {
             key: TimerKey { due: self.now.plus(after), instance_id: self.record.id, timer_id: self.next_id() },
             saga: S::NAME.to_owned(),
             purpose: purpose.clone(),
+            // Stamped as the unit commits, with the rest of what it produces.
+            trace: Default::default(),
         };
         self.events.push(HistoryEvent::TimerScheduled { key: timer.key, purpose });
         self.timers_add.push(timer.clone());

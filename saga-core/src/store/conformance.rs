@@ -114,6 +114,12 @@ fn timer(due: u64, instance_id: Uuid) -> TimerRecord {
         key: TimerKey { due: Timestamp(due), instance_id, timer_id: Uuid::now_v7() },
         saga: "conformance".into(),
         purpose: TimerPurpose::Timeout { step: 0, phase: Phase::Action, attempt: 1 },
+        // Stored and returned as it is (the timers' tests compare whole records).
+        trace: [(
+            crate::message::headers::TRACEPARENT.to_owned(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
+        )]
+        .into(),
     }
 }
 
@@ -134,13 +140,14 @@ pub async fn a_commit_applies_instance_inbox_outbox_timers_and_history_together(
     let (id, msg) = (Uuid::now_v7(), Uuid::now_v7());
     let (a, b) = (unique("a"), unique("b"));
     let history = super::HistoryEntry { version: 1, at: Timestamp(0), cause: None, events: Vec::new() };
+    let (late, early) = (timer(50, id), timer(10, id));
     let committed = durably(
         &*store,
         Commit {
             inbox: Some((id, msg)),
             instance: Some(write(id, 1, SagaStatus::Running { step: 0 }, None)),
             outbox: vec![Envelope::new(&a, vec![1]), Envelope::new(&b, vec![2])],
-            timers_add: vec![timer(50, id), timer(10, id)],
+            timers_add: vec![late.clone(), early.clone()],
             history: Some(history),
             ..Commit::default()
         },
@@ -158,12 +165,12 @@ pub async fn a_commit_applies_instance_inbox_outbox_timers_and_history_together(
         let page = store.timers_due(Timestamp(60), after, 100).await.map_err(failed("timers_due"))?;
         after = page.last().map(|t| t.key);
         let last = page.len() < 100;
-        due.extend(page.into_iter().filter(|t| t.key.instance_id == id).map(|t| t.key.due.0));
+        due.extend(page.into_iter().filter(|t| t.key.instance_id == id));
         if last {
             break;
         }
     }
-    check(due == [10, 50], format!("the instance's timers in due order, got {due:?}"))?;
+    check(due == [early, late], format!("the instance's timers as written, in due order, got {due:?}"))?;
     // Other runs' timers may sit in between on a shared store: the next one after 10 is due by 50.
     let next = store.next_timer(Timestamp(10)).await.map_err(failed("next_timer"))?;
     check(next.is_some_and(|k| k.due.0 > 10 && k.due.0 <= 50), format!("a next timer after 10, got {next:?}"))?;

@@ -1,5 +1,7 @@
 //! What the store keeps: instances, timers, history and participant entities.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -248,6 +250,19 @@ pub struct TimerRecord {
     pub saga: String,
     /// What it does.
     pub purpose: TimerPurpose,
+    /// The W3C trace context (`traceparent`, `tracestate`) of the unit of work that scheduled
+    /// it, so that the unit it fires continues the instance's trace. Last and lenient: a
+    /// record written before it existed decodes with none (see [`lenient_trace`]).
+    #[serde(default, deserialize_with = "lenient_trace")]
+    pub trace: BTreeMap<String, String>,
+}
+
+/// Decodes a timer's trace context, or none where the record ends before it: timers written
+/// by a build without the field are still read, and an unreadable trace context costs the
+/// timer nothing but its trace (the field is the record's last, so nothing after it is read
+/// wrongly).
+fn lenient_trace<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    Ok(BTreeMap::deserialize(d).unwrap_or_default())
 }
 
 /// A message that went into or out of a unit of work.
@@ -547,5 +562,41 @@ impl StatusKind {
     /// cancelled ones. A failed instance waits for an operator, however old it is.
     pub fn is_prunable(self) -> bool {
         matches!(self, StatusKind::Completed | StatusKind::Compensated | StatusKind::Cancelled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A timer as builds before the trace context wrote it: the same fields, without `trace`.
+    #[derive(Serialize)]
+    struct TimerWithoutTrace {
+        key: TimerKey,
+        saga: String,
+        purpose: TimerPurpose,
+    }
+
+    #[test]
+    fn a_timer_stored_before_timers_carried_a_trace_is_read_with_none() {
+        let key = TimerKey { due: Timestamp(7), instance_id: Uuid::now_v7(), timer_id: Uuid::now_v7() };
+        let purpose = TimerPurpose::Retry { step: 1, phase: Phase::Action, attempt: 2 };
+        let old = TimerWithoutTrace { key, saga: "trip".into(), purpose: purpose.clone() };
+        let read: TimerRecord = postcard::from_bytes(&postcard::to_stdvec(&old).unwrap()).unwrap();
+        assert_eq!(read, TimerRecord { key, saga: "trip".into(), purpose, trace: BTreeMap::new() });
+    }
+
+    #[test]
+    fn a_timers_trace_context_is_stored_with_it() {
+        let key = TimerKey { due: Timestamp(7), instance_id: Uuid::now_v7(), timer_id: Uuid::now_v7() };
+        let timer = TimerRecord {
+            key,
+            saga: "trip".into(),
+            purpose: TimerPurpose::Timeout { step: 0, phase: Phase::Action, attempt: 1 },
+            trace: [("traceparent".to_owned(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned())]
+                .into(),
+        };
+        let read: TimerRecord = postcard::from_bytes(&postcard::to_stdvec(&timer).unwrap()).unwrap();
+        assert_eq!(read, timer);
     }
 }
