@@ -189,16 +189,18 @@ impl EventBus {
                     Err(panic) => Err(panic),
                 }
                 .unwrap_or_else(|panic| Err(HandlerError::permanent(format!("the handler panicked: {panic}"))));
-                let (subscription, name, id) = (
+                let (subscription, name, id, correlation) = (
                     consumer.subscription().to_owned(),
                     delivery.envelope().name.clone(),
                     delivery.envelope().message_id,
+                    delivery.envelope().correlation_id,
                 );
                 if let Err(e) = settle(delivery, outcome, &retry, &subscription).await {
                     tracing::warn!(
                         subscription = %subscription,
                         message_name = %name,
                         message_id = %id,
+                        correlation_id = correlation.map(tracing::field::display),
                         error = %e,
                         "could not settle a delivery; the transport will redeliver it"
                     );

@@ -494,6 +494,13 @@ impl ClaimTask {
         let mut delivered = 0;
         for (seq, envelope, deliveries) in claimed {
             use crate::engine::metrics::{DeadLetterClass, dead_lettered};
+            // What a warning about this message names, where it decodes.
+            let decoded = envelope.as_ref().ok();
+            let (name, id, correlation) = (
+                decoded.map(|e| e.name.clone()),
+                decoded.map(|e| e.message_id),
+                decoded.and_then(|e| e.correlation_id),
+            );
             let refusal = match envelope {
                 Err(e) => Err((DeadLetterClass::Rejected, format!("the queued message does not decode: {e}"))),
                 Ok(mut envelope) => {
@@ -510,9 +517,25 @@ impl ClaimTask {
                 Ok(envelope) => envelope,
                 Err((class, reason)) => {
                     dead_lettered(&self.subscription, class);
-                    tracing::warn!(subscription = %self.subscription, seq, %reason, "PostgreSQL bus: message dead-lettered");
+                    tracing::warn!(
+                        subscription = %self.subscription,
+                        message_name = name.as_deref(),
+                        message_id = id.map(tracing::field::display),
+                        correlation_id = correlation.map(tracing::field::display),
+                        seq,
+                        %reason,
+                        "PostgreSQL bus: message dead-lettered"
+                    );
                     if let Err(e) = self.bus.dead_letter(&self.subscription, seq, &reason).await {
-                        tracing::warn!(subscription = %self.subscription, seq, error = %e, "PostgreSQL bus: cannot dead-letter a message; it returns after the lease");
+                        tracing::warn!(
+                            subscription = %self.subscription,
+                            message_name = name.as_deref(),
+                            message_id = id.map(tracing::field::display),
+                            correlation_id = correlation.map(tracing::field::display),
+                            seq,
+                            error = %e,
+                            "PostgreSQL bus: cannot dead-letter a message; it returns after the lease"
+                        );
                     }
                     continue;
                 }

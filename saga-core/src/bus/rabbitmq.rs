@@ -302,7 +302,13 @@ impl RabbitMqBus {
                 }
                 Ok(_) => return Err(transport("publish", "the broker refused the message (nack)")),
                 Err(e) if attempts < 5 => {
-                    tracing::warn!(error = %e, "RabbitMQ publish failed, waiting for the connection to recover");
+                    tracing::warn!(
+                        message_name = %envelope.name,
+                        message_id = %envelope.message_id,
+                        correlation_id = envelope.correlation_id.map(tracing::field::display),
+                        error = %e,
+                        "RabbitMQ publish failed, waiting for the connection to recover"
+                    );
                     if self.inner.publisher.wait_for_recovery(e).await.is_err() {
                         tokio::time::sleep(Duration::from_millis(200 * attempts)).await;
                     }

@@ -1060,6 +1060,7 @@ impl Inner {
                     subscription = %binding.subscription,
                     message_name = %envelope.name,
                     message_id = %envelope.message_id,
+                    correlation_id = envelope.correlation_id.map(tracing::field::display),
                     %reason,
                     "dead-lettering a message that keeps coming back"
                 );
