@@ -22,14 +22,18 @@ impl SpanExporter for Discard {
 pub fn install() {
     let provider = SdkTracerProvider::builder().with_batch_exporter(Discard).build();
     // As docs/observability.md advises for production: no per-span source location, thread
-    // or busy/idle timing attributes.
+    // or busy/idle timing attributes, no context activation on every poll, and only warnings
+    // and errors as span events.
     let otel = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("sagaflow-bench"))
         .with_location(false)
         .with_threads(false)
         .with_tracked_inactivity(false)
         .with_target(false)
-        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+        .with_context_activation(false)
+        .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+            if meta.is_span() { *meta.level() <= tracing::Level::INFO } else { *meta.level() <= tracing::Level::WARN }
+        }));
     let errors = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()));

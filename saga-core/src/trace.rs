@@ -69,23 +69,24 @@ impl TraceContext {
 /// lowercase hex (2-32-16-2 digits), version not `ff`, ids not all zeros. Only the shape is
 /// checked: with the `otel` feature, OpenTelemetry's propagator parses it.
 fn is_traceparent(value: &str) -> bool {
-    let parts: Vec<&str> = value.split('-').collect();
     let hex =
         |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
-    match parts.as_slice() {
-        [version, trace, span, flags, rest @ ..] => {
-            hex(version, 2)
-                && *version != "ff"
-                && (rest.is_empty() || *version != "00")
-                && hex(trace, 32)
-                && nonzero(trace)
-                && hex(span, 16)
-                && nonzero(span)
-                && hex(flags, 2)
-        }
-        _ => false,
-    }
+    let mut parts = value.split('-');
+    let (Some(version), Some(trace), Some(span), Some(flags)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let more = parts.next().is_some();
+    hex(version, 2)
+        && version != "ff"
+        && (!more || version != "00")
+        && hex(trace, 32)
+        && nonzero(trace)
+        && hex(span, 16)
+        && nonzero(span)
+        && hex(flags, 2)
 }
 
 tokio::task_local! {
@@ -151,30 +152,47 @@ pub(crate) fn continue_trace(span: &tracing::Span, context: Option<&TraceContext
     let _ = (span, context);
 }
 
-/// Names a unit's span as the OpenTelemetry messaging conventions do (`process <message>`, a
-/// consumer span; a timer or an operator's action is an internal span). Only with the `otel`
-/// feature: the fields would add nothing to plain logs.
-pub(crate) fn describe_unit(
-    span: &tracing::Span,
-    consumes_message: bool,
-    input: &str,
-    group: &str,
-    conversation: &str,
-) {
-    #[cfg(feature = "otel")]
-    {
-        if consumes_message {
-            span.record("otel.name", tracing::field::display(format_args!("process {input}")));
-            span.record("otel.kind", "consumer");
-            span.record("messaging.operation.type", "process");
-        } else {
-            span.record("otel.name", input);
-            span.record("otel.kind", "internal");
+/// A unit's span attributes as the OpenTelemetry messaging conventions name them (`process
+/// <message>`, a consumer span; a timer or an operator's action is an internal span). Set only
+/// with the `otel` feature (the fields would add nothing to plain logs), and set when the span
+/// is created: recording them afterwards costs the layer a lookup and an update per field.
+#[derive(Debug, Default)]
+pub(crate) struct UnitAttributes<'a> {
+    /// `otel.name`.
+    pub name: Option<std::borrow::Cow<'a, str>>,
+    /// `otel.kind`.
+    pub kind: Option<&'static str>,
+    /// `messaging.operation.type`.
+    pub operation: Option<&'static str>,
+    /// `messaging.consumer.group.name`.
+    pub group: Option<&'a str>,
+    /// `messaging.message.conversation_id`.
+    pub conversation: Option<&'a str>,
+}
+
+impl<'a> UnitAttributes<'a> {
+    pub(crate) fn new(consumes_message: bool, input: &'a str, group: &'a str, conversation: &'a str) -> Self {
+        #[cfg(feature = "otel")]
+        {
+            let (name, kind, operation) = if consumes_message {
+                (format!("process {input}").into(), "consumer", Some("process"))
+            } else {
+                (input.into(), "internal", None)
+            };
+            UnitAttributes {
+                name: Some(name),
+                kind: Some(kind),
+                operation,
+                group: Some(group),
+                conversation: Some(conversation),
+            }
         }
-        span.record("messaging.consumer.group.name", group);
-        span.record("messaging.message.conversation_id", conversation);
+        #[cfg(not(feature = "otel"))]
+        {
+            let _ = (consumes_message, input, group, conversation);
+            UnitAttributes::default()
+        }
     }
-    let _ = (span, consumes_message, input, group, conversation);
 }
 
 #[cfg(feature = "otel")]
@@ -241,11 +259,8 @@ mod otel {
             messaging.operation.type = operation,
             messaging.destination.name = %envelope.name,
             messaging.message.id = %envelope.message_id,
-            messaging.message.conversation_id = tracing::field::Empty,
+            messaging.message.conversation_id = envelope.correlation_id.map(tracing::field::display),
         );
-        if let Some(correlation) = envelope.correlation_id {
-            span.record("messaging.message.conversation_id", tracing::field::display(correlation));
-        }
         inject(&span, &mut envelope.headers)
     }
 

@@ -218,31 +218,29 @@ async fn run_unit(core: &Arc<Core>, work: Work) -> Completion {
         Input::Timer(t) => Some(t.key),
         Input::Message { .. } | Input::Operator(_) => None,
     };
-    let span = tracing::info_span!(
-        "unit_of_work",
-        saga = tracing::field::Empty,
-        participant = tracing::field::Empty,
-        instance = %lane_key,
-        step = tracing::field::Empty,
-        message_name = %context.message,
-        message_id = %context.message_id,
-        otel.name = tracing::field::Empty,
-        otel.kind = tracing::field::Empty,
-        messaging.operation.type = tracing::field::Empty,
-        messaging.consumer.group.name = tracing::field::Empty,
-        messaging.message.conversation_id = tracing::field::Empty,
-    );
-    span.record(if driver.is_saga() { "saga" } else { "participant" }, driver.name());
     let span_name = match &input {
         Input::Timer(t) => t.purpose.cause_name(),
         Input::Message { .. } | Input::Operator(_) => &context.message,
     };
-    crate::trace::describe_unit(
-        &span,
+    let otel = crate::trace::UnitAttributes::new(
         matches!(input, Input::Message { .. }),
         span_name,
         &context.subscription,
         &context.correlation_id,
+    );
+    let span = tracing::info_span!(
+        "unit_of_work",
+        saga = driver.is_saga().then(|| driver.name()),
+        participant = (!driver.is_saga()).then(|| driver.name()),
+        instance = %lane_key,
+        step = tracing::field::Empty,
+        message_name = %context.message,
+        message_id = %context.message_id,
+        otel.name = otel.name.as_deref(),
+        otel.kind = otel.kind,
+        messaging.operation.type = otel.operation,
+        messaging.consumer.group.name = otel.group,
+        messaging.message.conversation_id = otel.conversation,
     );
     let trace = match &input {
         Input::Message { envelope, .. } => TraceContext::of(envelope),
