@@ -1,6 +1,7 @@
 //! One trace per saga across services: W3C trace context on every envelope, continued by the
 //! unit that consumes it, with the spans an OpenTelemetry exporter receives (collected in
-//! memory here). Brokers' variants run when `SAGA_TEST_AMQP_URL` / `SAGA_TEST_NATS_URL` are set.
+//! memory here). The brokers' and the PostgreSQL bus's variants run when `SAGA_TEST_AMQP_URL`,
+//! `SAGA_TEST_NATS_URL` or `SAGA_TEST_POSTGRES_URL` is set.
 #![cfg(feature = "otel")]
 
 mod common;
@@ -93,6 +94,16 @@ const TRIP_PATH: [&str; 14] = [
 /// A trip through a saga runtime and a participants' runtime on their own buses (two
 /// connections to one broker): one trace from the start to the last reply.
 async fn one_trace_across_two_runtimes(saga_bus: impl Bus, participants_bus: impl Bus, trip: u32) {
+    one_trace_across_two_runtimes_on((MemoryStore::new(), saga_bus), (MemoryStore::new(), participants_bus), trip)
+        .await;
+}
+
+/// As [`one_trace_across_two_runtimes`], each runtime on a store of its own choosing.
+async fn one_trace_across_two_runtimes_on(
+    (saga_store, saga_bus): (impl sagaflow::store::Store, impl Bus),
+    (participants_store, participants_bus): (impl sagaflow::store::Store, impl Bus),
+    trip: u32,
+) {
     spans();
     let script = Script::default();
     let participants = SagaRuntime::builder()
@@ -101,12 +112,12 @@ async fn one_trace_across_two_runtimes(saga_bus: impl Bus, participants_bus: imp
         .handler(scripted::<Charge>(&script))
         .handler(scripted::<CancelFlight>(&script))
         .handler(scripted::<CancelHotel>(&script))
-        .store(MemoryStore::new())
+        .store(participants_store)
         .bus(participants_bus)
         .build()
         .await
         .unwrap();
-    let saga = SagaRuntime::builder().saga::<Trip>().store(MemoryStore::new()).bus(saga_bus).build().await.unwrap();
+    let saga = SagaRuntime::builder().saga::<Trip>().store(saga_store).bus(saga_bus).build().await.unwrap();
     let id = saga.publish(&BookTrip { trip }).await.unwrap();
     saga.wait_until_terminal(&[sagaflow::saga::instance_id(Trip::NAME, &trip.to_string())], Duration::from_secs(60))
         .await
@@ -162,6 +173,22 @@ async fn a_saga_across_nats_makes_one_trace() {
         .max_age(Duration::from_secs(600));
     let (a, b) = (NatsBus::connect(options.clone()).await.unwrap(), NatsBus::connect(options).await.unwrap());
     one_trace_across_two_runtimes(a, b, 3).await;
+}
+
+/// The PostgreSQL bus: both runtimes on one database, each with a connection pool of its own.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_across_the_postgresql_bus_makes_one_trace() {
+    use sagaflow::bus::PostgresBus;
+    use sagaflow::store::{PostgresStore, PostgresTarget};
+    let Some(target) = PostgresTarget::from_env() else {
+        return sagaflow::bus::conformance::say_skipped("tracing across the PostgreSQL bus", "SAGA_TEST_POSTGRES_URL");
+    };
+    let database = target.fresh_database().await;
+    let saga_store = PostgresStore::connect_options(database.clone(), 4).await.unwrap();
+    let participants_store = PostgresStore::connect_options(database, 4).await.unwrap();
+    let (saga_bus, participants_bus) = (PostgresBus::new(&saga_store), PostgresBus::new(&participants_store));
+    one_trace_across_two_runtimes_on((saga_store, saga_bus), (participants_store, participants_bus), 9).await;
 }
 
 fn refuse_flight_booking(e: &Envelope) -> Option<BusError> {
