@@ -516,7 +516,10 @@ impl ClaimTask {
             let envelope = match refusal {
                 Ok(envelope) => envelope,
                 Err((class, reason)) => {
-                    dead_lettered(&self.subscription, class);
+                    let moved = self.bus.dead_letter(&self.subscription, seq, &reason).await;
+                    if moved.is_ok() {
+                        dead_lettered(&self.subscription, class);
+                    }
                     tracing::warn!(
                         subscription = %self.subscription,
                         message_name = name.as_deref(),
@@ -524,19 +527,14 @@ impl ClaimTask {
                         correlation_id = correlation.map(tracing::field::display),
                         seq,
                         %reason,
-                        "PostgreSQL bus: message dead-lettered"
+                        error = moved.as_ref().err().map(tracing::field::display),
+                        "PostgreSQL bus: {}",
+                        if moved.is_ok() {
+                            "message dead-lettered"
+                        } else {
+                            "cannot dead-letter a message; it returns after the lease"
+                        }
                     );
-                    if let Err(e) = self.bus.dead_letter(&self.subscription, seq, &reason).await {
-                        tracing::warn!(
-                            subscription = %self.subscription,
-                            message_name = name.as_deref(),
-                            message_id = id.map(tracing::field::display),
-                            correlation_id = correlation.map(tracing::field::display),
-                            seq,
-                            error = %e,
-                            "PostgreSQL bus: cannot dead-letter a message; it returns after the lease"
-                        );
-                    }
                     continue;
                 }
             };
