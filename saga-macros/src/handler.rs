@@ -11,6 +11,7 @@ struct HandlerArgs {
     name: Option<String>,
     scope: Option<String>,
     retry: Option<Expr>,
+    krate: syn::Path,
 }
 
 pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
@@ -21,7 +22,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
             return quote!(#item #e);
         }
     };
-    let mut parsed = HandlerArgs { name: None, scope: None, retry: None };
+    let mut parsed = HandlerArgs { name: None, scope: None, retry: None, krate: crate::default_crate() };
     let parser = syn::meta::parser(|meta| {
         if meta.path.is_ident("name") {
             parsed.name = Some(crate::name(&meta.value()?.parse::<LitStr>()?)?);
@@ -29,9 +30,12 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
             parsed.scope = Some(crate::name(&meta.value()?.parse::<LitStr>()?)?);
         } else if meta.path.is_ident("retry") {
             parsed.retry = Some(meta.value()?.parse()?);
+        } else if meta.path.is_ident("crate") {
+            parsed.krate = crate::crate_path(&meta)?;
         } else {
-            return Err(meta
-                .error("unknown handler argument: expected `name = \"...\"`, `scope = \"...\"` or `retry = policy`"));
+            return Err(meta.error(
+                "unknown handler argument: expected `name = \"...\"`, `scope = \"...\"`, `retry = policy` or `crate = \"...\"`",
+            ));
         }
         Ok(())
     });
@@ -108,8 +112,9 @@ fn generate(function: &ItemFn, args: &HandlerArgs) -> syn::Result<TokenStream> {
     let inputs = &sig.inputs;
     let output = &sig.output;
     let name = args.name.clone().unwrap_or_else(|| ident.to_string());
+    let krate = &args.krate;
     let scope = args.scope.as_ref().map(|s| quote!(fn scope(&self) -> &str { #s }));
-    let retry = args.retry.as_ref().map(|r| quote!(fn retry_policy(&self) -> ::sagaflow::saga::RetryPolicy { #r }));
+    let retry = args.retry.as_ref().map(|r| quote!(fn retry_policy(&self) -> #krate::saga::RetryPolicy { #r }));
     // Spanned at the user's signature and return type, so that a non-`Send` future or an
     // unusable return type is reported there.
     let call = if with_ctx { quote!(Self::call(input, ctx)) } else { quote!(Self::call(input)) };
@@ -118,8 +123,9 @@ fn generate(function: &ItemFn, args: &HandlerArgs) -> syn::Result<TokenStream> {
         syn::ReturnType::Type(_, ty) => ty.span(),
         syn::ReturnType::Default => ident.span(),
     };
+    let krate_at_output = crate::respan(krate, output_span);
     let into_replies = quote_spanned! {output_span=>
-        ::sagaflow::__private::into_replies(output, ctx)
+        #krate_at_output::__private::into_replies(output, ctx)
     };
     let boxed = quote_spanned! {sig.span()=>
         ::std::boxed::Box::pin(async move {
@@ -127,8 +133,9 @@ fn generate(function: &ItemFn, args: &HandlerArgs) -> syn::Result<TokenStream> {
             #into_replies
         })
     };
+    let krate_at_message = crate::respan(krate, message.span());
     let message_check = quote_spanned! {message.span()=>
-        ::sagaflow::__private::assert_message::<#message>();
+        #krate_at_message::__private::assert_message::<#message>();
     };
     Ok(quote! {
         #(#docs)*
@@ -142,7 +149,7 @@ fn generate(function: &ItemFn, args: &HandlerArgs) -> syn::Result<TokenStream> {
             #vis async fn call(#inputs) #output #block
         }
 
-        impl ::sagaflow::engine::Handler for #ident {
+        impl #krate::engine::Handler for #ident {
             type Input = #message;
 
             fn name(&self) -> &str {
@@ -157,9 +164,9 @@ fn generate(function: &ItemFn, args: &HandlerArgs) -> syn::Result<TokenStream> {
             fn handle<'life0, 'life1, 'async_trait>(
                 &'life0 self,
                 input: #message,
-                ctx: &'life1 mut ::sagaflow::engine::HandlerContext,
+                ctx: &'life1 mut #krate::engine::HandlerContext,
             ) -> ::std::pin::Pin<::std::boxed::Box<
-                dyn ::std::future::Future<Output = ::std::result::Result<(), ::sagaflow::HandlerError>>
+                dyn ::std::future::Future<Output = ::std::result::Result<(), #krate::HandlerError>>
                     + ::std::marker::Send
                     + 'async_trait,
             >>

@@ -6,7 +6,8 @@
 //!
 //! Every mistake the macros can see is a compile error spanned on the user's own tokens,
 //! and the user's item is still emitted so that editors keep working. The generated code
-//! refers to the `sagaflow` crate. See `docs/macros.md` for every attribute.
+//! refers to the `sagaflow` crate as `::sagaflow`, or by the path `crate = "..."` gives (a
+//! renamed dependency, a re-export). See `docs/macros.md` for every attribute.
 
 mod duration;
 mod handler;
@@ -37,6 +38,29 @@ pub fn handler(args: TokenStream, item: TokenStream) -> TokenStream {
     handler::expand(args.into(), item.into()).into()
 }
 
+/// The path the generated code names the sagaflow crate by, unless `crate = "..."` says
+/// otherwise (as serde's `#[serde(crate = "...")]` does for a renamed or re-exported crate).
+pub(crate) fn default_crate() -> syn::Path {
+    syn::parse_quote!(::sagaflow)
+}
+
+/// `path` with every token at `span`: inside `quote_spanned!`, so that an error in the
+/// generated call is reported at the user's token, as the rest of the call is.
+pub(crate) fn respan(path: &syn::Path, span: proc_macro2::Span) -> proc_macro2::TokenStream {
+    quote::ToTokens::to_token_stream(path)
+        .into_iter()
+        .map(|mut token| {
+            token.set_span(span);
+            token
+        })
+        .collect()
+}
+
+/// The path in `crate = "..."`, spanned at the string.
+pub(crate) fn crate_path(meta: &syn::meta::ParseNestedMeta) -> syn::Result<syn::Path> {
+    meta.value()?.parse::<syn::LitStr>()?.parse()
+}
+
 /// Combines errors into one `compile_error!` stream.
 pub(crate) fn errors(errors: Vec<syn::Error>) -> proc_macro2::TokenStream {
     errors.into_iter().map(|e| e.to_compile_error()).collect()
@@ -52,4 +76,62 @@ pub(crate) fn name(lit: &syn::LitStr) -> syn::Result<String> {
         return Err(syn::Error::new(lit.span(), "a name cannot start or end with white space"));
     }
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use proc_macro2::TokenStream;
+    use quote::quote;
+
+    /// Whether the expansion names `::sagaflow` anywhere (a `__sagaflow_checks` ident does not).
+    fn names_sagaflow(expansion: &TokenStream) -> bool {
+        expansion.to_string().contains(":: sagaflow")
+    }
+
+    #[test]
+    fn with_crate_given_no_macro_names_sagaflow_itself() {
+        let message = crate::message::expand(quote! {
+            #[message(name = "placed", crate = "deps::flow")]
+            struct Placed { #[correlation] id: u32 }
+        });
+        let handler = crate::handler::expand(
+            quote!(crate = "deps::flow", retry = deps::flow::saga::RetryPolicy::default()),
+            quote!(
+                async fn reserve(m: Reserve) -> Result<Reserved, Rejected> {
+                    todo!()
+                }
+            ),
+        );
+        let saga = crate::saga::expand(
+            quote!(name = "order", crate = "deps::flow"),
+            quote! {
+                impl Order {
+                    #[start]
+                    fn placed(m: &Placed) -> Self { todo!() }
+                    #[step(compensate = release, timeout = "30s")]
+                    fn reserve(&self) -> Reserve { todo!() }
+                    #[reply(reserve)]
+                    fn reserved(&mut self, _: &Reserved) {}
+                    fn release(&self) -> Release { todo!() }
+                    #[reply(release)]
+                    fn released(&mut self, _: &Released) {}
+                    #[on]
+                    fn noted(&mut self, _: &Note) {}
+                }
+            },
+        );
+        for (what, expansion) in [("message", message), ("handler", handler), ("saga", saga)] {
+            assert!(!names_sagaflow(&expansion), "{what}: {expansion}");
+            assert!(expansion.to_string().contains("deps :: flow ::"), "{what}: {expansion}");
+            assert!(!expansion.to_string().contains("compile_error"), "{what}: {expansion}");
+        }
+    }
+
+    #[test]
+    fn without_crate_the_macros_name_sagaflow() {
+        let message = crate::message::expand(quote!(
+            struct Placed;
+        ));
+        assert!(names_sagaflow(&message), "{message}");
+    }
 }

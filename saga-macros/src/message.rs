@@ -30,6 +30,7 @@ fn derive(input: &DeriveInput) -> Result<TokenStream, Vec<syn::Error>> {
     let mut name = ident.to_string();
     let mut correlation = Correlation::None;
     let mut named = false;
+    let mut krate = None;
     for attr in input.attrs.iter().filter(|a| a.path().is_ident("message")) {
         let parsed = attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("name") {
@@ -45,8 +46,13 @@ fn derive(input: &DeriveInput) -> Result<TokenStream, Vec<syn::Error>> {
                 }
                 correlation = Correlation::Function(meta.value()?.parse()?);
                 Ok(())
+            } else if meta.path.is_ident("crate") {
+                krate = Some(crate::crate_path(&meta)?);
+                Ok(())
             } else {
-                Err(meta.error("unknown message attribute: expected `name = \"...\"` or `correlation = path`"))
+                Err(meta.error(
+                    "unknown message attribute: expected `name = \"...\"`, `correlation = path` or `crate = \"...\"`",
+                ))
             }
         });
         if let Err(e) = parsed {
@@ -102,8 +108,9 @@ fn derive(input: &DeriveInput) -> Result<TokenStream, Vec<syn::Error>> {
         Correlation::Function(path) => quote!(#path(self)),
     };
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
+    let krate = krate.unwrap_or_else(crate::default_crate);
     Ok(quote! {
-        impl #impl_generics ::sagaflow::message::Message for #ident #ty_generics #where_clause {
+        impl #impl_generics #krate::message::Message for #ident #ty_generics #where_clause {
             const NAME: &'static str = #name;
             fn correlation_key(&self) -> ::std::option::Option<::std::string::String> {
                 #key

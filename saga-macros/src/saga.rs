@@ -19,7 +19,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut errors = Vec::new();
     let args = parse_args(args, &item).unwrap_or_else(|e| {
         errors.push(e);
-        SagaArgs { name: String::new(), version: 1 }
+        SagaArgs { name: String::new(), version: 1, krate: crate::default_crate() }
     });
     let model = Model::read(&mut item, &mut errors);
     let generated = if errors.is_empty() { model.generate(&item, &args) } else { TokenStream::new() };
@@ -34,6 +34,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
 struct SagaArgs {
     name: String,
     version: u32,
+    krate: syn::Path,
 }
 
 fn type_name(ty: &Type) -> String {
@@ -44,7 +45,7 @@ fn type_name(ty: &Type) -> String {
 }
 
 fn parse_args(args: TokenStream, item: &ItemImpl) -> syn::Result<SagaArgs> {
-    let mut out = SagaArgs { name: type_name(&item.self_ty), version: 1 };
+    let mut out = SagaArgs { name: type_name(&item.self_ty), version: 1, krate: crate::default_crate() };
     let parser = syn::meta::parser(|meta| {
         if meta.path.is_ident("name") {
             out.name = crate::name(&meta.value()?.parse::<LitStr>()?)?;
@@ -52,8 +53,11 @@ fn parse_args(args: TokenStream, item: &ItemImpl) -> syn::Result<SagaArgs> {
         } else if meta.path.is_ident("version") {
             out.version = meta.value()?.parse::<LitInt>()?.base10_parse()?;
             Ok(())
+        } else if meta.path.is_ident("crate") {
+            out.krate = crate::crate_path(&meta)?;
+            Ok(())
         } else {
-            Err(meta.error("unknown saga argument: expected `name = \"...\"` or `version = N`"))
+            Err(meta.error("unknown saga argument: expected `name = \"...\"`, `version = N` or `crate = \"...\"`"))
         }
     });
     syn::parse::Parser::parse2(parser, args)?;
@@ -567,7 +571,8 @@ impl Model {
         let self_ty = &item.self_ty;
         let name = &args.name;
         let version = args.version;
-        let millis = |ms: u64| quote!(::sagaflow::__private::Duration::from_millis(#ms));
+        let krate = &args.krate;
+        let millis = |ms: u64| quote!(#krate::__private::Duration::from_millis(#ms));
         let starts = self.starts.iter().map(|s| {
             let m = &s.method;
             quote_spanned!(m.span()=> .start_with(Self::#m))
@@ -576,8 +581,12 @@ impl Model {
             let m = &step.method;
             let step_name = &step.name;
             let mut chain = match step.shape {
-                Shape::Send => quote!(::sagaflow::saga::Step::send(#step_name, Self::#m)),
-                Shape::Local => quote_spanned!(self.sig_span(m)=> ::sagaflow::saga::Step::local(#step_name, Self::#m)),
+                Shape::Send => quote!(#krate::saga::Step::send(#step_name, Self::#m)),
+                Shape::Local => {
+                    let at = self.sig_span(m);
+                    let krate = crate::respan(krate, at);
+                    quote_spanned!(at=> #krate::saga::Step::local(#step_name, Self::#m))
+                }
             };
             for (failure, method) in [(false, quote!(on_success)), (true, quote!(on_failure))] {
                 if let Some(r) = self.reply(m, failure) {
@@ -628,17 +637,17 @@ impl Model {
             } else {
                 quote!(.on_event(|state: &mut Self, event: &#ty| {
                     Self::#m(state, event);
-                    ::sagaflow::saga::EventOutcome::Continue
+                    #krate::saga::EventOutcome::Continue
                 }))
             }
         });
-        let checks = self.checks(name);
+        let checks = self.checks(name, krate);
         quote! {
-            impl ::sagaflow::saga::Saga for #self_ty {
+            impl #krate::saga::Saga for #self_ty {
                 const NAME: &'static str = #name;
                 const VERSION: u32 = #version;
-                fn definition() -> ::sagaflow::saga::SagaDefinition<Self> {
-                    ::sagaflow::saga::SagaDefinition::new()
+                fn definition() -> #krate::saga::SagaDefinition<Self> {
+                    #krate::saga::SagaDefinition::new()
                         #(#starts)*
                         #(#steps)*
                         #(#events)*
@@ -648,7 +657,7 @@ impl Model {
             impl #self_ty {
                 /// This saga as a Mermaid flowchart (steps, replies, compensations, pivot).
                 pub fn mermaid() -> ::std::string::String {
-                    <Self as ::sagaflow::saga::Saga>::definition().mermaid()
+                    <Self as #krate::saga::Saga>::definition().mermaid()
                 }
             }
 
@@ -664,7 +673,7 @@ impl Model {
     /// Trait-bound checks spanned on the user's tokens, so that errors point at them. (The
     /// state's serde bounds and local steps' `Send` futures are checked by the generated impl
     /// itself, spanned at the user's type and methods.)
-    fn checks(&self, saga: &str) -> TokenStream {
+    fn checks(&self, saga: &str, krate: &syn::Path) -> TokenStream {
         let mut out = TokenStream::new();
         let messages: Vec<&Type> = self
             .starts
@@ -683,8 +692,9 @@ impl Model {
             .collect();
         let commands = self.steps.iter().filter_map(|s| s.command.as_ref()).chain(&compensation_commands);
         for ty in messages.iter().copied().chain(commands) {
+            let krate = crate::respan(krate, ty.span());
             out.extend(quote_spanned! {ty.span()=>
-                ::sagaflow::__private::assert_message::<#ty>();
+                #krate::__private::assert_message::<#ty>();
             });
         }
         let mut unique = TokenStream::new();
@@ -693,11 +703,12 @@ impl Model {
                 let message = format!(
                     "two messages handled by saga {saga:?} share one wire name: give each its own #[message(name = \"...\")]"
                 );
+                let krate = crate::respan(krate, b.span());
                 unique.extend(quote_spanned! {b.span()=>
                     const _: () = ::std::assert!(
-                        !::sagaflow::__private::str_eq(
-                            <#a as ::sagaflow::message::Message>::NAME,
-                            <#b as ::sagaflow::message::Message>::NAME,
+                        !#krate::__private::str_eq(
+                            <#a as #krate::message::Message>::NAME,
+                            <#b as #krate::message::Message>::NAME,
                         ),
                         #message
                     );
