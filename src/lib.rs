@@ -15,6 +15,7 @@
 //! runtime.shutdown().await?;
 //! # Ok::<_, sagaflow::Error>(()) }).unwrap();
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use saga_core::*;
 pub use saga_macros::{Message, handler, saga};

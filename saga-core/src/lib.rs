@@ -12,6 +12,7 @@
 //! - [`testing`]: a harness to drive sagas and inspect their state in tests.
 //!
 //! Most users depend on the `sagaflow` facade crate, which re-exports this one.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
 pub mod activity;

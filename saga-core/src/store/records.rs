@@ -252,7 +252,7 @@ pub struct TimerRecord {
     pub purpose: TimerPurpose,
     /// The W3C trace context (`traceparent`, `tracestate`) of the unit of work that scheduled
     /// it, so that the unit it fires continues the instance's trace. Last and lenient: a
-    /// record written before it existed decodes with none (see [`lenient_trace`]).
+    /// record written before it existed decodes with none.
     #[serde(default, deserialize_with = "lenient_trace")]
     pub trace: BTreeMap<String, String>,
 }
