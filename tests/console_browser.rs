@@ -31,29 +31,10 @@ impl Drop for Running {
     }
 }
 
-/// The cargo arguments that build the example with this test build's features, so that the
-/// build reuses the library's (`cargo test --workspace --all-features`, as `.ci/run` runs it,
-/// unifies the workspace's features: the same arguments do).
-fn build_args() -> Vec<String> {
-    let features = [
-        ("sled", cfg!(feature = "sled")),
-        ("admin", cfg!(feature = "admin")),
-        ("rabbitmq", cfg!(feature = "rabbitmq")),
-        ("nats", cfg!(feature = "nats")),
-        ("postgres", cfg!(feature = "postgres")),
-        ("failpoints", cfg!(feature = "failpoints")),
-    ];
-    if features.iter().all(|(_, on)| *on) {
-        return vec!["--workspace".into(), "--all-features".into()];
-    }
-    let on: Vec<&str> = features.iter().filter(|(_, on)| *on).map(|(name, _)| *name).collect();
-    vec!["--features".into(), on.join(",")]
-}
-
 /// Starts the order example with its endpoint on a free port and returns it with the
 /// endpoint's URL and the directory holding its binary, once the example has printed its summary (order 3 has failed by then).
 fn start_example(store: &std::path::Path) -> (Running, String, Instant, tempfile::TempDir) {
-    let (dir, binary) = worker::example("order_saga", &build_args());
+    let (dir, binary) = worker::example("order_saga", &worker::same_features_as_this_test());
     let started = Instant::now();
     let mut child = Command::new(&binary)
         .args(["--orders", "8", "--admin", "127.0.0.1:0", "--payment-outage", &OUTAGE.as_secs().to_string()])

@@ -146,7 +146,7 @@ impl Epoch {
 fn sigkill_on_the_local_bus_ends_every_order_as_a_clean_run_does() {
     let (rounds, orders) = (env_or("SAGA_CRASH_ROUNDS", 6), env_or("SAGA_CRASH_LOCAL_ORDERS", 1_000));
     let seed = env_or("SAGA_CRASH_SEED", 0x5EED);
-    let (_bin, worker) = worker("");
+    let (_bin, worker) = worker();
     let clean = Epoch::new(&worker, false, orders, seed);
     let started = Instant::now();
     let expected = clean.finish_and_check(0);
@@ -185,7 +185,7 @@ fn sigkill_on_rabbitmq_at_random_moments_loses_nothing_and_repeats_nothing() {
         return;
     }
     let (rounds, orders) = (env_or("SAGA_CRASH_ROUNDS", 6), env_or("SAGA_CRASH_ORDERS", 400));
-    let (_bin, worker) = worker("rabbitmq");
+    let (_bin, worker) = worker();
     let epoch = Epoch::new(&worker, true, orders, 0x9E37_79B9);
     let mut random = fastrand::Rng::with_seed(0x9E37_79B9_7F4A_7C15);
     // A spread of kill moments, from right after start to well into the work.
@@ -234,10 +234,10 @@ fn epoch(setup: Setup, worker: &Path, orders: u64, seed: u64) -> Epoch {
 
 /// Aborts the worker at each of `points` in turn (see the module docs) and checks every epoch.
 #[cfg(feature = "failpoints")]
-fn abort_at_every_crash_point(features: &str, setup: Setup, points: &[&str]) {
+fn abort_at_every_crash_point(setup: Setup, points: &[&str]) {
     let orders = env_or("SAGA_CRASH_POINT_ORDERS", 200);
     let rounds = env_or("SAGA_CRASH_POINT_ROUNDS", 2 * points.len() as u64);
-    let (_bin, worker) = worker(features);
+    let (_bin, worker) = worker();
     let mut random = fastrand::Rng::with_seed(0x2545_F491_4F6C_DD1D);
     let mut hits = vec![0u64; points.len()];
     let (mut epochs, mut epoch_crashes, mut runs) = (1, 0, 0);
@@ -298,7 +298,7 @@ fn an_abort_at_every_crash_point_on_the_local_bus_loses_nothing_and_repeats_noth
     // A commit writes its messages straight into the local bus's queues: the relay publishes
     // nothing on this path, so its point is never reached.
     let points: Vec<&str> = sagaflow::crash_points::ALL.iter().copied().filter(|p| !p.starts_with("relay.")).collect();
-    abort_at_every_crash_point("failpoints", Setup::LocalBus, &points);
+    abort_at_every_crash_point(Setup::LocalBus, &points);
 }
 
 #[cfg(all(feature = "rabbitmq", feature = "failpoints"))]
@@ -310,7 +310,7 @@ fn an_abort_at_every_crash_point_on_rabbitmq_loses_nothing_and_repeats_nothing()
     // The local bus's points are not on this path.
     let points: Vec<&str> =
         sagaflow::crash_points::ALL.iter().copied().filter(|p| !p.starts_with("local_bus.")).collect();
-    abort_at_every_crash_point("rabbitmq failpoints", Setup::RabbitMq, &points);
+    abort_at_every_crash_point(Setup::RabbitMq, &points);
 }
 
 #[cfg(all(feature = "postgres", feature = "failpoints"))]
@@ -326,5 +326,5 @@ fn an_abort_at_every_crash_point_with_two_runtimes_on_postgresql_loses_nothing_a
         .copied()
         .filter(|p| !p.starts_with("local_bus.") && !p.starts_with("sled.") && !p.starts_with("store."))
         .collect();
-    abort_at_every_crash_point("postgres failpoints", Setup::Postgres, &points);
+    abort_at_every_crash_point(Setup::Postgres, &points);
 }

@@ -43,7 +43,7 @@ async fn a_postgresql_restart_during_1000_orders_loses_nothing_and_dead_letters_
         return;
     }
     let orders = env_or("SAGA_RESTART_ORDERS", 1_000);
-    let (_bin, worker) = worker("postgres");
+    let (_bin, worker) = worker();
     let expected = clean_outcomes(&worker, orders);
 
     let mut deployment = Deployment::new(&target, &worker, "local", orders, 2).await;

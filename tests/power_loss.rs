@@ -78,7 +78,7 @@ fn power_cuts_at_random_moments_lose_no_acked_commit_and_repeat_no_effect() {
         return;
     }
     let (cuts, orders) = (env_or("SAGA_POWER_CUTS", 12), env_or("SAGA_POWER_CUT_ORDERS", 400));
-    let (_bin, worker) = worker("");
+    let (_bin, worker) = worker();
     let scratch = tempfile::tempdir().expect("a temporary directory");
     let mountpoint = tempfile::tempdir().expect("a mount point");
     let disk = Disk::new();
@@ -143,7 +143,7 @@ fn after_a_sync_fails_nothing_more_is_acked_and_what_was_acked_survives_a_cut() 
         return;
     }
     let orders = 400;
-    let (_bin, worker) = worker("");
+    let (_bin, worker) = worker();
     let scratch = tempfile::tempdir().expect("a temporary directory");
     let mountpoint = tempfile::tempdir().expect("a mount point");
     let disk = Disk::new();

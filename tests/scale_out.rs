@@ -25,11 +25,11 @@ use worker::{assert_same_outcomes, env_or, worker};
 /// database on two cores, queueing orders past their steps' timeouts.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-async fn replicas_lose_and_repeat_nothing(features: &str, bus: &str) {
+async fn replicas_lose_and_repeat_nothing(bus: &str) {
     let Some(target) = PostgresTarget::from_env() else { return };
     let _alone = ONE_AT_A_TIME.lock().await;
     let orders = env_or("SAGA_SCALE_ORDERS", 5_000);
-    let (_bin, worker) = worker(features);
+    let (_bin, worker) = worker();
     let started = Instant::now();
     let expected = clean_outcomes(&worker, orders);
     let clean_took = started.elapsed();
@@ -59,7 +59,7 @@ async fn replicas_lose_and_repeat_nothing(features: &str, bus: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_on_postgresql_alone_two_killed_end_every_order_as_a_clean_run() {
-    replicas_lose_and_repeat_nothing("postgres", "local").await;
+    replicas_lose_and_repeat_nothing("local").await;
 }
 
 #[cfg(feature = "rabbitmq")]
@@ -70,5 +70,5 @@ async fn three_replicas_on_postgresql_and_rabbitmq_two_killed_end_every_order_as
         return;
     }
     let namespace = format!("rabbitmq:scale-{}", uuid::Uuid::now_v7().simple());
-    replicas_lose_and_repeat_nothing("postgres,rabbitmq", &namespace).await;
+    replicas_lose_and_repeat_nothing(&namespace).await;
 }

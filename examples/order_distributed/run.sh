@@ -20,7 +20,10 @@ case "$mode" in
   postgres-rabbitmq) bus=rabbitmq store=postgres features=rabbitmq,postgres ;;
   *) echo "unknown mode $mode: rabbitmq, nats, postgres or postgres-rabbitmq" >&2; exit 2 ;;
 esac
-cargo build -q --example order_distributed --features "$features"
+# SAGA_EXAMPLE_BUILD_ARGS replaces the features (CI: the arguments of its test build, whose
+# library the example then reuses).
+read -ra build_args <<<"${SAGA_EXAMPLE_BUILD_ARGS:---features $features}"
+cargo build -q --example order_distributed "${build_args[@]}"
 bin=target/debug/examples/order_distributed
 pids=()
 # Logs go to DIR/orchestrator.log, DIR/catalog.log, …; replicas of a service share one.

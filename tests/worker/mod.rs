@@ -10,10 +10,43 @@ pub fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// Builds the worker example with `features` and returns a copy of it that is the caller's own.
-pub fn worker(features: &str) -> (tempfile::TempDir, PathBuf) {
-    let features = if features.is_empty() { Vec::new() } else { vec!["--features", features] };
-    example("crash_worker", &features)
+/// Builds the worker example with this test build's features (a superset of what the calling
+/// test needs: each is compiled only with the features it uses) and returns a copy of it that
+/// is the caller's own.
+pub fn worker() -> (tempfile::TempDir, PathBuf) {
+    example("crash_worker", &same_features_as_this_test())
+}
+
+/// The cargo arguments that build an example with this test build's features, so that the
+/// build reuses the library the test build compiled and only compiles and links the example.
+///
+/// `cargo test --workspace --all-features` (as `.ci/run` runs it) unifies the features of the
+/// workspace's crates: `--workspace --all-features` gives the same unification. Any other
+/// feature set is named as it is (`sled` by leaving the defaults on): building each test's
+/// worker with only the features that test needs would rebuild the library and the crates
+/// whose features differ, up to a minute for each set.
+pub fn same_features_as_this_test() -> Vec<String> {
+    let features = [
+        ("sled", cfg!(feature = "sled")),
+        ("admin", cfg!(feature = "admin")),
+        ("rabbitmq", cfg!(feature = "rabbitmq")),
+        ("nats", cfg!(feature = "nats")),
+        ("postgres", cfg!(feature = "postgres")),
+        ("failpoints", cfg!(feature = "failpoints")),
+        ("otel", cfg!(feature = "otel")),
+    ];
+    if features.iter().all(|(_, on)| *on) {
+        return vec!["--workspace".into(), "--all-features".into()];
+    }
+    let mut args = vec!["--workspace".to_owned()];
+    if !cfg!(feature = "sled") {
+        args.push("--no-default-features".into());
+    }
+    let on: Vec<&str> = features.iter().filter(|(name, on)| *on && *name != "sled").map(|(name, _)| *name).collect();
+    if !on.is_empty() {
+        args.extend(["--features".into(), on.join(",")]);
+    }
+    args
 }
 
 /// Builds example `name` with `cargo build --example name <cargo_args>` and returns a copy of
