@@ -18,7 +18,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use saga_core::*;
-pub use saga_macros::{Message, handler, saga};
+pub use saga_macros::{Message, compensation, handler, on, reply, saga, start, step};
 
 /// The names most programs need.
 pub mod prelude {
@@ -30,5 +30,5 @@ pub mod prelude {
     #[cfg(feature = "sled")]
     pub use saga_core::store::{SledOptions, SledStore};
     pub use saga_core::{Error, HandlerError};
-    pub use saga_macros::{Message, handler, saga};
+    pub use saga_macros::{Message, compensation, handler, on, reply, saga, start, step};
 }

@@ -13,6 +13,15 @@ use crate::message::Message;
 pub trait IsMessage: Message {}
 impl<T: Message> IsMessage for T {}
 
+/// The input of a `#[handler]` whose message parameter could not be read: the handler's error
+/// is reported, and its stub implementation still type-checks.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct NoMessage;
+
+impl Message for NoMessage {
+    const NAME: &'static str = "sagaflow.no-message";
+}
+
 /// Called with a type the user sends or receives, spanned at it.
 pub fn assert_message<T: IsMessage>() {}
 

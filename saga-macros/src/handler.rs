@@ -45,15 +45,72 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     }
     match generate(&function, &parsed) {
         Ok(tokens) if errors.is_empty() => tokens,
-        Ok(_) => {
-            let errors = crate::errors(errors);
-            quote!(#function #errors)
-        }
+        Ok(_) => fallback(&function, &parsed, errors),
         Err(e) => {
             errors.push(e);
-            let errors = crate::errors(errors);
-            quote!(#function #errors)
+            fallback(&function, &parsed, errors)
         }
+    }
+}
+
+/// What a handler with errors expands to beside them (as thiserror's fallback does): the unit
+/// struct, its `Handler` impl with a body that is never run, and the function as written as its
+/// `call`, so that the code registering the handler reports nothing more than the mistake and
+/// the body is still checked. The crate does not compile, so nothing here runs.
+fn fallback(function: &ItemFn, args: &HandlerArgs, errors: Vec<syn::Error>) -> TokenStream {
+    let errors = crate::errors(errors);
+    let sig = &function.sig;
+    if !sig.generics.params.is_empty() {
+        return quote!(#function #errors);
+    }
+    let (ident, vis, block) = (&sig.ident, &function.vis, &function.block);
+    let krate = &args.krate;
+    let name = args.name.clone().unwrap_or_else(|| ident.to_string());
+    let message = match sig.inputs.first() {
+        Some(FnArg::Typed(p)) if !matches!(&*p.ty, Type::Reference(_)) => {
+            let ty = &p.ty;
+            quote!(#ty)
+        }
+        _ => quote!(#krate::__private::NoMessage),
+    };
+    let mut call = sig.clone();
+    call.ident = syn::Ident::new("call", ident.span());
+    quote! {
+        #[allow(non_camel_case_types)]
+        #[derive(Debug, Clone, Copy, Default)]
+        #vis struct #ident;
+
+        impl #ident {
+            #[allow(dead_code)]
+            #vis #call #block
+        }
+
+        impl #krate::engine::Handler for #ident {
+            type Input = #message;
+
+            fn name(&self) -> &str {
+                #name
+            }
+
+            fn handle<'life0, 'life1, 'async_trait>(
+                &'life0 self,
+                _: #message,
+                _: &'life1 mut #krate::engine::HandlerContext,
+            ) -> ::std::pin::Pin<::std::boxed::Box<
+                dyn ::std::future::Future<Output = ::std::result::Result<(), #krate::HandlerError>>
+                    + ::std::marker::Send
+                    + 'async_trait,
+            >>
+            where
+                'life0: 'async_trait,
+                'life1: 'async_trait,
+                Self: 'async_trait,
+            {
+                ::std::unreachable!("#[handler] reported errors on this function")
+            }
+        }
+
+        #errors
     }
 }
 

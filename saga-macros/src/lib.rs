@@ -38,6 +38,175 @@ pub fn handler(args: TokenStream, item: TokenStream) -> TokenStream {
     handler::expand(args.into(), item.into()).into()
 }
 
+/// Marks the method that starts a saga: `fn name(message: &StartMessage) -> Self`.
+///
+/// Read by [`macro@saga`] on the impl block; on its own it is an error that says to put
+/// `#[saga]` on the impl block.
+///
+/// ```
+/// use sagaflow::prelude::*;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize, Message)]
+/// #[message(name = "ordering.order-placed")]
+/// struct OrderPlaced { #[correlation] order_id: u64 }
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Order { order_id: u64 }
+///
+/// #[saga(name = "order")]
+/// impl Order {
+///     #[start]
+///     fn placed(m: &OrderPlaced) -> Self {
+///         Order { order_id: m.order_id }
+///     }
+/// }
+/// # fn main() {}
+/// ```
+#[proc_macro_attribute]
+pub fn start(_: TokenStream, item: TokenStream) -> TokenStream {
+    outside_saga("start", item)
+}
+
+/// Marks a step: `fn name(&self) -> Command` sends a command to a participant,
+/// `async fn name(self, ctx: StepContext) -> Result<Self, StepError>` runs local code.
+///
+/// Arguments: `compensate = method`, `pivot`, `retriable`, `timeout = "30s"`,
+/// `retry = policy`, `compensation_timeout = "..."`, `compensation_retry = policy`,
+/// `name = "..."`. Read by [`macro@saga`] on the impl block; on its own it is an error that
+/// says to put `#[saga]` on the impl block.
+///
+/// ```
+/// use sagaflow::prelude::*;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize, Message)]
+/// #[message(name = "ordering.order-placed")]
+/// struct OrderPlaced { #[correlation] order_id: u64 }
+/// #[derive(Serialize, Deserialize, Message)]
+/// #[message(name = "catalog.reserve")]
+/// struct ReserveStock { order_id: u64 }
+/// #[derive(Serialize, Deserialize, Message)]
+/// #[message(name = "catalog.reserved")]
+/// struct StockReserved { order_id: u64 }
+/// #[derive(Serialize, Deserialize, Message)]
+/// #[message(name = "catalog.release")]
+/// struct ReleaseStock { order_id: u64 }
+/// #[derive(Serialize, Deserialize, Message)]
+/// #[message(name = "catalog.released")]
+/// struct StockReleased { order_id: u64 }
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Order { order_id: u64, reserved: bool }
+///
+/// #[saga(name = "order")]
+/// impl Order {
+///     #[start]
+///     fn placed(m: &OrderPlaced) -> Self {
+///         Order { order_id: m.order_id, reserved: false }
+///     }
+///
+///     #[step(compensate = release_stock, timeout = "30s")]
+///     fn reserve_stock(&self) -> ReserveStock {
+///         ReserveStock { order_id: self.order_id }
+///     }
+///
+///     #[reply(reserve_stock)]
+///     fn stock_reserved(&mut self, _: &StockReserved) {
+///         self.reserved = true;
+///     }
+///
+///     #[compensation]
+///     fn release_stock(&self) -> ReleaseStock {
+///         ReleaseStock { order_id: self.order_id }
+///     }
+///
+///     #[reply(release_stock)]
+///     fn stock_released(&mut self, _: &StockReleased) {
+///         self.reserved = false;
+///     }
+/// }
+/// # fn main() {}
+/// ```
+#[proc_macro_attribute]
+pub fn step(_: TokenStream, item: TokenStream) -> TokenStream {
+    outside_saga("step", item)
+}
+
+/// Marks the method that takes a step's (or a compensation's) reply:
+/// `fn name(&mut self, reply: &Reply)`; `#[reply(step)]` for success, `#[reply(step, failure)]`
+/// for the failure reply. The step is named by its method (`reserve_stock`), not by a string.
+///
+/// Read by [`macro@saga`] on the impl block (see [`macro@step`] for a saga that uses it); on
+/// its own it is an error that says to put `#[saga]` on the impl block.
+#[proc_macro_attribute]
+pub fn reply(_: TokenStream, item: TokenStream) -> TokenStream {
+    outside_saga("reply", item)
+}
+
+/// Marks a method that takes an event while the saga runs: `fn name(&mut self, event: &Event)`,
+/// optionally returning `EventOutcome` (`Continue`, or `Abort(reason)` to compensate).
+///
+/// Read by [`macro@saga`] on the impl block; on its own it is an error that says to put
+/// `#[saga]` on the impl block.
+///
+/// ```
+/// use sagaflow::prelude::*;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize, Message)]
+/// #[message(name = "ordering.order-placed")]
+/// struct OrderPlaced { #[correlation] order_id: u64 }
+/// #[derive(Serialize, Deserialize, Message)]
+/// #[message(name = "ordering.order-cancelled")]
+/// struct OrderCancelled { #[correlation] order_id: u64 }
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Order { order_id: u64 }
+///
+/// #[saga(name = "order")]
+/// impl Order {
+///     #[start]
+///     fn placed(m: &OrderPlaced) -> Self {
+///         Order { order_id: m.order_id }
+///     }
+///
+///     #[on]
+///     fn cancelled(&mut self, _: &OrderCancelled) -> EventOutcome {
+///         EventOutcome::Abort("cancelled by the buyer".into())
+///     }
+/// }
+/// # fn main() {}
+/// ```
+#[proc_macro_attribute]
+pub fn on(_: TokenStream, item: TokenStream) -> TokenStream {
+    outside_saga("on", item)
+}
+
+/// Marks a method as a compensation, for readers: the step's `compensate = method` is what
+/// makes it one, and the macro checks that some step names the marked method.
+///
+/// Read by [`macro@saga`] on the impl block (see [`macro@step`] for a saga that uses it); on
+/// its own it is an error that says to put `#[saga]` on the impl block.
+#[proc_macro_attribute]
+pub fn compensation(_: TokenStream, item: TokenStream) -> TokenStream {
+    outside_saga("compensation", item)
+}
+
+/// A saga attribute that ran as a macro of its own: `#[saga]` on the impl block would have read
+/// and removed it first. One error, at the attribute, and the method as written.
+fn outside_saga(attribute: &str, item: TokenStream) -> TokenStream {
+    let error = syn::Error::new(
+        proc_macro2::Span::call_site(),
+        format!(
+            "`#[{attribute}]` is read by `#[saga]`, and this impl block has no `#[saga]`: put `#[saga(name = \"...\")]` on the `impl` block"
+        ),
+    )
+    .to_compile_error();
+    let item = proc_macro2::TokenStream::from(item);
+    quote::quote!(#error #item).into()
+}
+
 /// The path the generated code names the sagaflow crate by, unless `crate = "..."` says
 /// otherwise (as serde's `#[serde(crate = "...")]` does for a renamed or re-exported crate).
 pub(crate) fn default_crate() -> syn::Path {

@@ -22,12 +22,39 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
         SagaArgs { name: String::new(), version: 1, krate: crate::default_crate() }
     });
     let model = Model::read(&mut item, &mut errors);
-    let generated = if errors.is_empty() { model.generate(&item, &args) } else { TokenStream::new() };
+    let generated = if errors.is_empty() { model.generate(&item, &args) } else { stub(&item, &args) };
     let errors = crate::errors(errors);
     quote! {
         #item
         #generated
         #errors
+    }
+}
+
+/// What a saga with errors expands to beside them (as thiserror's fallback does): an `impl
+/// Saga` that type-checks, so that the code registering or naming the saga reports nothing more
+/// than the mistake itself. Its definition is never run: the crate does not compile.
+fn stub(item: &ItemImpl, args: &SagaArgs) -> TokenStream {
+    if !item.generics.params.is_empty() {
+        return TokenStream::new();
+    }
+    let self_ty = &item.self_ty;
+    let (name, version, krate) = (&args.name, args.version, &args.krate);
+    quote! {
+        impl #krate::saga::Saga for #self_ty {
+            const NAME: &'static str = #name;
+            const VERSION: u32 = #version;
+            fn definition() -> #krate::saga::SagaDefinition<Self> {
+                ::std::unreachable!("#[saga] reported errors on this impl block")
+            }
+        }
+
+        impl #self_ty {
+            /// This saga as a Mermaid flowchart (steps, replies, compensations, pivot).
+            pub fn mermaid() -> ::std::string::String {
+                <Self as #krate::saga::Saga>::definition().mermaid()
+            }
+        }
     }
 }
 
@@ -105,6 +132,16 @@ struct Reply {
     target: Ident,
     failure: bool,
     message: Type,
+}
+
+impl Reply {
+    /// `.on_success::<Reply>(Self::method)` (or the failure's, the compensation's), spanned at
+    /// the method; the type keeps its own span, so a type that is not a `Message` is reported
+    /// there, once.
+    fn registration(&self, builder_method: TokenStream) -> TokenStream {
+        let (f, ty) = (&self.method, &self.message);
+        quote_spanned!(f.span()=> .#builder_method::<#ty>(Self::#f))
+    }
 }
 
 struct Event {
@@ -189,6 +226,12 @@ fn step_shape(sig: &Signature) -> syn::Result<(Shape, Option<Type>)> {
     }
 }
 
+/// The method name a step name written as a string most likely means: `reserve-stock` and
+/// `reserve stock` are `reserve_stock`.
+fn method_name_for(name: &str) -> String {
+    name.chars().map(|c| if c.is_alphanumeric() { c } else { '_' }).collect()
+}
+
 fn take_attr(method: &mut ImplItemFn, name: &str) -> Option<syn::Attribute> {
     let pos = method.attrs.iter().position(|a| a.path().is_ident(name))?;
     Some(method.attrs.remove(pos))
@@ -197,6 +240,7 @@ fn take_attr(method: &mut ImplItemFn, name: &str) -> Option<syn::Attribute> {
 impl Model {
     fn read(item: &mut ItemImpl, errors: &mut Vec<syn::Error>) -> Model {
         let mut model = Model::default();
+        let before = errors.len();
         for impl_item in &mut item.items {
             let ImplItem::Fn(method) = impl_item else { continue };
             model.methods.insert(method.sig.ident.to_string(), method.sig.clone());
@@ -241,13 +285,17 @@ impl Model {
                 "#[saga] does not support generic impls: a saga's state is one concrete type",
             ));
         }
-        if model.starts.is_empty() {
+        // A method whose role could not be read is missing from the model: what refers to it
+        // (a reply to that step, the start the saga needs) would be reported as missing too.
+        // One error per mistake: what is missing is reported once everything read cleanly.
+        let read_cleanly = errors.len() == before;
+        if model.starts.is_empty() && read_cleanly {
             errors.push(syn::Error::new(
                 item.self_ty.span(),
                 "a saga needs a #[start] method: `#[start] fn begin(message: &StartMessage) -> Self`",
             ));
         }
-        model.check(errors);
+        model.check(errors, read_cleanly);
         model
     }
 
@@ -307,7 +355,18 @@ impl Model {
                 } else if meta.path.is_ident("retriable") {
                     set_kind(&mut spec, Kind::Retriable)
                 } else if meta.path.is_ident("compensate") {
-                    spec.compensate = Some(meta.value()?.parse()?);
+                    let value = meta.value()?;
+                    if value.peek(LitStr) {
+                        let named: LitStr = value.parse()?;
+                        return Err(syn::Error::new(
+                            named.span(),
+                            format!(
+                                "`compensate` names the method that undoes the step, not a string: `compensate = {}`",
+                                method_name_for(&named.value())
+                            ),
+                        ));
+                    }
+                    spec.compensate = Some(value.parse()?);
                     Ok(())
                 } else if meta.path.is_ident("timeout") {
                     spec.timeout = Some(parse_timeout(&meta.value()?.parse()?)?);
@@ -342,6 +401,12 @@ impl Model {
     fn read_reply(&mut self, method: &ImplItemFn, attr: &syn::Attribute) -> syn::Result<()> {
         let mut target: Option<Ident> = None;
         let mut failure = false;
+        if let syn::Meta::List(list) = &attr.meta {
+            if let Ok(named) = syn::parse2::<LitStr>(list.tokens.clone().into_iter().take(1).collect()) {
+                return Err(self.step_named_by_string(&named));
+            }
+        }
+
         attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("failure") {
                 failure = true;
@@ -376,6 +441,18 @@ impl Model {
         Ok(())
     }
 
+    /// `#[reply("reserve-stock")]`: a step is named by its method. The steps read so far
+    /// (those above the reply) are searched for one with that name, to name its method.
+    fn step_named_by_string(&self, named: &LitStr) -> syn::Error {
+        let value = named.value();
+        let method = self
+            .steps
+            .iter()
+            .find(|s| s.name == value)
+            .map_or_else(|| method_name_for(&value), |s| s.method.to_string());
+        syn::Error::new(named.span(), format!("a #[reply] names the step's method, not a string: `#[reply({method})]`"))
+    }
+
     fn read_event(&mut self, method: &ImplItemFn, attr: &syn::Attribute, errors: &mut Vec<syn::Error>) {
         if let Err(e) = attr.meta.require_path_only() {
             errors.push(syn::Error::new(e.span(), "#[on] takes no arguments: the event type is the parameter's"));
@@ -399,7 +476,9 @@ impl Model {
         }
     }
 
-    fn check(&self, errors: &mut Vec<syn::Error>) {
+    /// Checks the flow; what refers to another method is checked only if every role was read
+    /// (`read_cleanly`), as a method whose role had an error is not in the model.
+    fn check(&self, errors: &mut Vec<syn::Error>, read_cleanly: bool) {
         let mut step_names = HashMap::new();
         let mut pivot: Option<&StepSpec> = None;
         let mut forward_only: Option<&StepSpec> = None;
@@ -448,6 +527,7 @@ impl Model {
                     ));
                 }
                 match self.methods.get(&c.to_string()) {
+                    None if !read_cleanly => {}
                     None => errors.push(syn::Error::new(
                         c.span(),
                         format!("no method `{c}` in this impl: `compensate` names the method that undoes the step"),
@@ -473,7 +553,7 @@ impl Model {
             let is_step = self.steps.iter().any(|s| s.method == reply.target && s.shape == Shape::Send);
             let is_compensation =
                 self.compensation_of(&reply.target).is_some() && self.shape_of(&reply.target) == Some(Shape::Send);
-            if !is_step && !is_compensation {
+            if !is_step && !is_compensation && read_cleanly {
                 errors.push(syn::Error::new(
                     reply.target.span(),
                     format!("`{target}` is not a step or a compensation that sends a command: a #[reply] answers one"),
@@ -489,7 +569,7 @@ impl Model {
                 ));
             }
         }
-        for step in &self.steps {
+        for step in self.steps.iter().filter(|_| read_cleanly) {
             if step.shape == Shape::Send && !answered.contains_key(&(step.method.to_string(), false)) {
                 errors.push(syn::Error::new(
                     step.method.span(),
@@ -526,7 +606,7 @@ impl Model {
                 }
             }
         }
-        for (marked, span) in &self.marked_compensations {
+        for (marked, span) in self.marked_compensations.iter().filter(|_| read_cleanly) {
             if self.compensation_of(marked).is_none() {
                 errors.push(syn::Error::new(
                     *span,
@@ -575,13 +655,17 @@ impl Model {
         let millis = |ms: u64| quote!(#krate::__private::Duration::from_millis(#ms));
         let starts = self.starts.iter().map(|s| {
             let m = &s.method;
-            quote_spanned!(m.span()=> .start_with(Self::#m))
+            let ty = &s.message;
+            quote_spanned!(m.span()=> .start_with::<#ty>(Self::#m))
         });
         let steps = self.steps.iter().map(|step| {
             let m = &step.method;
             let step_name = &step.name;
             let mut chain = match step.shape {
-                Shape::Send => quote!(#krate::saga::Step::send(#step_name, Self::#m)),
+                Shape::Send => {
+                    let command = step.command.as_ref().map(|ty| quote_spanned!(ty.span()=> ::<#ty>));
+                    quote!(#krate::saga::Step::send #command (#step_name, Self::#m))
+                }
                 Shape::Local => {
                     let at = self.sig_span(m);
                     let krate = crate::respan(krate, at);
@@ -590,8 +674,7 @@ impl Model {
             };
             for (failure, method) in [(false, quote!(on_success)), (true, quote!(on_failure))] {
                 if let Some(r) = self.reply(m, failure) {
-                    let f = &r.method;
-                    chain.extend(quote_spanned!(f.span()=> .#method(Self::#f)));
+                    chain.extend(r.registration(method));
                 }
             }
             if let Some(ms) = step.timeout {
@@ -606,12 +689,16 @@ impl Model {
                 chain.extend(if local {
                     quote_spanned!(self.sig_span(c)=> .compensate_local(Self::#c))
                 } else {
-                    quote!(.compensate_send(Self::#c))
+                    let command = self
+                        .methods
+                        .get(&c.to_string())
+                        .and_then(|sig| returned(sig))
+                        .map(|ty| quote_spanned!(ty.span()=> ::<#ty>));
+                    quote!(.compensate_send #command (Self::#c))
                 });
                 for (failure, method) in [(false, quote!(on_compensated)), (true, quote!(on_compensation_failed))] {
                     if let Some(r) = self.reply(c, failure) {
-                        let f = &r.method;
-                        chain.extend(quote_spanned!(f.span()=> .#method(Self::#f)));
+                        chain.extend(r.registration(method));
                     }
                 }
             }
@@ -633,15 +720,14 @@ impl Model {
             let m = &e.method;
             let ty = &e.message;
             if e.returns_outcome {
-                quote_spanned!(m.span()=> .on_event(Self::#m))
+                quote_spanned!(m.span()=> .on_event::<#ty>(Self::#m))
             } else {
-                quote!(.on_event(|state: &mut Self, event: &#ty| {
+                quote_spanned!(ty.span()=> .on_event::<#ty>(|state: &mut Self, event: &#ty| {
                     Self::#m(state, event);
                     #krate::saga::EventOutcome::Continue
                 }))
             }
         });
-        let checks = self.checks(name, krate);
         quote! {
             impl #krate::saga::Saga for #self_ty {
                 const NAME: &'static str = #name;
@@ -660,69 +746,11 @@ impl Model {
                     <Self as #krate::saga::Saga>::definition().mermaid()
                 }
             }
-
-            #checks
         }
     }
 
     /// Where a method's signature starts, for errors about it.
     fn sig_span(&self, method: &Ident) -> Span {
         self.methods.get(&method.to_string()).map_or(method.span(), |sig| sig.span())
-    }
-
-    /// Trait-bound checks spanned on the user's tokens, so that errors point at them. (The
-    /// state's serde bounds and local steps' `Send` futures are checked by the generated impl
-    /// itself, spanned at the user's type and methods.)
-    fn checks(&self, saga: &str, krate: &syn::Path) -> TokenStream {
-        let mut out = TokenStream::new();
-        let messages: Vec<&Type> = self
-            .starts
-            .iter()
-            .map(|s| &s.message)
-            .chain(self.replies.iter().map(|r| &r.message))
-            .chain(self.events.iter().map(|e| &e.message))
-            .collect();
-        let compensation_commands: Vec<Type> = self
-            .steps
-            .iter()
-            .filter_map(|s| s.compensate.as_ref())
-            .filter_map(|c| {
-                self.methods.get(&c.to_string()).and_then(|sig| step_shape(sig).ok()).and_then(|(_, ty)| ty)
-            })
-            .collect();
-        let commands = self.steps.iter().filter_map(|s| s.command.as_ref()).chain(&compensation_commands);
-        for ty in messages.iter().copied().chain(commands) {
-            let krate = crate::respan(krate, ty.span());
-            out.extend(quote_spanned! {ty.span()=>
-                #krate::__private::assert_message::<#ty>();
-            });
-        }
-        let mut unique = TokenStream::new();
-        for (i, b) in messages.iter().enumerate() {
-            for a in &messages[..i] {
-                let message = format!(
-                    "two messages handled by saga {saga:?} share one wire name: give each its own #[message(name = \"...\")]"
-                );
-                let krate = crate::respan(krate, b.span());
-                unique.extend(quote_spanned! {b.span()=>
-                    const _: () = ::std::assert!(
-                        !#krate::__private::str_eq(
-                            <#a as #krate::message::Message>::NAME,
-                            <#b as #krate::message::Message>::NAME,
-                        ),
-                        #message
-                    );
-                });
-            }
-        }
-        quote! {
-            const _: () = {
-                #[allow(dead_code)]
-                fn __sagaflow_checks() {
-                    #out
-                }
-                #unique
-            };
-        }
     }
 }

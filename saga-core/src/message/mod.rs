@@ -36,6 +36,11 @@ use serde::{Serialize, de::DeserializeOwned};
 ///
 /// assert_eq!(OrderSubmitted::NAME, "ordering.order-submitted");
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a message",
+    label = "sagas and handlers send and receive messages",
+    note = "add #[derive(Message)] and #[message(name = \"...\")] to `{Self}`"
+)]
 pub trait Message: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The stable wire name of this message.
     const NAME: &'static str;

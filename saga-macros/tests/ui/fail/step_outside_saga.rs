@@ -16,30 +16,12 @@ struct Order {
     id: u32,
 }
 
-#[derive(Serialize, Deserialize, Message)]
-#[message(name = "reserved")]
-struct ReservedAgain {
-    #[correlation]
-    id: u32,
-}
-
-#[saga]
+// #[saga] is missing: the step attribute says where it belongs.
 impl Order {
-    #[start]
-    fn go(m: &Go) -> Self {
-        Order { id: m.id }
-    }
-
     #[step]
     fn reserve(&self) -> Reserve {
         Reserve { id: self.id }
     }
-
-    #[reply(reserve)]
-    fn reserved(&mut self, _: &Reserved) {}
-
-    #[on]
-    fn reserved_again(&mut self, _: &ReservedAgain) {}
 }
 
 fn main() {}
