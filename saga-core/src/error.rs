@@ -44,6 +44,7 @@ impl HandlerError {
 
 /// Errors from the runtime's public operations.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The store failed.
     #[error(transparent)]

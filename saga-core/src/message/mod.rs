@@ -9,7 +9,7 @@ mod codec;
 mod envelope;
 mod ids;
 
-pub use codec::{Codec, CodecError, CodecExt, JsonCodec};
+pub use codec::{Codec, CodecError, CodecExt, CodecFailure, JsonCodec};
 pub use envelope::{DecodeError, Envelope, Timestamp, headers};
 pub use ids::{derive_id, idempotent_message_id, new_message_id};
 

@@ -100,6 +100,7 @@ pub(crate) struct Reaction<S> {
 
 /// A definition that cannot run, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DefinitionError {
     /// Nothing starts the saga.
     #[error("saga {saga:?} has no start message: add .start_with(...)")]
