@@ -75,6 +75,11 @@ fn fallback(function: &ItemFn, args: &HandlerArgs, errors: Vec<syn::Error>) -> T
     };
     let mut call = sig.clone();
     call.ident = syn::Ident::new("call", ident.span());
+    let never_run = quote! {{
+        let _ = (input, ctx);
+        ::std::unreachable!("#[handler] reported errors on this function")
+    }};
+    let handler_impl = handler_impl(ident, &message, &name, krate, TokenStream::new(), never_run);
     quote! {
         #[allow(non_camel_case_types)]
         #[derive(Debug, Clone, Copy, Default)]
@@ -85,30 +90,7 @@ fn fallback(function: &ItemFn, args: &HandlerArgs, errors: Vec<syn::Error>) -> T
             #vis #call #block
         }
 
-        impl #krate::engine::Handler for #ident {
-            type Input = #message;
-
-            fn name(&self) -> &str {
-                #name
-            }
-
-            fn handle<'life0, 'life1, 'async_trait>(
-                &'life0 self,
-                _: #message,
-                _: &'life1 mut #krate::engine::HandlerContext,
-            ) -> ::std::pin::Pin<::std::boxed::Box<
-                dyn ::std::future::Future<Output = ::std::result::Result<(), #krate::HandlerError>>
-                    + ::std::marker::Send
-                    + 'async_trait,
-            >>
-            where
-                'life0: 'async_trait,
-                'life1: 'async_trait,
-                Self: 'async_trait,
-            {
-                ::std::unreachable!("#[handler] reported errors on this function")
-            }
-        }
+        #handler_impl
 
         #errors
     }
@@ -190,6 +172,7 @@ fn generate(function: &ItemFn, args: &HandlerArgs) -> syn::Result<TokenStream> {
             #into_replies
         })
     };
+    let handler_impl = handler_impl(ident, &quote!(#message), &name, krate, quote!(#scope #retry), boxed);
     let krate_at_message = crate::respan(krate, message.span());
     let message_check = quote_spanned! {message.span()=>
         #krate_at_message::__private::assert_message::<#message>();
@@ -206,6 +189,28 @@ fn generate(function: &ItemFn, args: &HandlerArgs) -> syn::Result<TokenStream> {
             #vis async fn call(#inputs) #output #block
         }
 
+        #handler_impl
+
+        const _: () = {
+            #[allow(dead_code)]
+            fn __sagaflow_checks() {
+                #message_check
+            }
+        };
+    })
+}
+
+/// `impl Handler for ident`: its input, name, the optional methods in `options`, and `handle`
+/// with `body` (which may use `input` and `ctx`).
+fn handler_impl(
+    ident: &syn::Ident,
+    message: &TokenStream,
+    name: &str,
+    krate: &syn::Path,
+    options: TokenStream,
+    body: TokenStream,
+) -> TokenStream {
+    quote! {
         impl #krate::engine::Handler for #ident {
             type Input = #message;
 
@@ -213,8 +218,7 @@ fn generate(function: &ItemFn, args: &HandlerArgs) -> syn::Result<TokenStream> {
                 #name
             }
 
-            #scope
-            #retry
+            #options
 
             // The shape `async_trait` gives the trait's method, written out so that the future
             // is boxed at the user's signature: a non-`Send` body is reported there.
@@ -232,15 +236,8 @@ fn generate(function: &ItemFn, args: &HandlerArgs) -> syn::Result<TokenStream> {
                 'life1: 'async_trait,
                 Self: 'async_trait,
             {
-                #boxed
+                #body
             }
         }
-
-        const _: () = {
-            #[allow(dead_code)]
-            fn __sagaflow_checks() {
-                #message_check
-            }
-        };
-    })
+    }
 }
