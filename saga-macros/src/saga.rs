@@ -569,7 +569,46 @@ impl Model {
                 ));
             }
         }
-        for step in self.steps.iter().filter(|_| read_cleanly) {
+        if read_cleanly {
+            self.check_nothing_missing(&answered, errors);
+        }
+        // A compensation undoes one step.
+        let mut undone: HashMap<String, &Ident> = HashMap::new();
+        for step in &self.steps {
+            if let Some(c) = &step.compensate {
+                if let Some(first) = undone.insert(c.to_string(), &step.method) {
+                    errors.push(syn::Error::new(
+                        c.span(),
+                        format!("`{c}` already compensates step `{first}`: give each step its own compensation"),
+                    ));
+                }
+            }
+        }
+        // One role per message type.
+        let mut seen: HashMap<String, &Ident> = HashMap::new();
+        let consumed = self
+            .starts
+            .iter()
+            .map(|s| (&s.message, &s.method))
+            .chain(self.replies.iter().map(|r| (&r.message, &r.method)))
+            .chain(self.events.iter().map(|e| (&e.message, &e.method)));
+        for (ty, method) in consumed {
+            if let Some(first) = seen.insert(ty.to_token_stream().to_string(), method) {
+                errors.push(syn::Error::new(
+                    ty.span(),
+                    format!(
+                        "`{}` is already handled by `{first}`: each message may start, answer or update the saga once",
+                        ty.to_token_stream()
+                    ),
+                ));
+            }
+        }
+    }
+
+    /// What the flow lacks: a reply handler for each send step and send compensation, a step
+    /// for each `#[compensation]` marker.
+    fn check_nothing_missing(&self, answered: &HashMap<(String, bool), &Ident>, errors: &mut Vec<syn::Error>) {
+        for step in &self.steps {
             if step.shape == Shape::Send && !answered.contains_key(&(step.method.to_string(), false)) {
                 errors.push(syn::Error::new(
                     step.method.span(),
@@ -594,42 +633,11 @@ impl Model {
                 }
             }
         }
-        // A compensation undoes one step, and a #[compensation] marker names one.
-        let mut undone: HashMap<String, &Ident> = HashMap::new();
-        for step in &self.steps {
-            if let Some(c) = &step.compensate {
-                if let Some(first) = undone.insert(c.to_string(), &step.method) {
-                    errors.push(syn::Error::new(
-                        c.span(),
-                        format!("`{c}` already compensates step `{first}`: give each step its own compensation"),
-                    ));
-                }
-            }
-        }
-        for (marked, span) in self.marked_compensations.iter().filter(|_| read_cleanly) {
+        for (marked, span) in &self.marked_compensations {
             if self.compensation_of(marked).is_none() {
                 errors.push(syn::Error::new(
                     *span,
                     format!("no step names `{marked}` as its compensation: add `compensate = {marked}` to its #[step]"),
-                ));
-            }
-        }
-        // One role per message type.
-        let mut seen: HashMap<String, &Ident> = HashMap::new();
-        let consumed = self
-            .starts
-            .iter()
-            .map(|s| (&s.message, &s.method))
-            .chain(self.replies.iter().map(|r| (&r.message, &r.method)))
-            .chain(self.events.iter().map(|e| (&e.message, &e.method)));
-        for (ty, method) in consumed {
-            if let Some(first) = seen.insert(ty.to_token_stream().to_string(), method) {
-                errors.push(syn::Error::new(
-                    ty.span(),
-                    format!(
-                        "`{}` is already handled by `{first}`: each message may start, answer or update the saga once",
-                        ty.to_token_stream()
-                    ),
                 ));
             }
         }
